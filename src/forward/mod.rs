@@ -1,0 +1,250 @@
+//! Forwarding of absolute-form requests: the one path every plain HTTP request takes. It
+//! checks the destination, rewrites headers for the next hop, picks the route (direct or the
+//! parents in order, failing over while the request body is still untouched), streams the
+//! response back, passes WebSocket-style upgrades through, and logs when the body ends.
+
+pub mod client;
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::app::State;
+use crate::error::{ProxyError, chain, find_in_chain};
+use crate::http::body::{Body, BodyEnd, CountingBody, IdleTimeoutBody, ReplaySlot, boxed};
+use crate::http::headers::{append_via, strip_hop_by_hop, upgrade_protocol};
+use crate::http::target::{self, Target};
+use crate::server::dispatch::ConnCtx;
+use crate::telemetry::AccessRecord;
+use crate::tunnel::bridge;
+use crate::upstream::Route;
+use client::Hop;
+
+/// The request head to send upstream; rebuilt for each attempt.
+struct Outgoing {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Outgoing {
+    fn request(&self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+#[tracing::instrument(skip_all, fields(method = %req.method(), url = %rec.url))]
+pub async fn handle(
+    state: Arc<State>,
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    rec.result = "TCP_MISS";
+    let target = target::absolute(req.uri())?;
+    state.policy.check_destination(&target, false)?;
+
+    let (mut parts, body) = req.into_parts();
+    let upgrade = upgrade_protocol(&parts.headers);
+    let client_upgrade = match upgrade {
+        Some(_) => parts.extensions.remove::<OnUpgrade>(),
+        None => None,
+    };
+    strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+    // RFC 9112 §3.2.2: a proxy MUST ignore a received Host and use the URI's authority;
+    // hyper-util writes it from the URI.
+    parts.headers.remove(header::HOST);
+    append_via(&mut parts.headers, parts.version);
+    let out = Outgoing {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+    };
+
+    let resp = send(&state, &target, &out, boxed(body), rec).await?;
+    respond(state, ctx, resp, client_upgrade, rec)
+}
+
+/// Sends the request on its route; on a parent that cannot be connected, the next parent
+/// gets the same request as long as no byte of the body has been read.
+async fn send(
+    state: &State,
+    target: &Target,
+    out: &Outgoing,
+    body: Body,
+    rec: &mut AccessRecord,
+) -> Result<Response<Incoming>, ProxyError> {
+    let read = state.config.timeouts.read;
+    let timed_out = || ProxyError::UpstreamReadTimeout {
+        host: target.authority(),
+        secs: read.as_secs(),
+    };
+    match state.upstream.route(&target.host) {
+        Route::Direct => {
+            rec.hierarchy = "HIER_DIRECT/-".into();
+            match tokio::time::timeout(read, state.clients.direct.request(out.request(body))).await
+            {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => Err(map_client_error(&e, target)),
+                Err(_) => Err(timed_out()),
+            }
+        }
+        Route::Parents(peers) => {
+            let slot = ReplaySlot::new(body);
+            let mut last = None;
+            for peer in peers {
+                let Some(client) = state.clients.parent(&peer) else {
+                    continue;
+                };
+                rec.hierarchy = format!("FIRSTUP_PARENT/{}", peer.name);
+                let mut req = out.request(slot.attempt());
+                if let Some(auth) = &peer.config.auth {
+                    req.headers_mut()
+                        .insert(header::PROXY_AUTHORIZATION, auth.clone());
+                }
+                match tokio::time::timeout(read, client.request(req)).await {
+                    Ok(Ok(r)) if r.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
+                        return Err(ProxyError::ParentAuthRejected {
+                            peer: peer.name.clone(),
+                        });
+                    }
+                    Ok(Ok(r)) => {
+                        peer.mark_up();
+                        return Ok(r);
+                    }
+                    Ok(Err(e)) => {
+                        let err = map_client_error(&e, target);
+                        if err.is_peer_unreachable() {
+                            peer.mark_down();
+                            if slot.is_untouched() {
+                                last = Some(err);
+                                continue;
+                            }
+                        }
+                        return Err(err);
+                    }
+                    Err(_) => return Err(timed_out()),
+                }
+            }
+            Err(last.unwrap_or_else(|| ProxyError::UpstreamConnect {
+                host: target.authority(),
+                cause: "no parent available".into(),
+            }))
+        }
+    }
+}
+
+fn map_client_error(e: &hyper_util::client::legacy::Error, target: &Target) -> ProxyError {
+    if let Some(p) = find_in_chain(e) {
+        return p.clone();
+    }
+    if e.is_connect() {
+        return ProxyError::UpstreamConnect {
+            host: target.authority(),
+            cause: chain(e),
+        };
+    }
+    ProxyError::UpstreamProtocol {
+        host: target.authority(),
+        cause: chain(e),
+    }
+}
+
+/// Turns the upstream response into the client's: hop-by-hop headers out, `Via` in, body
+/// streamed with an idle timeout and counted for the access log; 101 bridges both sides.
+fn respond(
+    state: Arc<State>,
+    ctx: &ConnCtx,
+    resp: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = resp.into_parts();
+    if let Some(hop) = parts.extensions.get::<Hop>() {
+        rec.hierarchy = hop.0.to_string();
+    }
+    rec.status = parts.status.as_u16();
+    rec.content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty() && !v.contains(char::is_whitespace))
+        .unwrap_or_else(|| "-".into());
+    let head_len = head_size(&parts);
+
+    let upgrading = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let origin_upgrade = if upgrading {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    strip_hop_by_hop(&mut parts.headers, upgrading && client_upgrade.is_some());
+    append_via(&mut parts.headers, Version::HTTP_11);
+
+    if let (true, Some(client_up), Some(origin_up)) = (upgrading, client_upgrade, origin_upgrade) {
+        let mut rec = rec.clone();
+        rec.bytes = head_len;
+        let log = state.log.clone();
+        let idle = state.config.timeouts.tunnel_idle;
+        let stop = state.hard_stop.clone();
+        let permit = ctx.permit.clone();
+        state.tracker.spawn(async move {
+            let _permit = permit;
+            match tokio::try_join!(client_up, origin_up) {
+                Ok((c, o)) => {
+                    let s = bridge::run(TokioIo::new(c), TokioIo::new(o), idle, stop).await;
+                    rec.bytes += s.upstream_to_client;
+                    rec.bytes_in = s.client_to_upstream;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    rec.result = "TCP_MISS_ABORTED";
+                }
+            }
+            log.write(&rec);
+        });
+        return Ok(Response::from_parts(parts, crate::http::body::empty()));
+    }
+    if upgrading {
+        // The origin switched protocols without being asked to: we cannot follow.
+        return Err(ProxyError::UpstreamProtocol {
+            host: rec.url.clone(),
+            cause: "unexpected 101 Switching Protocols".into(),
+        });
+    }
+
+    let log = state.log.clone();
+    let mut done = rec.clone();
+    let body = CountingBody::new(
+        IdleTimeoutBody::new(body, state.config.timeouts.read),
+        move |bytes, end| {
+            done.bytes = head_len + bytes;
+            if end != BodyEnd::Complete {
+                done.result = "TCP_MISS_ABORTED";
+            }
+            log.write(&done);
+        },
+    );
+    Ok(Response::from_parts(parts, boxed(body)))
+}
+
+/// Size of the response head as the client receives it (status line and headers).
+fn head_size(parts: &http::response::Parts) -> u64 {
+    let headers: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v): (&header::HeaderName, &HeaderValue)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (headers + 19) as u64
+}

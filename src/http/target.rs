@@ -1,0 +1,192 @@
+//! Request targets: the absolute-form URI of a forwarded request and the authority-form
+//! target of CONNECT (RFC 9112 §3.2), parsed without trusting anything the client sent.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use http::Uri;
+
+use crate::error::ProxyError;
+
+/// Where a request goes: a lower-cased host (IPv6 without brackets) and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// The host as an IP address, when it is a literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
+    /// `host:port` with IPv6 literals bracketed, as used in `CONNECT` and `Host`.
+    pub fn authority(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ProxyError {
+    ProxyError::ClientBadRequest(msg.into())
+}
+
+/// Splits and checks an authority (`host[:port]`) the client sent.
+///
+/// RFC 9110 §4.2.4: a sender MUST NOT generate userinfo in an "http" URI, and a recipient
+/// SHOULD treat it as an error; we refuse it so that credentials in URLs never reach logs.
+fn parse_authority(auth: &str, default_port: Option<u16>) -> Result<Target, ProxyError> {
+    if auth.contains('@') {
+        return Err(bad(
+            "URLs with user:password@ are not accepted; use headers for credentials",
+        ));
+    }
+    let (host, port) = if let Some(rest) = auth.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| bad("unterminated IPv6 literal in host"))?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("invalid IPv6 literal in host"));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| bad("junk after IPv6 literal"))?,
+            ),
+        };
+        (h, port)
+    } else {
+        match auth.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (auth, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("empty host"));
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+    {
+        return Err(bad("invalid character in host"));
+    }
+    let port = match (port, default_port) {
+        (Some(p), _) => match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(bad(format!("invalid port `{p}`"))),
+            Ok(n) => n,
+        },
+        (None, Some(d)) => d,
+        (None, None) => return Err(bad("CONNECT target needs host:port")),
+    };
+    Ok(Target {
+        host: host.trim_end_matches('.').to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// The target of an absolute-form request (`GET http://host:port/path`).
+pub fn absolute(uri: &Uri) -> Result<Target, ProxyError> {
+    let scheme = uri.scheme_str().ok_or(ProxyError::ClientOriginForm)?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => {
+            return Err(bad(
+                "https:// URLs are not fetched by the proxy in plain text; clients use CONNECT \
+                 (set HTTPS_PROXY)",
+            ));
+        }
+        other => return Err(bad(format!("unsupported URL scheme `{other}`"))),
+    };
+    let auth = uri
+        .authority()
+        .ok_or_else(|| bad("absolute URL without a host"))?;
+    parse_authority(auth.as_str(), Some(default_port))
+}
+
+/// The target of a CONNECT request (`CONNECT host:port`).
+pub fn connect(uri: &Uri) -> Result<Target, ProxyError> {
+    if uri.scheme().is_some() || uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(bad("CONNECT needs an authority-form target (host:port)"));
+    }
+    let auth = uri
+        .authority()
+        .ok_or_else(|| bad("CONNECT needs an authority-form target (host:port)"))?;
+    parse_authority(auth.as_str(), None)
+}
+
+/// The URL as it may appear in logs: scheme, host, port, path, query; never userinfo.
+pub fn loggable(uri: &Uri) -> String {
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(s), Some(a)) => {
+            let host = a.as_str().rsplit('@').next().unwrap_or_default();
+            let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            format!("{s}://{host}{pq}")
+        }
+        (None, Some(a)) => a
+            .as_str()
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        _ => uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn abs(s: &str) -> Result<Target, ProxyError> {
+        absolute(&s.parse::<Uri>().unwrap())
+    }
+
+    #[test]
+    fn absolute_targets() {
+        assert_eq!(
+            abs("http://Example.COM/x").unwrap(),
+            Target {
+                host: "example.com".into(),
+                port: 80
+            }
+        );
+        assert_eq!(abs("http://h:8080/").unwrap().port, 8080);
+        let t = abs("http://[::1]:81/").unwrap();
+        assert_eq!(t.host, "::1");
+        assert_eq!(t.authority(), "[::1]:81");
+        assert!(abs("http://u:p@h/").is_err());
+        assert!(abs("http://h:0/").is_err());
+        assert!(abs("ftp://h/").is_err());
+        assert!(abs("https://h/").is_err());
+        assert!(matches!(abs("/path"), Err(ProxyError::ClientOriginForm)));
+    }
+
+    #[test]
+    fn connect_targets() {
+        let c = |s: &str| connect(&s.parse::<Uri>().unwrap());
+        assert_eq!(c("example.com:443").unwrap().port, 443);
+        assert_eq!(c("[2001:db8::1]:443").unwrap().host, "2001:db8::1");
+        assert!(c("example.com").is_err());
+        assert!(c("example.com:0").is_err());
+        assert!(c("[zz]:443").is_err());
+    }
+
+    #[test]
+    fn loggable_drops_userinfo() {
+        let u: Uri = "http://user:secret@h:1/p?q".parse().unwrap();
+        assert_eq!(loggable(&u), "http://h:1/p?q");
+    }
+}

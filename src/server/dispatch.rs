@@ -1,0 +1,75 @@
+//! The hyper service entry: checks the client (network, then proxy authentication), sends
+//! CONNECT to [`crate::tunnel`] and absolute-form requests to [`crate::forward`], refuses
+//! origin-form requests, and turns every error into its response and its access-log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::app::State;
+use crate::error::ProxyError;
+use crate::http::body::Body;
+use crate::http::target;
+use crate::telemetry::AccessRecord;
+
+/// Per-connection facts shared by its requests. The permit counts the connection against
+/// `max-connections` until the connection and any tunnel it became are gone.
+pub struct ConnCtx {
+    pub peer: SocketAddr,
+    pub permit: Arc<OwnedSemaphorePermit>,
+}
+
+pub async fn handle(
+    state: Arc<State>,
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let mut rec = AccessRecord::new(ctx.peer, req.method().as_str(), target::loggable(req.uri()));
+    let result = route(&state, &ctx, req, &mut rec).await;
+    match result {
+        // The handler owns the access-log line from here (written when the body or the
+        // tunnel ends).
+        Ok(resp) => resp,
+        Err(e) => {
+            rec.status = e.status().as_u16();
+            rec.error = Some(e.label());
+            rec.result = match e {
+                ProxyError::Denied { .. } | ProxyError::ClientAuthRequired => "TCP_DENIED",
+                ProxyError::ClientBadRequest(_) | ProxyError::ClientOriginForm => "NONE_NONE",
+                _ => rec.result,
+            };
+            match &e {
+                ProxyError::Denied { .. } | ProxyError::ClientAuthRequired => {
+                    tracing::debug!(client = %ctx.peer, error = %e, "request refused")
+                }
+                _ => {
+                    tracing::info!(client = %ctx.peer, url = %rec.url, error = %e, "request failed")
+                }
+            }
+            let resp = e.to_response(&state.policy.realm);
+            rec.bytes = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+            state.log.write(&rec);
+            resp
+        }
+    }
+}
+
+async fn route(
+    state: &Arc<State>,
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    state.policy.check_client(ctx.peer.ip())?;
+    rec.user = state.policy.authenticate(req.headers()).await?;
+    if req.method() == Method::CONNECT {
+        crate::tunnel::handle(state.clone(), ctx, req, rec).await
+    } else if req.uri().scheme().is_some() {
+        crate::forward::handle(state.clone(), ctx, req, rec).await
+    } else {
+        Err(ProxyError::ClientOriginForm)
+    }
+}

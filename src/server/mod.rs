@@ -1,0 +1,5 @@
+//! The client side: accepting connections ([`listener`]) and routing each request
+//! ([`dispatch`]).
+
+pub mod dispatch;
+pub mod listener;

@@ -1,0 +1,114 @@
+//! CONNECT: checks the target, opens the upstream leg first (directly, or through a parent
+//! with its own CONNECT) so that failures still get a proper status, answers 200, then
+//! bridges the upgraded client connection with the upstream stream and logs the byte counts.
+
+pub mod bridge;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::app::State;
+use crate::error::ProxyError;
+use crate::http::body::{Body, empty};
+use crate::http::target;
+use crate::server::dispatch::ConnCtx;
+use crate::telemetry::AccessRecord;
+use crate::upstream::Route;
+
+#[tracing::instrument(skip_all, fields(target = %req.uri()))]
+pub async fn handle(
+    state: Arc<State>,
+    ctx: &ConnCtx,
+    mut req: Request<Incoming>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    rec.result = "TCP_TUNNEL";
+    let target = target::connect(req.uri())?;
+    state.policy.check_destination(&target, true)?;
+
+    let (upstream, early): (TcpStream, Bytes) = match state.upstream.route(&target.host) {
+        Route::Direct => {
+            let (s, addr) = crate::upstream::connect_direct(
+                &target,
+                &state.policy,
+                state.config.timeouts.connect,
+            )
+            .await?;
+            rec.hierarchy = format!("HIER_DIRECT/{}", addr.ip());
+            (s, Bytes::new())
+        }
+        Route::Parents(peers) => {
+            let mut last = None;
+            let mut opened = None;
+            for peer in peers {
+                rec.hierarchy = format!("FIRSTUP_PARENT/{}", peer.name);
+                match peer.open_tunnel(&target, &state.config.timeouts).await {
+                    Ok(x) => {
+                        peer.mark_up();
+                        opened = Some(x);
+                        break;
+                    }
+                    Err(e) if e.is_peer_unreachable() => {
+                        peer.mark_down();
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match (opened, last) {
+                (Some(x), _) => x,
+                (None, Some(e)) => return Err(e),
+                (None, None) => {
+                    return Err(ProxyError::UpstreamConnect {
+                        host: target.authority(),
+                        cause: "no parent configured".into(),
+                    });
+                }
+            }
+        }
+    };
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mut rec = rec.clone();
+    rec.status = 200;
+    let log = state.log.clone();
+    let idle = state.config.timeouts.tunnel_idle;
+    let stop = state.hard_stop.clone();
+    let permit = ctx.permit.clone();
+    state.tracker.spawn(async move {
+        let _permit = permit;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                let mut early_len = 0;
+                if !early.is_empty() {
+                    early_len = early.len() as u64;
+                    if client.write_all(&early).await.is_err() {
+                        rec.result = "TCP_TUNNEL_ABORTED";
+                    }
+                }
+                let stats = bridge::run(client, upstream, idle, stop).await;
+                rec.bytes += stats.upstream_to_client + early_len;
+                rec.bytes_in = stats.client_to_upstream;
+                if stats.reason != bridge::CloseReason::Done {
+                    tracing::debug!(reason = ?stats.reason, "tunnel closed");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "client connection was not upgraded");
+                rec.result = "TCP_TUNNEL_ABORTED";
+            }
+        }
+        log.write(&rec);
+    });
+
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
