@@ -202,24 +202,26 @@ pub enum BodyEnd {
 pin_project_lite::pin_project! {
     /// Counts the bytes that pass and calls `on_end` exactly once when the body finishes,
     /// fails, or is dropped early.
-    pub struct CountingBody<B, F: FnOnce(u64, BodyEnd)> {
+    pub struct CountingBody<B: HttpBody, F: FnOnce(u64, BodyEnd)> {
         #[pin]
         inner: B,
         bytes: u64,
         on_end: Option<F>,
     }
 
-    impl<B, F: FnOnce(u64, BodyEnd)> PinnedDrop for CountingBody<B, F> {
+    impl<B: HttpBody, F: FnOnce(u64, BodyEnd)> PinnedDrop for CountingBody<B, F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(f) = this.on_end.take() {
-                f(*this.bytes, BodyEnd::Dropped);
+                // hyper stops polling once `is_end_stream` says so: that is a complete body.
+                let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Dropped };
+                f(*this.bytes, end);
             }
         }
     }
 }
 
-impl<B, F: FnOnce(u64, BodyEnd)> CountingBody<B, F> {
+impl<B: HttpBody, F: FnOnce(u64, BodyEnd)> CountingBody<B, F> {
     pub fn new(inner: B, on_end: F) -> Self {
         Self {
             inner,
@@ -242,8 +244,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let r = match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        let r = match this.inner.as_mut().poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(r) => r,
         };
@@ -251,6 +253,11 @@ where
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    if let Some(f) = this.on_end.take() {
+                        f(*this.bytes, BodyEnd::Complete);
+                    }
                 }
             }
             Some(Err(_)) => {
