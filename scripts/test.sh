@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The project's test command (README): installs the outside programs the integration tests
+# drive when they are missing, then runs every Cargo test target. Extra arguments go to
+# `cargo test`, e.g. `scripts/test.sh --test chaining -- --nocapture`.
+#
+# Set CUTTLE_TEST_NO_INSTALL=1 to never install anything (missing programs then make the
+# tests that need them fail, loudly: they never skip).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { echo "test.sh: $*" >&2; }
+
+# What the tests need from outside Cargo: "apt-package probe", the probe being a command name
+# or an absolute path (squid lives in /usr/sbin, which is not on every user's PATH).
+# Later steps add npm, pip, chromium... here.
+REQUIREMENTS=(
+  "squid /usr/sbin/squid"
+  "squid /usr/lib/squid/basic_ncsa_auth"
+  "curl curl"
+)
+
+present() {
+  case $1 in
+    /*) [[ -x $1 ]] ;;
+    *) command -v "$1" >/dev/null 2>&1 ;;
+  esac
+}
+
+# Runs a command as root: directly, through sudo, or not at all.
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    log "need root to run: $*"
+    return 1
+  fi
+}
+
+installed_squid=false
+
+install_missing() {
+  local missing=() entry pkg probe
+  for entry in "${REQUIREMENTS[@]}"; do
+    read -r pkg probe <<<"$entry"
+    if ! present "$probe" && [[ " ${missing[*]-} " != *" $pkg "* ]]; then
+      missing+=("$pkg")
+    fi
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+
+  if [[ ${CUTTLE_TEST_NO_INSTALL:-0} == 1 ]]; then
+    log "missing ${missing[*]} (CUTTLE_TEST_NO_INSTALL=1: not installing; tests needing them will fail)"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "missing ${missing[*]} and no apt-get here: install them with your package manager"
+    exit 1
+  fi
+  log "installing ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${missing[@]}"
+  [[ " ${missing[*]} " == *" squid "* ]] && installed_squid=true
+  return 0
+}
+
+# A live process (a zombie is dead already, but `kill -0` still succeeds on it).
+running() {
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+# Debian's squid package starts a system squid on port 3128. The tests start their own
+# (private config, service name `cuttletest*`, free ports); the system one only takes
+# resources and port 3128, so stop it. If this script installed squid, also disable it.
+stop_system_squid() {
+  local pids=() pid
+  for pid in $(pgrep -x squid 2>/dev/null || true); do
+    running "$pid" || continue
+    if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- '-n cuttletest'; then
+      pids+=("$pid")
+    fi
+  done
+  [[ ${#pids[@]} -eq 0 ]] && return 0
+
+  log "stopping the system squid (pid ${pids[*]}); tests start their own"
+  if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+    as_root systemctl stop squid 2>/dev/null || true
+    if $installed_squid; then as_root systemctl disable squid 2>/dev/null || true; fi
+  fi
+  if command -v service >/dev/null 2>&1; then
+    as_root service squid stop >/dev/null 2>&1 || true
+  fi
+  if $installed_squid && command -v update-rc.d >/dev/null 2>&1; then
+    as_root update-rc.d squid disable >/dev/null 2>&1 || true
+  fi
+
+  # Whatever the service manager left running: only the pids found above.
+  local deadline=$((SECONDS + 15)) alive
+  while :; do
+    alive=()
+    for pid in "${pids[@]}"; do
+      if running "$pid"; then alive+=("$pid"); fi
+    done
+    [[ ${#alive[@]} -eq 0 ]] && return 0
+    if ((SECONDS >= deadline)); then
+      log "system squid still running (pid ${alive[*]}): killing it"
+      as_root kill -KILL "${alive[@]}" 2>/dev/null || true
+      return 0
+    fi
+    if ((SECONDS + 13 >= deadline)); then
+      as_root kill -TERM "${alive[@]}" 2>/dev/null || true
+    fi
+    sleep 0.5
+  done
+}
+
+install_missing
+stop_system_squid
+
+cargo test --all-targets "$@"
