@@ -114,7 +114,7 @@ fn bad_config_exits_2_with_one_line_per_problem() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("CACHE_PEER") && l.contains("port `http`")),
+            .any(|l| l.contains("CACHE_PEER") && l.contains("port is not a number")),
         "{err}"
     );
     assert!(!err.contains("Sup3rSecret"));

@@ -11,7 +11,8 @@ use crate::upstream::parent::PeerConfig;
 /// `url_encoded_user:url_encoded_password:host:port` (Squid image form; user and password
 /// percent-decoded like Squid's `login=`, both empty for no auth, IPv6 host in brackets),
 /// `host:port`, or `http://user:pass@host:port`.
-/// Errors name the peer (1-based) and the part that is wrong, never the credentials.
+/// Errors name the peer (1-based) and the part that is wrong, but quote nothing of the
+/// value: a mistyped entry (`user:secret` without a host) would otherwise echo the password.
 pub fn parse_cache_peer(value: &str) -> Result<Vec<PeerConfig>, String> {
     let mut peers = Vec::new();
     for (i, entry) in value.split(',').enumerate() {
@@ -58,6 +59,18 @@ fn parse_one(entry: &str) -> Result<PeerConfig, String> {
         let creds = &h[..open];
         (creds.strip_suffix(':'), &head[open..])
     } else {
+        // `[::1:3128` (no closing bracket) would otherwise split into host `1` with the
+        // rest of the address taken as credentials.
+        if let Some(open) = head.rfind('[') {
+            let tail = &head[open + 1..];
+            if !tail.is_empty()
+                && tail
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return Err("unbalanced '[' in host (an IPv6 host is written [addr]:port)".into());
+            }
+        }
         match head.rsplit_once(':') {
             Some((c, h)) => (Some(c), h),
             None => (None, head),
@@ -81,7 +94,7 @@ fn split_host_port(hp: &str) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = hp.strip_prefix('[') {
         let (h, p) = rest.split_once("]:").ok_or("IPv6 host needs [addr]:port")?;
         if h.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("host `[{h}]` is not a valid IPv6 address"));
+            return Err("host in brackets is not a valid IPv6 address".into());
         }
         (h.to_string(), p)
     } else {
@@ -94,10 +107,10 @@ fn split_host_port(hp: &str) -> Result<(String, u16), String> {
     if host.contains(|c: char| c.is_whitespace() || c == '@' || c == '/' || c == ':')
         && !hp.starts_with('[')
     {
-        return Err(format!("host `{host}` contains an invalid character"));
+        return Err("host contains an invalid character".into());
     }
     let port = match port.parse::<u16>() {
-        Ok(0) | Err(_) => return Err(format!("port `{port}` is not a number from 1 to 65535")),
+        Ok(0) | Err(_) => return Err("port is not a number from 1 to 65535".into()),
         Ok(p) => p,
     };
     Ok((host.to_ascii_lowercase(), port))
