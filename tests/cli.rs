@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_types)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_types, clippy::disallowed_methods)]
 //! The `cuttle` binary itself: configuration precedence and errors (`check-config`), secrets
 //! that never reach any output, and graceful shutdown on SIGTERM.
 mod support;
