@@ -85,6 +85,9 @@ async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<State
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.timeouts.header_read)
         .max_buf_size(state.config.max_header_size)
+        // max_buf_size alone is soft (a read may fill the buffer's spare capacity past it);
+        // this is the exact limit on the parsed head.
+        .max_header_size(state.config.max_header_size)
         .keep_alive(true);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
