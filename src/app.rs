@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::Policy;
+use crate::cache::Cache;
 use crate::config::ValidConfig;
 use crate::forward::client::Clients;
 use crate::server::listener;
@@ -31,6 +32,8 @@ pub struct State {
     /// Fired when the grace period is over: tunnels still open are closed.
     pub hard_stop: CancellationToken,
     pub conn_limit: Arc<Semaphore>,
+    /// The HTTP cache; `None` when both tiers are off.
+    pub cache: Option<Arc<Cache>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +69,12 @@ impl Proxy {
         let policy = Arc::new(Policy::new(&config, addrs.clone()));
         let upstream = Upstream::new(&config);
         let clients = Clients::new(&config, policy.clone(), upstream.peers());
+        let cache = match &config.cache {
+            Some(settings) => Some(Cache::open(settings.clone()).await),
+            None => None,
+        };
         let state = Arc::new(State {
+            cache,
             conn_limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
             policy,

@@ -23,6 +23,8 @@ pub enum ProxyError {
     ClientOriginForm,
     #[error("proxy authentication required")]
     ClientAuthRequired,
+    #[error("not in cache, and the request said only-if-cached")]
+    NotCached,
 
     // ---- access policy ------------------------------------------------------------------
     #[error("access denied: {rule}")]
@@ -67,6 +69,7 @@ impl ProxyError {
             ClientAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Denied { .. } => StatusCode::FORBIDDEN,
             UpstreamConnectTimeout { .. }
+            | NotCached
             | UpstreamReadTimeout { .. }
             | ParentHandshakeTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamDns { .. }
@@ -85,6 +88,7 @@ impl ProxyError {
             ClientBadRequest(_) => "ERR_INVALID_REQ",
             ClientOriginForm => "ERR_INVALID_URL",
             ClientAuthRequired => "ERR_CACHE_ACCESS_DENIED",
+            NotCached => "ERR_ONLY_IF_CACHED_MISS",
             Denied { .. } => "ERR_ACCESS_DENIED",
             UpstreamDns { .. } => "ERR_DNS_FAIL",
             UpstreamConnect { .. } | UpstreamConnectTimeout { .. } => "ERR_CONNECT_FAIL",

@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod forward;

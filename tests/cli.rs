@@ -1,4 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_types, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
 //! The `cuttle` binary itself: configuration precedence and errors (`check-config`), secrets
 //! that never reach any output, and graceful shutdown on SIGTERM.
 mod support;
@@ -16,6 +22,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_cuttle");
 
 fn cuttle() -> Command {
     let mut c = Command::new(BIN);
+    // These tests are not about the cache: keep it in memory (no shared /tmp directory).
+    c.env("CUTTLE_CACHE_SIZE", "0");
     for (k, _) in std::env::vars() {
         if k.starts_with("CUTTLE_") || k == "CACHE_PEER" || k == "CACHE_PEER_FILE" {
             c.env_remove(k);

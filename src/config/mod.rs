@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::access::auth::Users;
 use crate::access::hosts::{HostList, PortSet};
+use crate::cache::CacheSettings;
 use crate::upstream::parent::PeerConfig;
 
 /// Every setting, as given by the user. `None` means "not given here".
@@ -119,6 +120,47 @@ pub struct Options {
     /// Diagnostics filter for stderr (tracing syntax, e.g. info or cuttle=debug).
     #[arg(long, env = "CUTTLE_LOG_LEVEL")]
     pub log_level: Option<String>,
+
+    /// Disk cache directory (default: cuttle-cache under the system temp dir).
+    #[arg(long, env = "CUTTLE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Disk cache bound (e.g. 10GiB; 0 turns the disk tier off).
+    #[arg(long, env = "CUTTLE_CACHE_SIZE")]
+    pub cache_size: Option<String>,
+
+    /// Memory cache bound (e.g. 256MiB; 0 turns the memory tier off).
+    #[arg(long, env = "CUTTLE_CACHE_MEM")]
+    pub cache_mem: Option<String>,
+
+    /// Largest object stored (e.g. 4GiB).
+    #[arg(long, env = "CUTTLE_MAX_OBJECT_SIZE")]
+    pub max_object_size: Option<String>,
+
+    /// Largest object kept in the memory tier (e.g. 8MiB).
+    #[arg(long, env = "CUTTLE_MAX_MEM_OBJECT_SIZE")]
+    pub max_mem_object_size: Option<String>,
+
+    /// How long past freshness a stored response may be served when the origin or parent
+    /// fails (e.g. 7d; 0s turns it off).
+    #[arg(long, env = "CUTTLE_SERVE_STALE_ON_ERROR")]
+    pub serve_stale_on_error: Option<String>,
+
+    /// A Range request that misses fetches the whole object when it is at most this large.
+    #[arg(long, env = "CUTTLE_RANGE_FETCH_LIMIT")]
+    pub range_fetch_limit: Option<String>,
+
+    /// Client networks allowed to send PURGE (default: none, PURGE is forwarded).
+    #[arg(long, env = "CUTTLE_PURGE_ALLOW", value_delimiter = ',')]
+    pub purge_allow: Option<Vec<String>>,
+
+    /// Apply the built-in artifact rules (npm, Maven, PyPI, cargo, apt, Go): true or false.
+    #[arg(long, env = "CUTTLE_BUILTIN_CACHE_RULES")]
+    pub builtin_cache_rules: Option<bool>,
+
+    /// Cache rules (config file only: `[[cache-rule]]` tables).
+    #[arg(skip)]
+    pub cache_rule: Option<Vec<crate::cache::rules::RuleConfig>>,
 }
 
 macro_rules! merge_fields {
@@ -156,7 +198,17 @@ impl Options {
             max_header_size,
             max_connections,
             log_format,
-            log_level
+            log_level,
+            cache_dir,
+            cache_size,
+            cache_mem,
+            max_object_size,
+            max_mem_object_size,
+            serve_stale_on_error,
+            range_fetch_limit,
+            purge_allow,
+            builtin_cache_rules,
+            cache_rule
         )
     }
 
@@ -325,6 +377,7 @@ impl Options {
             self.deny_dest,
             &["169.254.0.0/16", "fe80::/10"],
         );
+        let purge_allow = nets("purge-allow", self.purge_allow, &[]);
 
         let users = match &self.auth_file {
             None => None,
@@ -354,10 +407,66 @@ impl Options {
             }
         };
 
+        let mut size = |field: &str, v: Option<String>, default: u64| -> u64 {
+            match v {
+                None => default,
+                Some(s) => match parse_size(&s) {
+                    Some(n) => n,
+                    None => {
+                        errs.push(format!(
+                            "{field}: `{s}` is not a size (e.g. 512MiB, 10GiB, 4096)"
+                        ));
+                        default
+                    }
+                },
+            }
+        };
+        let disk_size = size("cache-size", self.cache_size, 10 << 30);
+        let mem_size = size("cache-mem", self.cache_mem, 256 << 20);
+        let max_object = size("max-object-size", self.max_object_size, 4 << 30);
+        let mem_object = size("max-mem-object-size", self.max_mem_object_size, 8 << 20);
+        let range_fetch_limit = size("range-fetch-limit", self.range_fetch_limit, 1 << 30);
+        let serve_stale = match self.serve_stale_on_error {
+            None => Duration::from_secs(7 * 24 * 3600),
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) => d,
+                Err(e) => {
+                    errs.push(format!("serve-stale-on-error: invalid duration `{s}`: {e}"));
+                    Duration::ZERO
+                }
+            },
+        };
+        let rules = match crate::cache::rules::Rules::build(
+            &self.cache_rule.unwrap_or_default(),
+            self.builtin_cache_rules.unwrap_or(true),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                errs.push(e);
+                crate::cache::rules::Rules::default()
+            }
+        };
+        let cache = (disk_size > 0 || mem_size > 0).then(|| CacheSettings {
+            dir: (disk_size > 0).then(|| {
+                self.cache_dir
+                    .unwrap_or_else(|| std::env::temp_dir().join("cuttle-cache"))
+            }),
+            disk_size,
+            mem_size,
+            mem_object: mem_object.min(mem_size),
+            max_object,
+            serve_stale_on_error: serve_stale,
+            range_fetch_limit,
+            rules,
+            purge_allow,
+            reader_stall: timeouts.read,
+        });
+
         if !errs.is_empty() {
             return Err(errs);
         }
         Ok(ValidConfig {
+            cache,
             listen,
             peers,
             direct,
@@ -375,6 +484,28 @@ impl Options {
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
         })
     }
+}
+
+/// Parses a byte size: a number with an optional unit (K, M, G, T as powers of 1024;
+/// KB/MB/GB/TB as powers of 1000; KiB, MiB... explicitly binary).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -414,6 +545,8 @@ pub struct ValidConfig {
     pub max_connections: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// `None` when both cache tiers are off.
+    pub cache: Option<CacheSettings>,
 }
 
 /// The effective configuration as `check-config` prints it: TOML-like, secrets masked.
@@ -493,13 +626,68 @@ impl fmt::Display for ValidConfig {
                 LogFormat::Json => "json",
             }
         )?;
-        writeln!(f, "log-level = {:?}", self.log_level)
+        writeln!(f, "log-level = {:?}", self.log_level)?;
+        match &self.cache {
+            None => writeln!(f, "cache = \"off\""),
+            Some(c) => {
+                let dir = c
+                    .dir
+                    .as_ref()
+                    .map_or_else(|| "off".to_string(), |d| d.display().to_string());
+                writeln!(f, "cache-dir = {dir:?}")?;
+                writeln!(f, "cache-size = {}", c.disk_size)?;
+                writeln!(f, "cache-mem = {}", c.mem_size)?;
+                writeln!(f, "max-object-size = {}", c.max_object)?;
+                writeln!(f, "max-mem-object-size = {}", c.mem_object)?;
+                writeln!(f, "serve-stale-on-error = {}", secs(c.serve_stale_on_error))?;
+                writeln!(f, "range-fetch-limit = {}", c.range_fetch_limit)?;
+                writeln!(
+                    f,
+                    "purge-allow = {}",
+                    list(
+                        &c.purge_allow
+                            .iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                    )
+                )?;
+                writeln!(f, "cache-rules = {}", c.rules.len())
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256MiB"), Some(256 << 20));
+        assert_eq!(parse_size("10G"), Some(10 << 30));
+        assert_eq!(parse_size("5MB"), Some(5_000_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn cache_rules_from_toml() {
+        let o: Options = toml::from_str(
+            "[[cache-rule]]\npattern = '\\.iso$'\nmin = \"1d\"\nignore-client-no-cache = true\n",
+        )
+        .unwrap();
+        let c = o.validate().unwrap();
+        let rules = &c.cache.unwrap().rules;
+        assert!(
+            rules
+                .classify("http://h/a.iso")
+                .unwrap()
+                .ignore_client_no_cache
+        );
+        let bad: Options = toml::from_str("[[cache-rule]]\npattern = '('\n").unwrap();
+        assert!(bad.validate().unwrap_err()[0].contains("cache-rule 1"));
+    }
 
     #[test]
     fn defaults_validate() {

@@ -3,12 +3,13 @@
 //! parents in order, failing over while the request body is still untouched), streams the
 //! response back, passes WebSocket-style upgrades through, and logs when the body ends.
 
+pub mod cached;
 pub mod client;
 
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -70,8 +71,96 @@ pub async fn handle(
         headers: parts.headers,
     };
 
+    if let Some(cache) = state.cache.clone() {
+        if out.method == Method::from_bytes(b"PURGE").unwrap_or(Method::GET)
+            && cache
+                .settings
+                .purge_allow
+                .iter()
+                .any(|n| n.contains(&crate::access::hosts::canonical_ip(ctx.peer.ip())))
+        {
+            return purge(&state, &cache, &target, &out, rec).await;
+        }
+        // A GET with a body (Elasticsearch-style) is forwarded, never cached: the body
+        // would be part of what selects the response.
+        let cacheable_method = out.method == Method::GET || out.method == Method::HEAD;
+        if cacheable_method && upgrade.is_none() && http_body::Body::is_end_stream(&body) {
+            return cached::handle(&state, &cache, ctx, &target, &out, rec).await;
+        }
+    }
+
+    let unsafe_method = !matches!(
+        out.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
     let resp = send(&state, &target, &out, boxed(body), rec).await?;
+    if unsafe_method
+        && let Some(cache) = &state.cache
+        && (resp.status().is_success() || resp.status().is_redirection())
+    {
+        invalidate_after_unsafe(cache, &target, &out, resp.headers()).await;
+    }
     respond(state, ctx, resp, client_upgrade, rec)
+}
+
+/// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and the
+/// `Location` / `Content-Location` URIs on the same origin.
+async fn invalidate_after_unsafe(
+    cache: &crate::cache::Cache,
+    target: &Target,
+    out: &Outgoing,
+    resp: &http::HeaderMap,
+) {
+    use crate::cache::key::PrimaryKey;
+    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
+    cache.invalidate(&PrimaryKey::new(target, path)).await;
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(v) = resp.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let Ok(uri) = v.parse::<http::Uri>() else {
+            continue;
+        };
+        let same_origin = match uri.authority() {
+            None => true,
+            Some(_) => target::absolute(&uri).is_ok_and(|t| t == *target),
+        };
+        if same_origin
+            && let Some(pq) = uri.path_and_query().filter(|p| p.as_str().starts_with('/'))
+        {
+            cache
+                .invalidate(&PrimaryKey::new(target, pq.as_str()))
+                .await;
+        }
+    }
+}
+
+/// `PURGE url` from an allowed client: drops every stored variant of the URL.
+async fn purge(
+    state: &State,
+    cache: &crate::cache::Cache,
+    target: &Target,
+    out: &Outgoing,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
+    let key = crate::cache::key::PrimaryKey::new(target, path);
+    let found = cache.invalidate(&key).await;
+    let (status, text) = if found {
+        (StatusCode::OK, format!("purged {key}\n"))
+    } else {
+        (StatusCode::NOT_FOUND, format!("not in cache: {key}\n"))
+    };
+    tracing::info!(url = %key, found, "purge");
+    rec.result = "TCP_PURGE";
+    rec.status = status.as_u16();
+    rec.bytes = text.len() as u64;
+    state.log.write(rec);
+    let mut resp = Response::new(crate::http::body::full(text));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(resp)
 }
 
 /// Sends the request on its route; on a parent that cannot be connected, the next parent
@@ -173,14 +262,7 @@ fn respond(
         rec.hierarchy = hop.0.to_string();
     }
     rec.status = parts.status.as_u16();
-    rec.content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty() && !v.contains(char::is_whitespace))
-        .unwrap_or_else(|| "-".into());
+    rec.content_type = content_type(&parts.headers);
     let head_len = head_size(&parts);
 
     let upgrading = parts.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -235,8 +317,25 @@ fn respond(
             }
             log.write(&done);
         },
+    )
+    .expecting(
+        parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
     );
     Ok(Response::from_parts(parts, boxed(body)))
+}
+
+/// The media type for the log (`text/plain` of `text/plain; charset=utf-8`), or `-`.
+fn content_type(h: &http::HeaderMap) -> String {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty() && !v.contains(char::is_whitespace))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Size of the response head as the client receives it (status line and headers).

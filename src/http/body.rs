@@ -206,6 +206,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         bytes: u64,
+        expected: Option<u64>,
         on_end: Option<F>,
     }
 
@@ -214,7 +215,9 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(f) = this.on_end.take() {
                 // hyper stops polling once `is_end_stream` says so: that is a complete body.
-                let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Dropped };
+                // hyper stops polling once `Content-Length` bytes are out, too.
+                let complete = this.inner.is_end_stream() || *this.expected == Some(*this.bytes);
+                let end = if complete { BodyEnd::Complete } else { BodyEnd::Dropped };
                 f(*this.bytes, end);
             }
         }
@@ -226,8 +229,15 @@ impl<B: HttpBody, F: FnOnce(u64, BodyEnd)> CountingBody<B, F> {
         Self {
             inner,
             bytes: 0,
+            expected: None,
             on_end: Some(on_end),
         }
+    }
+
+    /// Counts a body whose head announced `len` bytes.
+    pub fn expecting(mut self, len: Option<u64>) -> Self {
+        self.expected = len;
+        self
     }
 }
 

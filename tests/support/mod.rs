@@ -142,6 +142,8 @@ impl Drop for Origin {
 /// cuttle running in-process with its access log captured.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The cache directory, when the test did not choose one.
+    pub cache_dir: Option<tempfile::TempDir>,
     proxy: Option<Proxy>,
     log: std::sync::mpsc::Receiver<String>,
     lines: Mutex<Vec<String>>,
@@ -160,7 +162,17 @@ impl TestProxy {
         Self::try_start(o).await.unwrap()
     }
 
-    pub async fn try_start(o: Options) -> Result<TestProxy, String> {
+    pub async fn try_start(mut o: Options) -> Result<TestProxy, String> {
+        let mut cache_dir = None;
+        if o.cache_dir.is_none() {
+            let d = tempfile::tempdir().map_err(|e| e.to_string())?;
+            o.cache_dir = Some(d.path().to_path_buf());
+            cache_dir = Some(d);
+        }
+        // Tests that leave a tunnel open must not wait the production grace period.
+        if o.shutdown_grace.is_none() {
+            o.shutdown_grace = Some("3s".into());
+        }
         let format = match o.log_format.as_deref() {
             Some("json") => LogFormat::Json,
             _ => LogFormat::Squid,
@@ -169,6 +181,7 @@ impl TestProxy {
         let (log, rx) = AccessLog::channel(format);
         let proxy = Proxy::start(cfg, log).await.map_err(|e| e.to_string())?;
         Ok(TestProxy {
+            cache_dir,
             addr: proxy.addrs()[0],
             proxy: Some(proxy),
             log: rx,

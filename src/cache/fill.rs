@@ -1,0 +1,546 @@
+//! An entry being filled from upstream. One task owns the upstream body; every client that
+//! wants the object (the one whose miss started it and all the coalesced ones) is a reader of
+//! the fill, so all of them are served as the bytes arrive, and the fill goes on when the
+//! client that started it goes away.
+//!
+//! Recent chunks stay in a small in-memory window that live readers are served from. A writer
+//! thread copies every chunk to the temporary disk file through a bounded queue; a reader that
+//! falls behind the window reads that file. If the writer falls behind (queue full) or fails,
+//! only the cache entry is abandoned; from then on the fill waits for its slowest reader
+//! instead of running ahead of it, so no client is ever cut off and none is slowed by the
+//! disk. The entry is committed only when the body is complete (its length matches
+//! `Content-Length` and upstream reported no error).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::disk::DiskWriter;
+use super::memory::MemEntry;
+use super::meta::Meta;
+use crate::http::body::{Body, BoxError};
+
+/// Bytes of recent body kept in memory for live readers.
+const WINDOW: u64 = 4 * 1024 * 1024;
+/// Bytes queued for the disk writer before it counts as fallen behind.
+const WRITER_QUEUE: u64 = 16 * 1024 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillState {
+    Receiving,
+    /// The whole body (this many bytes) has arrived.
+    Done(u64),
+    Failed(String),
+}
+
+struct Inner {
+    received: u64,
+    window: VecDeque<Bytes>,
+    window_start: u64,
+    window_bytes: u64,
+    /// Keep every chunk (the object may go to the memory tier).
+    keep_all: bool,
+    /// Bytes of body readable from `file`.
+    written: u64,
+    /// The file being written (temporary, then committed) and where its body starts.
+    file: Option<(PathBuf, u64)>,
+    /// No usable disk copy (no disk tier, writer behind, write error, too large).
+    file_failed: bool,
+    /// The writer thread has finished (no more bytes will become readable from the file).
+    writer_done: bool,
+    state: FillState,
+    /// Positions of live readers.
+    readers: Vec<Weak<AtomicU64>>,
+}
+
+impl Inner {
+    fn slowest_reader(&mut self) -> Option<u64> {
+        self.readers.retain(|r| r.strong_count() > 0);
+        self.readers
+            .iter()
+            .filter_map(|r| r.upgrade())
+            .map(|p| p.load(Ordering::Relaxed))
+            .min()
+    }
+
+    /// Drops chunks no reader needs: with a disk copy, everything but the last [`WINDOW`];
+    /// without, everything below the slowest reader too.
+    fn trim(&mut self) {
+        if self.keep_all {
+            return;
+        }
+        let mut floor = self.received.saturating_sub(WINDOW);
+        if self.file_failed
+            && let Some(slowest) = self.slowest_reader()
+        {
+            floor = floor.min(slowest);
+        }
+        while let Some(front) = self.window.front() {
+            let len = front.len() as u64;
+            if self.window_start + len > floor {
+                break;
+            }
+            self.window.pop_front();
+            self.window_start += len;
+            self.window_bytes -= len;
+        }
+    }
+}
+
+/// How a fill finished, for the cache to account for it.
+pub enum Completed {
+    /// Stored on disk and/or in memory (`mem` is the whole body when it fits there).
+    Stored {
+        mem: Option<MemEntry>,
+    },
+    NotStored,
+}
+
+pub struct Fill {
+    pub meta: Arc<Meta>,
+    inner: Mutex<Inner>,
+    /// An abandoned disk copy, kept (and deleted) with the fill: readers that fell behind
+    /// the memory window still read it.
+    abandoned: Mutex<Option<DiskWriter>>,
+    changed: watch::Sender<u64>,
+    /// Readers advanced (the fill may be waiting for the slowest one).
+    progress: Notify,
+}
+
+/// Limits for one fill.
+pub struct FillLimits {
+    pub max_object: u64,
+    /// Keep the body in memory for the memory tier when it is at most this large.
+    pub mem_object: u64,
+    /// How long the fill waits for a stalled reader before leaving it behind.
+    pub reader_stall: Duration,
+}
+
+impl Fill {
+    /// Starts filling from `body`. `writer` is the disk entry (none when the disk tier is off).
+    /// `done` runs once at the end with whether the entry was stored.
+    pub fn start<B>(
+        meta: Arc<Meta>,
+        body: B,
+        writer: Option<DiskWriter>,
+        limits: FillLimits,
+        done: impl FnOnce(Arc<Fill>, Completed) + Send + 'static,
+    ) -> Arc<Fill>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let cl = meta.content_length();
+        let keep_all = cl.is_none_or(|n| n <= limits.mem_object);
+        let (tx, _) = watch::channel(0u64);
+        let fill = Arc::new(Fill {
+            meta,
+            inner: Mutex::new(Inner {
+                received: 0,
+                window: VecDeque::new(),
+                window_start: 0,
+                window_bytes: 0,
+                keep_all,
+                written: 0,
+                file: writer
+                    .as_ref()
+                    .map(|w| (w.path().to_path_buf(), w.body_offset())),
+                file_failed: writer.is_none(),
+                writer_done: writer.is_none(),
+                state: FillState::Receiving,
+                readers: Vec::new(),
+            }),
+            changed: tx,
+            progress: Notify::new(),
+            abandoned: Mutex::new(None),
+        });
+        let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
+        let queued = Arc::new(AtomicU64::new(0));
+        let writer_task = writer.map(|w| {
+            let f = fill.clone();
+            let q = queued.clone();
+            tokio::task::spawn_blocking(move || write_to_disk(f, w, wrx, q))
+        });
+        let f = fill.clone();
+        tokio::spawn(async move {
+            let mut wtx = writer_task.as_ref().map(|_| wtx);
+            let mut body = Box::pin(body);
+            let outcome = loop {
+                f.wait_for_slow_readers(limits.reader_stall).await;
+                match body.frame().await {
+                    None => break Ok(()),
+                    Some(Err(e)) => break Err(crate::error::chain(&*e.into())),
+                    Some(Ok(frame)) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if f.push(data.clone(), &limits) {
+                            wtx = None;
+                            f.abandon_file("larger than max-object-size");
+                        }
+                        if let Some(tx) = &wtx {
+                            let n = data.len() as u64;
+                            let behind = queued.fetch_add(n, Ordering::AcqRel) + n > WRITER_QUEUE;
+                            if behind || tx.send(data).is_err() {
+                                wtx = None;
+                                f.abandon_file("disk writer fell behind");
+                            }
+                        }
+                        f.notify();
+                    }
+                }
+            };
+            drop(wtx);
+            {
+                let mut inner = f.inner.lock();
+                inner.state = match outcome {
+                    Ok(()) => match cl {
+                        Some(n) if n != inner.received => FillState::Failed(format!(
+                            "body ended after {} of {n} bytes",
+                            inner.received
+                        )),
+                        _ => FillState::Done(inner.received),
+                    },
+                    Err(e) => FillState::Failed(e),
+                };
+            }
+            f.notify();
+            let stored = match writer_task {
+                Some(t) => t.await.unwrap_or(false),
+                None => false,
+            };
+            f.inner.lock().writer_done = true;
+            f.notify();
+            let mem = f.whole_body().map(|body| MemEntry {
+                meta: f.meta.clone(),
+                body,
+            });
+            let completed = if stored || mem.is_some() {
+                Completed::Stored { mem }
+            } else {
+                Completed::NotStored
+            };
+            done(f, completed);
+        });
+        fill
+    }
+
+    /// Without a disk copy, the fill must not run more than a window ahead of its slowest
+    /// reader, or that reader would lose bytes.
+    async fn wait_for_slow_readers(&self, stall: Duration) {
+        loop {
+            let wait = {
+                let mut inner = self.inner.lock();
+                if !inner.file_failed || inner.keep_all {
+                    false
+                } else {
+                    let received = inner.received;
+                    inner
+                        .slowest_reader()
+                        .is_some_and(|slowest| received.saturating_sub(slowest) > WINDOW)
+                }
+            };
+            if !wait {
+                return;
+            }
+            if tokio::time::timeout(stall, self.progress.notified())
+                .await
+                .is_err()
+            {
+                tracing::debug!(url = %self.meta.url, "a reader stalled; the fill goes on without it");
+                return;
+            }
+        }
+    }
+
+    /// Appends a chunk; returns true when the object outgrew `max_object`.
+    fn push(&self, data: Bytes, limits: &FillLimits) -> bool {
+        let mut inner = self.inner.lock();
+        let n = data.len() as u64;
+        inner.received += n;
+        inner.window.push_back(data);
+        inner.window_bytes += n;
+        if inner.keep_all && inner.received > limits.mem_object {
+            inner.keep_all = false;
+        }
+        inner.trim();
+        inner.received > limits.max_object
+    }
+
+    fn abandon_file(&self, why: &str) {
+        let mut inner = self.inner.lock();
+        if !inner.file_failed {
+            inner.file_failed = true;
+            tracing::debug!(url = %self.meta.url, why, "cache entry abandoned");
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn state(&self) -> FillState {
+        self.inner.lock().state.clone()
+    }
+
+    /// Whether a new reader can be served from the first byte (it would otherwise need bytes
+    /// that are neither in memory nor on disk any more).
+    pub fn joinable(&self) -> bool {
+        let inner = self.inner.lock();
+        !matches!(inner.state, FillState::Failed(_))
+            && (inner.window_start == 0 || !inner.file_failed)
+    }
+
+    /// The object's length once known.
+    pub fn total(&self) -> Option<u64> {
+        match self.inner.lock().state {
+            FillState::Done(n) => Some(n),
+            _ => self.meta.content_length(),
+        }
+    }
+
+    /// The whole body, when the fill completed with every chunk kept in memory.
+    fn whole_body(&self) -> Option<Bytes> {
+        let inner = self.inner.lock();
+        if !matches!(inner.state, FillState::Done(_)) || !inner.keep_all || inner.window_start != 0
+        {
+            return None;
+        }
+        let mut out = bytes::BytesMut::with_capacity(inner.received as usize);
+        for c in &inner.window {
+            out.extend_from_slice(c);
+        }
+        Some(out.freeze())
+    }
+
+    /// A body streaming bytes `[start, end)` of the object (`end` = None: to the end) as they
+    /// arrive.
+    pub fn reader(self: &Arc<Fill>, start: u64, end: Option<u64>) -> Body {
+        let pos = Arc::new(AtomicU64::new(start));
+        self.inner.lock().readers.push(Arc::downgrade(&pos));
+        let st = ReaderState {
+            fill: self.clone(),
+            pos,
+            end,
+            rx: self.changed.subscribe(),
+            file: None,
+            failed: false,
+        };
+        let stream = futures_util::stream::unfold(st, |mut st| async move {
+            if st.failed {
+                return None;
+            }
+            match st.next().await {
+                Ok(Some(b)) => Some((Ok(http_body::Frame::data(b)), st)),
+                Ok(None) => None,
+                Err(e) => {
+                    st.failed = true;
+                    Some((Err(e), st))
+                }
+            }
+        });
+        crate::http::body::boxed(http_body_util::StreamBody::new(stream))
+    }
+}
+
+struct ReaderState {
+    fill: Arc<Fill>,
+    pos: Arc<AtomicU64>,
+    end: Option<u64>,
+    rx: watch::Receiver<u64>,
+    file: Option<(PathBuf, tokio::fs::File)>,
+    failed: bool,
+}
+
+enum Step {
+    Data(Bytes),
+    File(PathBuf, u64, u64),
+    Wait,
+    End,
+    Fail(String),
+}
+
+impl ReaderState {
+    fn advance(&self, n: u64) {
+        self.pos.fetch_add(n, Ordering::Relaxed);
+        self.fill.progress.notify_one();
+    }
+
+    fn step(&self) -> Step {
+        let pos = self.pos.load(Ordering::Relaxed);
+        let inner = self.fill.inner.lock();
+        let total = match &inner.state {
+            FillState::Done(n) => Some(*n),
+            _ => None,
+        };
+        let limit = match (self.end, total) {
+            (Some(e), Some(t)) => e.min(t),
+            (Some(e), None) => e,
+            (None, Some(t)) => t,
+            (None, None) => u64::MAX,
+        };
+        if pos >= limit {
+            return Step::End;
+        }
+        if pos >= inner.window_start && pos < inner.received {
+            let mut off = inner.window_start;
+            for c in &inner.window {
+                let len = c.len() as u64;
+                if pos < off + len {
+                    let from = (pos - off) as usize;
+                    let to = (limit.min(off + len) - off) as usize;
+                    return Step::Data(c.slice(from..to));
+                }
+                off += len;
+            }
+        }
+        if pos < inner.written
+            && let Some((p, off)) = &inner.file
+        {
+            return Step::File(p.clone(), *off, limit.min(inner.written));
+        }
+        match &inner.state {
+            FillState::Failed(e) => Step::Fail(e.clone()),
+            // Bytes gone from the window and never to reach the file.
+            _ if pos < inner.window_start && inner.file_failed && inner.writer_done => {
+                Step::Fail("reader fell behind an uncached transfer".into())
+            }
+            _ => Step::Wait,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
+        loop {
+            match self.step() {
+                Step::Data(b) => {
+                    self.advance(b.len() as u64);
+                    return Ok(Some(b));
+                }
+                Step::End => return Ok(None),
+                Step::Fail(e) => {
+                    tracing::debug!(url = %self.fill.meta.url, pos = self.pos.load(Ordering::Relaxed), error = %e, "fill reader failed");
+                    return Err(e.into());
+                }
+                Step::Wait => self.wait().await?,
+                Step::File(path, offset, until) => {
+                    let pos = self.pos.load(Ordering::Relaxed);
+                    match read_file(&mut self.file, &path, offset, pos, until).await {
+                        Ok(b) if !b.is_empty() => {
+                            self.advance(b.len() as u64);
+                            return Ok(Some(b));
+                        }
+                        Ok(_) => self.wait().await?,
+                        Err(e) => {
+                            // The temporary file was renamed on commit: retry with the new path.
+                            self.file = None;
+                            let moved =
+                                self.fill.inner.lock().file.as_ref().map(|(p, _)| p) != Some(&path);
+                            if !moved {
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> Result<(), BoxError> {
+        self.rx
+            .changed()
+            .await
+            .map_err(|_| BoxError::from("fill ended unexpectedly"))
+    }
+}
+
+/// Reads up to [`READ_CHUNK`] body bytes at `pos` (before `until`) from the fill's file,
+/// keeping the file open between calls.
+async fn read_file(
+    slot: &mut Option<(PathBuf, tokio::fs::File)>,
+    path: &PathBuf,
+    body_offset: u64,
+    pos: u64,
+    until: u64,
+) -> std::io::Result<Bytes> {
+    if slot.as_ref().is_none_or(|(p, _)| p != path) {
+        let f = tokio::fs::File::open(path).await?;
+        *slot = Some((path.clone(), f));
+    }
+    let Some((_, f)) = slot.as_mut() else {
+        return Ok(Bytes::new());
+    };
+    let want = ((until - pos) as usize).min(READ_CHUNK);
+    let mut buf = vec![0u8; want];
+    f.seek(std::io::SeekFrom::Start(body_offset + pos)).await?;
+    let n = f.read(&mut buf).await?;
+    buf.truncate(n);
+    Ok(Bytes::from(buf))
+}
+
+/// The disk writer (a blocking thread): copies queued chunks to the temporary file in
+/// batches, publishes progress to readers, and commits when the fill completed. Returns
+/// whether the entry was stored.
+fn write_to_disk(
+    fill: Arc<Fill>,
+    mut w: DiskWriter,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicU64>,
+) -> bool {
+    while let Some(chunk) = rx.blocking_recv() {
+        let mut r = w.write(&chunk);
+        queued.fetch_sub(chunk.len() as u64, Ordering::AcqRel);
+        while r.is_ok()
+            && let Ok(more) = rx.try_recv()
+        {
+            r = w.write(&more);
+            queued.fetch_sub(more.len() as u64, Ordering::AcqRel);
+        }
+        if let Err(e) = r.and_then(|_| w.flush()) {
+            tracing::debug!(error = %e, "cache write failed");
+            fill.abandon_file("write error");
+            *fill.abandoned.lock() = Some(w);
+            fill.inner.lock().writer_done = true;
+            fill.notify();
+            return false;
+        }
+        fill.inner.lock().written = w.body_len();
+        fill.notify();
+    }
+    let ok = {
+        let inner = fill.inner.lock();
+        matches!(inner.state, FillState::Done(n) if n == w.body_len()) && !inner.file_failed
+    };
+    if !ok {
+        // Everything queued is on disk: keep the file for readers behind the window.
+        *fill.abandoned.lock() = Some(w);
+        fill.inner.lock().writer_done = true;
+        fill.notify();
+        return false;
+    }
+    match w.commit() {
+        Ok(path) => {
+            let mut inner = fill.inner.lock();
+            let offset = inner.file.as_ref().map_or(0, |(_, o)| *o);
+            inner.file = Some((path, offset));
+            drop(inner);
+            fill.notify();
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cache commit failed");
+            false
+        }
+    }
+}

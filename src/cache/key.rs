@@ -1,0 +1,217 @@
+//! Cache keys. The primary key is the normalised absolute URL (scheme and host lower-cased,
+//! default port dropped, path and query as sent). A stored response that names request
+//! headers in `Vary` is one variant of its URL; the variant key hashes the normalised values
+//! of those headers (RFC 9111 §4.1: "field values ... normalized ... e.g. by removing
+//! whitespace"), so `gzip,deflate` and `gzip, deflate` select the same variant.
+
+use std::fmt;
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::http::target::Target;
+
+/// The URL a response is stored under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PrimaryKey {
+    url: String,
+    hash: [u8; 32],
+}
+
+impl PrimaryKey {
+    /// `target` is the request's checked target; `path_and_query` as sent by the client.
+    pub fn new(target: &Target, path_and_query: &str) -> PrimaryKey {
+        let host = if target.host.contains(':') {
+            format!("[{}]", target.host)
+        } else {
+            target.host.clone()
+        };
+        let url = if target.port == 80 {
+            format!("http://{host}{path_and_query}")
+        } else {
+            format!("http://{host}:{}{path_and_query}", target.port)
+        };
+        PrimaryKey::from_url(url)
+    }
+
+    /// A key from an already normalised URL (as stored in an entry's metadata).
+    pub fn from_url(url: String) -> PrimaryKey {
+        let hash = Sha256::digest(url.as_bytes()).into();
+        PrimaryKey { url, hash }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+}
+
+impl fmt::Display for PrimaryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// The `Vary` selection of one stored response: header names and the normalised values the
+/// request that produced it carried (`None` when absent).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub struct Variant {
+    pub fields: Vec<(String, Option<String>)>,
+    /// `Vary: *`: never matches another request.
+    pub star: bool,
+}
+
+impl Variant {
+    /// The variant a response with `vary` selects for a request with `req` headers.
+    pub fn of(vary: &HeaderMap, req: &HeaderMap) -> Variant {
+        let mut names: Vec<String> = vary
+            .get_all(http::header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort();
+        names.dedup();
+        let star = names.iter().any(|n| n == "*");
+        let fields = names
+            .into_iter()
+            .filter(|n| n != "*")
+            .map(|n| {
+                let v = normalised(req, &n);
+                (n, v)
+            })
+            .collect();
+        Variant { fields, star }
+    }
+
+    /// Whether a new request selects this stored variant.
+    pub fn matches(&self, req: &HeaderMap) -> bool {
+        !self.star && self.fields.iter().all(|(n, v)| normalised(req, n) == *v)
+    }
+
+    /// A short stable id (file name on disk); empty selection hashes like any other.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        for (n, v) in &self.fields {
+            h.update(n.as_bytes());
+            h.update([0]);
+            match v {
+                Some(v) => {
+                    h.update([1]);
+                    h.update(v.as_bytes());
+                }
+                None => h.update([2]),
+            }
+            h.update([0xff]);
+        }
+        if self.star {
+            h.update(b"*");
+        }
+        hex::encode(&h.finalize()[..16])
+    }
+}
+
+/// All values of `name`, each list item trimmed, lower-cased and joined with ",".
+fn normalised(req: &HeaderMap, name: &str) -> Option<String> {
+    let mut items = Vec::new();
+    let mut any = false;
+    for v in req.get_all(name) {
+        any = true;
+        let s = String::from_utf8_lossy(v.as_bytes());
+        items.extend(
+            s.split(',')
+                .map(|i| {
+                    i.split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .to_ascii_lowercase()
+                })
+                .filter(|i| !i.is_empty()),
+        );
+    }
+    any.then(|| items.join(","))
+}
+
+/// One stored response: the hex hash of its URL and its variant id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryKey {
+    pub primary: String,
+    pub variant: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn primary_key_normalises_default_port_and_case() {
+        let t = |h: &str, p| Target {
+            host: h.into(),
+            port: p,
+        };
+        assert_eq!(
+            PrimaryKey::new(&t("example.com", 80), "/a?b").url(),
+            "http://example.com/a?b"
+        );
+        assert_eq!(
+            PrimaryKey::new(&t("example.com", 8080), "/").url(),
+            "http://example.com:8080/"
+        );
+        assert_eq!(
+            PrimaryKey::new(&t("::1", 81), "/").url(),
+            "http://[::1]:81/"
+        );
+    }
+
+    #[test]
+    fn vary_matching_is_normalised() {
+        let vary = h(&[("vary", "Accept-Encoding, accept")]);
+        let v = Variant::of(
+            &vary,
+            &h(&[
+                ("accept-encoding", "gzip,  deflate"),
+                ("accept", "application/json"),
+            ]),
+        );
+        assert!(v.matches(&h(&[
+            ("accept-encoding", "GZIP, deflate"),
+            ("accept", "application/json")
+        ])));
+        assert!(!v.matches(&h(&[
+            ("accept-encoding", "br"),
+            ("accept", "application/json")
+        ])));
+        assert!(!v.matches(&h(&[("accept", "application/json")])));
+        let none = Variant::of(&vary, &HeaderMap::new());
+        assert!(none.matches(&HeaderMap::new()));
+        assert_ne!(v.id(), none.id());
+    }
+
+    #[test]
+    fn vary_star_never_matches() {
+        let v = Variant::of(&h(&[("vary", "*")]), &HeaderMap::new());
+        assert!(!v.matches(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn no_vary_matches_everything() {
+        let v = Variant::of(&HeaderMap::new(), &h(&[("accept", "x")]));
+        assert!(v.matches(&h(&[("accept", "y")])));
+    }
+}

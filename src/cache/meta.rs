@@ -1,0 +1,212 @@
+//! The stored form of an entry. On disk one entry is one file:
+//!
+//! ```text
+//! "CUTL" | version u8 | meta_len u32 LE | meta (JSON) | body | body_len u64 LE | sha256(meta ‖ body)
+//! ```
+//!
+//! The version byte lets a later format coexist (files of an unknown version are skipped and
+//! removed); fields added to [`Meta`] use `serde(default)`. The trailing checksum detects torn
+//! writes and bit flips: a file whose checksum does not match is never served.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use super::key::{EntryKey, PrimaryKey, Variant};
+use super::policy::StoredPolicy;
+
+pub const MAGIC: &[u8; 4] = b"CUTL";
+pub const VERSION: u8 = 1;
+/// Magic, version and meta length.
+pub const PREFIX_LEN: usize = 9;
+/// Body length and checksum.
+pub const TRAILER_LEN: usize = 40;
+/// Metadata larger than this is refused (a header block is far smaller).
+const MAX_META: usize = 1 << 20;
+
+/// Everything known about a stored response except its body.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    pub url: String,
+    pub variant: Variant,
+    pub status: u16,
+    /// Response fields as stored (hop-by-hop fields already removed).
+    #[serde(with = "header_list")]
+    pub headers: HeaderMap,
+    pub policy: StoredPolicy,
+    /// Unix seconds when the response was received.
+    pub stored_at: u64,
+}
+
+impl Meta {
+    pub fn new(
+        primary: &PrimaryKey,
+        variant: Variant,
+        status: StatusCode,
+        headers: HeaderMap,
+        policy: StoredPolicy,
+    ) -> Meta {
+        Meta {
+            url: primary.url().to_string(),
+            variant,
+            status: status.as_u16(),
+            headers,
+            policy,
+            stored_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    pub fn key(&self) -> EntryKey {
+        EntryKey {
+            primary: PrimaryKey::from_url(self.url.clone()).hex(),
+            variant: self.variant.id(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK)
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The file prefix: magic, version, meta length, meta.
+    pub fn encode_prefix(&self) -> Result<Vec<u8>, MetaError> {
+        let json = serde_json::to_vec(self).map_err(|e| MetaError::Encode(e.to_string()))?;
+        if json.len() > MAX_META {
+            return Err(MetaError::Encode("metadata too large".into()));
+        }
+        let mut out = Vec::with_capacity(PREFIX_LEN + json.len());
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        Ok(out)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("not a cuttle cache file")]
+    BadMagic,
+    #[error("unsupported cache file version {0}")]
+    Version(u8),
+    #[error("truncated cache file")]
+    Truncated,
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+    #[error("cannot encode metadata: {0}")]
+    Encode(String),
+}
+
+/// Reads the length of the metadata from the first [`PREFIX_LEN`] bytes.
+pub fn decode_prefix(prefix: &[u8]) -> Result<usize, MetaError> {
+    if prefix.len() < PREFIX_LEN {
+        return Err(MetaError::Truncated);
+    }
+    if &prefix[..4] != MAGIC {
+        return Err(MetaError::BadMagic);
+    }
+    if prefix[4] != VERSION {
+        return Err(MetaError::Version(prefix[4]));
+    }
+    let len = u32::from_le_bytes([prefix[5], prefix[6], prefix[7], prefix[8]]) as usize;
+    if len > MAX_META {
+        return Err(MetaError::Corrupt("metadata length out of range".into()));
+    }
+    Ok(len)
+}
+
+pub fn decode_meta(json: &[u8]) -> Result<Meta, MetaError> {
+    serde_json::from_slice(json).map_err(|e| MetaError::Corrupt(e.to_string()))
+}
+
+/// The trailer: body length and the checksum over metadata and body.
+pub fn encode_trailer(body_len: u64, checksum: &[u8; 32]) -> [u8; TRAILER_LEN] {
+    let mut t = [0u8; TRAILER_LEN];
+    t[..8].copy_from_slice(&body_len.to_le_bytes());
+    t[8..].copy_from_slice(checksum);
+    t
+}
+
+pub fn decode_trailer(t: &[u8]) -> Result<(u64, [u8; 32]), MetaError> {
+    if t.len() != TRAILER_LEN {
+        return Err(MetaError::Truncated);
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&t[..8]);
+    let mut sum = [0u8; 32];
+    sum.copy_from_slice(&t[8..]);
+    Ok((u64::from_le_bytes(len), sum))
+}
+
+/// `HeaderMap` as a list of (name, bytes) pairs: order and repeated fields kept, values that
+/// are not UTF-8 survive.
+mod header_list {
+    use super::*;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &HeaderMap, s: S) -> Result<S::Ok, S::Error> {
+        let list: Vec<(&str, &[u8])> = h.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+        list.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HeaderMap, D::Error> {
+        let list: Vec<(String, Vec<u8>)> = Vec::deserialize(d)?;
+        let mut h = HeaderMap::with_capacity(list.len());
+        for (k, v) in list {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(serde::de::Error::custom)?;
+            let value = HeaderValue::from_bytes(&v).map_err(serde::de::Error::custom)?;
+            h.append(name, value);
+        }
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_round_trip_and_errors() {
+        let req = super::super::policy::request_view(
+            &http::Method::GET,
+            &"http://h/x".parse().unwrap(),
+            "h",
+            &HeaderMap::new(),
+            None,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", "max-age=60".parse().unwrap());
+        headers.append("x-multi", "a".parse().unwrap());
+        headers.append("x-multi", HeaderValue::from_bytes(b"\xff").unwrap());
+        let policy =
+            StoredPolicy::new(&req, StatusCode::OK, &headers, SystemTime::now(), None).unwrap();
+        let key = PrimaryKey::from_url("http://h/x".into());
+        let meta = Meta::new(&key, Variant::default(), StatusCode::OK, headers, policy);
+        let bytes = meta.encode_prefix().unwrap();
+        let len = decode_prefix(&bytes[..PREFIX_LEN]).unwrap();
+        let back = decode_meta(&bytes[PREFIX_LEN..PREFIX_LEN + len]).unwrap();
+        assert_eq!(back.url, "http://h/x");
+        assert_eq!(back.headers.get_all("x-multi").iter().count(), 2);
+        assert_eq!(back.key(), meta.key());
+
+        let mut bad = bytes.clone();
+        bad[4] = 9;
+        assert!(matches!(decode_prefix(&bad), Err(MetaError::Version(9))));
+        assert!(matches!(
+            decode_prefix(b"NOPE\x01\0\0\0\0"),
+            Err(MetaError::BadMagic)
+        ));
+        assert!(decode_meta(b"{").is_err());
+        let t = encode_trailer(42, &[7u8; 32]);
+        assert_eq!(decode_trailer(&t).unwrap(), (42, [7u8; 32]));
+    }
+}

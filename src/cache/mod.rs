@@ -1,0 +1,343 @@
+//! The HTTP cache: a shared RFC 9111 cache in two tiers, memory ([`memory`]) for hot small
+//! objects and disk ([`disk`]) for everything up to `--max-object-size`, with artifact rules
+//! ([`rules`]), policy decisions ([`policy`]), one upstream fetch per URL ([`lock`]) streamed
+//! to every waiting client while it is written ([`fill`]), and answers from stored entries
+//! with conditionals and ranges ([`serve`]). The request flow that uses it is
+//! `forward::cached`.
+
+pub mod disk;
+pub mod fill;
+pub mod key;
+pub mod lock;
+pub mod memory;
+pub mod meta;
+pub mod policy;
+pub mod rules;
+pub mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use ipnet::IpNet;
+
+use crate::http::body::{Body, BoxError, full};
+use disk::{Disk, DiskHit, VERIFY_WHOLE_LIMIT};
+use fill::{Completed, Fill, FillLimits};
+use key::PrimaryKey;
+use lock::Locks;
+use memory::{MemEntry, Memory};
+use meta::Meta;
+use rules::Rules;
+
+/// The cache's configuration (validated).
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Disk tier directory; `None` for memory only.
+    pub dir: Option<PathBuf>,
+    pub disk_size: u64,
+    pub mem_size: u64,
+    /// Largest object kept in memory.
+    pub mem_object: u64,
+    /// Largest object stored at all.
+    pub max_object: u64,
+    pub serve_stale_on_error: Duration,
+    /// A range miss fetches the whole object when it is at most this large.
+    pub range_fetch_limit: u64,
+    pub rules: Rules,
+    /// Clients allowed to send `PURGE`.
+    pub purge_allow: Vec<IpNet>,
+    /// How long a fill without a disk copy waits for a stalled reader.
+    pub reader_stall: Duration,
+}
+
+/// Counters kept by the cache (the metrics module reads them).
+#[derive(Default)]
+pub struct CacheStats {
+    pub mem_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub revalidated: AtomicU64,
+    pub stale_served: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub stored: AtomicU64,
+    pub not_stored: AtomicU64,
+}
+
+/// A complete stored response.
+pub enum Stored {
+    /// From the memory tier.
+    Mem(Arc<MemEntry>),
+    /// From the disk tier, read whole and verified (small objects).
+    Verified(Arc<MemEntry>),
+    /// From the disk tier, streamed (verified as it is read).
+    Disk(Arc<Disk>, DiskHit),
+}
+
+impl Stored {
+    pub fn meta(&self) -> &Arc<Meta> {
+        match self {
+            Stored::Mem(e) | Stored::Verified(e) => &e.meta,
+            Stored::Disk(_, h) => &h.meta,
+        }
+    }
+
+    pub fn is_memory(&self) -> bool {
+        matches!(self, Stored::Mem(_))
+    }
+
+    /// The same body with refreshed metadata (after a 304).
+    pub fn with_meta(self, meta: Arc<Meta>) -> Stored {
+        match self {
+            Stored::Mem(e) => Stored::Mem(Arc::new(MemEntry {
+                meta,
+                body: e.body.clone(),
+            })),
+            Stored::Verified(e) => Stored::Verified(Arc::new(MemEntry {
+                meta,
+                body: e.body.clone(),
+            })),
+            Stored::Disk(d, h) => Stored::Disk(d, DiskHit { meta, ..h }),
+        }
+    }
+}
+
+impl serve::Source for Stored {
+    fn total_len(&self) -> Option<u64> {
+        Some(match self {
+            Stored::Mem(e) | Stored::Verified(e) => e.body.len() as u64,
+            Stored::Disk(_, h) => h.len,
+        })
+    }
+
+    fn range(&self, start: u64, end: u64) -> Body {
+        match self {
+            Stored::Mem(e) | Stored::Verified(e) => {
+                full(e.body.slice(start as usize..end as usize))
+            }
+            Stored::Disk(d, h) => d.stream(h, start, end),
+        }
+    }
+
+    fn all(&self) -> Body {
+        match self {
+            Stored::Mem(e) | Stored::Verified(e) => full(e.body.clone()),
+            Stored::Disk(d, h) => d.stream(h, 0, h.len),
+        }
+    }
+}
+
+impl serve::Source for Arc<Fill> {
+    fn total_len(&self) -> Option<u64> {
+        self.total()
+    }
+
+    fn range(&self, start: u64, end: u64) -> Body {
+        self.reader(start, Some(end))
+    }
+
+    fn all(&self) -> Body {
+        self.reader(0, None)
+    }
+}
+
+pub struct Cache {
+    pub settings: CacheSettings,
+    memory: Memory,
+    disk: Option<Arc<Disk>>,
+    pub locks: Locks,
+    pub stats: Arc<CacheStats>,
+}
+
+impl Cache {
+    /// Opens the tiers. A disk directory that cannot be used is logged once and the cache
+    /// runs in memory only (the proxy keeps working).
+    pub async fn open(settings: CacheSettings) -> Arc<Cache> {
+        let disk = match &settings.dir {
+            Some(dir) if settings.disk_size > 0 => {
+                match Disk::open(dir, settings.disk_size).await {
+                    Ok(d) => {
+                        let scan = d.clone();
+                        tokio::spawn(async move { scan.scan().await });
+                        Some(d)
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "disk cache unavailable: caching in memory only");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let memory = Memory::new(settings.mem_size, settings.mem_object);
+        Arc::new(Cache {
+            memory,
+            disk,
+            locks: Locks::default(),
+            stats: Arc::new(CacheStats::default()),
+            settings,
+        })
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.settings.rules
+    }
+
+    pub fn has_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// Whether the index is usable (the disk scan has finished, or there is no disk).
+    pub fn is_ready(&self) -> bool {
+        self.disk.as_ref().is_none_or(|d| d.is_scanned())
+    }
+
+    /// The stored variant of `primary` that a request with `req` headers selects. Small disk
+    /// entries are read whole, verified, and promoted to memory.
+    pub async fn lookup(&self, primary: &PrimaryKey, req: &HeaderMap) -> Option<Stored> {
+        if let Some(e) = self.memory.get(&primary.hex(), primary.url(), req) {
+            return Some(Stored::Mem(e));
+        }
+        let disk = self.disk.as_ref()?;
+        let hit = disk.lookup(primary, req).await?;
+        if hit.len <= VERIFY_WHOLE_LIMIT {
+            let body = disk.read_verified(&hit).await?;
+            let entry = Arc::new(MemEntry {
+                meta: hit.meta.clone(),
+                body,
+            });
+            if self.memory.admits(hit.len) {
+                self.memory.insert(MemEntry {
+                    meta: entry.meta.clone(),
+                    body: entry.body.clone(),
+                });
+            }
+            return Some(Stored::Verified(entry));
+        }
+        Some(Stored::Disk(disk.clone(), hit))
+    }
+
+    /// Whether an object of `len` bytes (if known) can be stored at all.
+    pub fn can_store(&self, len: Option<u64>) -> bool {
+        let max = if self.disk.is_some() {
+            self.settings.max_object
+        } else {
+            self.memory.max_object
+        };
+        len.is_none_or(|n| n <= max)
+    }
+
+    /// Starts storing a response whose head is `meta` and whose body is `body`.
+    pub async fn fill<B>(self: &Arc<Cache>, meta: Arc<Meta>, body: B) -> Arc<Fill>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let writer = match &self.disk {
+            Some(d) => {
+                let (d, m) = (d.clone(), meta.clone());
+                tokio::task::spawn_blocking(move || d.writer(&m).ok())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
+        let max_object = if writer.is_some() {
+            self.settings.max_object
+        } else {
+            self.memory.max_object
+        };
+        let cache = self.clone();
+        Fill::start(
+            meta,
+            body,
+            writer,
+            FillLimits {
+                max_object,
+                mem_object: self.memory.max_object,
+                reader_stall: self.settings.reader_stall,
+            },
+            move |_fill, completed| match completed {
+                Completed::Stored { mem } => {
+                    cache.stats.stored.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = mem {
+                        cache.memory.insert(m);
+                    }
+                }
+                Completed::NotStored => {
+                    cache.stats.not_stored.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        )
+    }
+
+    /// Replaces the metadata of a stored entry (after a 304 merge).
+    pub fn refresh(&self, meta: Arc<Meta>) {
+        self.memory.refresh(meta.clone());
+        if let Some(d) = &self.disk {
+            d.refresh(meta);
+        }
+    }
+
+    /// Removes every variant of a URL from both tiers; true if anything was stored.
+    pub async fn invalidate(&self, primary: &PrimaryKey) -> bool {
+        let hex = primary.hex();
+        let in_mem = self.memory.remove(&hex);
+        let on_disk = match &self.disk {
+            Some(d) => d.remove_primary(&hex).await > 0,
+            None => false,
+        };
+        in_mem || on_disk
+    }
+
+    /// Objects and bytes per tier, with their bounds.
+    pub fn usage(&self) -> TierUsage {
+        let (mo, mb) = self.memory.usage();
+        let (d_objects, d_bytes, d_cap) = match &self.disk {
+            Some(d) => {
+                let (o, b) = d.usage();
+                (o, b, d.capacity())
+            }
+            None => (0, 0, 0),
+        };
+        TierUsage {
+            mem_objects: mo,
+            mem_bytes: mb,
+            mem_capacity: self.memory.capacity(),
+            mem_evictions: self.memory.evictions(),
+            disk_objects: d_objects,
+            disk_bytes: d_bytes,
+            disk_capacity: d_cap,
+            disk_evictions: self
+                .disk
+                .as_ref()
+                .map_or(0, |d| d.stats.evictions.load(Ordering::Relaxed)),
+            disk_corrupt: self
+                .disk
+                .as_ref()
+                .map_or(0, |d| d.stats.corrupt.load(Ordering::Relaxed)),
+            disk_write_errors: self
+                .disk
+                .as_ref()
+                .map_or(0, |d| d.stats.write_errors.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct TierUsage {
+    pub mem_objects: u64,
+    pub mem_bytes: u64,
+    pub mem_capacity: u64,
+    pub mem_evictions: u64,
+    pub disk_objects: u64,
+    pub disk_bytes: u64,
+    pub disk_capacity: u64,
+    pub disk_evictions: u64,
+    pub disk_corrupt: u64,
+    pub disk_write_errors: u64,
+}

@@ -1,0 +1,549 @@
+//! The cache-aware path of `forward::handle` for GET and HEAD: look the URL up, answer fresh
+//! entries from the cache, revalidate stale ones (or serve them while revalidating in the
+//! background, or when the origin fails), and on a miss fetch once per URL while every
+//! concurrent client reads the same fill as it streams.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+
+use super::client::Hop;
+use super::{Outgoing, respond, send};
+use crate::app::State;
+use crate::cache::fill::Fill;
+use crate::cache::key::{PrimaryKey, Variant};
+use crate::cache::lock::{Acquired, Outcome, Permit};
+use crate::cache::meta::Meta;
+use crate::cache::policy::{Freshness, StoredPolicy, request_view};
+use crate::cache::rules::Rule;
+use crate::cache::serve::{self, Source};
+use crate::cache::{Cache, Stored};
+use crate::error::ProxyError;
+use crate::http::body::{Body, BodyEnd, CountingBody, IdleTimeoutBody, empty};
+use crate::http::headers::{append_via, strip_hop_by_hop};
+use crate::http::target::Target;
+use crate::server::dispatch::ConnCtx;
+use crate::telemetry::AccessRecord;
+
+/// Client fields that must not reach the origin on a fetch meant for the cache: the cache
+/// answers conditionals and ranges itself from the full response.
+const CLIENT_ONLY: [header::HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::RANGE,
+];
+
+/// Everything one cached request needs to carry around.
+struct Ctx<'a> {
+    state: &'a Arc<State>,
+    cache: &'a Arc<Cache>,
+    conn: &'a ConnCtx,
+    target: &'a Target,
+    out: &'a Outgoing,
+    primary: PrimaryKey,
+    rule: Option<Rule>,
+    /// The request as the policy sees it (normalised URI, Host).
+    view: http::request::Parts,
+}
+
+fn cc_has(h: &HeaderMap, directive: &str) -> bool {
+    h.get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case(directive))
+}
+
+pub(super) async fn handle(
+    state: &Arc<State>,
+    cache: &Arc<Cache>,
+    conn: &ConnCtx,
+    target: &Target,
+    out: &Outgoing,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
+    let primary = PrimaryKey::new(target, path);
+    let rule = cache.rules().classify(primary.url()).cloned();
+    let view_uri: Uri = primary.url().parse().unwrap_or_else(|_| out.uri.clone());
+    let authority = view_uri
+        .authority()
+        .map_or_else(|| target.authority(), |a| a.to_string());
+    let view = request_view(
+        &Method::GET,
+        &view_uri,
+        &authority,
+        &out.headers,
+        rule.as_ref(),
+    );
+    let c = Ctx {
+        state,
+        cache,
+        conn,
+        target,
+        out,
+        primary,
+        rule,
+        view,
+    };
+    let now = SystemTime::now();
+    let only_if_cached = cc_has(&out.headers, "only-if-cached");
+
+    if let Some(stored) = cache.lookup(&c.primary, &out.headers).await {
+        match stored.meta().policy.lookup(&c.view, now) {
+            Freshness::Fresh(headers) => {
+                let code = if stored.is_memory() {
+                    "TCP_MEM_HIT"
+                } else {
+                    "TCP_HIT"
+                };
+                cache.stats.mem_hits.fetch_add(
+                    stored.is_memory() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                cache.stats.disk_hits.fetch_add(
+                    (!stored.is_memory()) as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                return Ok(c.serve_stored(&stored, headers, code, "hit", rec));
+            }
+            Freshness::Stale(reval) => {
+                if only_if_cached {
+                    return Err(ProxyError::NotCached);
+                }
+                let policy = &stored.meta().policy;
+                if policy.may_serve_while_revalidating(now) {
+                    c.revalidate_in_background(stored.meta().clone(), reval);
+                    cache
+                        .stats
+                        .stale_served
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let h = policy.stale_headers(&stored.meta().headers, now);
+                    return Ok(c.serve_stored(
+                        &stored,
+                        h,
+                        "TCP_STALE_HIT",
+                        "hit; fwd=stale; detail=stale-while-revalidate",
+                        rec,
+                    ));
+                }
+                return c.revalidate(stored, reval, rec).await;
+            }
+        }
+    }
+    if only_if_cached {
+        return Err(ProxyError::NotCached);
+    }
+    if out.method == Method::HEAD {
+        // A HEAD cannot fill the cache; ask the origin.
+        return c.pass(out, rec).await;
+    }
+    cache
+        .stats
+        .misses
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    c.miss(rec).await
+}
+
+impl Ctx<'_> {
+    fn serve_on_error(&self, stored: &Stored) -> bool {
+        stored
+            .meta()
+            .policy
+            .may_serve_on_error(SystemTime::now(), self.cache.settings.serve_stale_on_error)
+    }
+
+    /// Revalidates a stale entry (one request per URL; others wait for the outcome).
+    async fn revalidate(
+        &self,
+        stored: Stored,
+        reval: HeaderMap,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, ProxyError> {
+        let permit = match self.cache.locks.acquire(&self.primary.hex()) {
+            Acquired::Leader(p) => p,
+            Acquired::Follower(f) => return self.follow(f, rec).await,
+        };
+        let req = Outgoing {
+            method: Method::GET,
+            uri: self.out.uri.clone(),
+            headers: {
+                let mut h = reval;
+                h.remove(header::HOST);
+                h
+            },
+        };
+        let now = SystemTime::now();
+        // Without validators this is an unconditional refetch: a miss, not a refresh.
+        let conditional = req.headers.contains_key(header::IF_NONE_MATCH)
+            || req.headers.contains_key(header::IF_MODIFIED_SINCE);
+        let modified = if conditional {
+            "TCP_REFRESH_MODIFIED"
+        } else {
+            "TCP_MISS"
+        };
+        self.cache
+            .stats
+            .revalidated
+            .fetch_add(conditional as u64, std::sync::atomic::Ordering::Relaxed);
+        match send(self.state, self.target, &req, empty(), rec).await {
+            Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
+                let merged = stored.meta().policy.after_not_modified(
+                    &self.view,
+                    resp.headers(),
+                    now,
+                    self.rule.as_ref(),
+                );
+                match merged {
+                    Some((policy, status, headers)) => {
+                        note_hop(&resp, rec);
+                        let meta = Arc::new(refreshed(stored.meta(), status, headers, policy));
+                        self.cache.refresh(meta.clone());
+                        drop(permit);
+                        let stored = stored.with_meta(meta.clone());
+                        let h = match meta.policy.lookup(&self.view, SystemTime::now()) {
+                            Freshness::Fresh(h) => h,
+                            Freshness::Stale(_) => {
+                                meta.policy.stale_headers(&meta.headers, SystemTime::now())
+                            }
+                        };
+                        Ok(self.serve_stored(
+                            &stored,
+                            h,
+                            "TCP_REFRESH_UNMODIFIED",
+                            "hit; fwd=stale; fwd-status=304",
+                            rec,
+                        ))
+                    }
+                    // The origin's 304 names another representation: fetch it whole.
+                    None => {
+                        drop(resp);
+                        self.fetch_and_store(permit, false, rec).await
+                    }
+                }
+            }
+            Ok(resp) if resp.status().is_server_error() && self.serve_on_error(&stored) => {
+                let status = resp.status().as_u16();
+                drop(resp);
+                drop(permit);
+                Ok(self.serve_stale(&stored, &format!("origin answered {status}"), rec))
+            }
+            Ok(resp) => self.store_or_pass(resp, permit, false, modified, rec).await,
+            Err(e) if self.serve_on_error(&stored) => {
+                drop(permit);
+                Ok(self.serve_stale(&stored, e.label(), rec))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn serve_stale(&self, stored: &Stored, why: &str, rec: &mut AccessRecord) -> Response<Body> {
+        tracing::info!(url = %self.primary, why, "origin unavailable: serving stale from cache");
+        self.cache
+            .stats
+            .stale_served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let h = stored
+            .meta()
+            .policy
+            .stale_headers(&stored.meta().headers, SystemTime::now());
+        self.serve_stored(
+            stored,
+            h,
+            "TCP_STALE_IF_ERROR",
+            "hit; fwd=stale; detail=stale-if-error",
+            rec,
+        )
+    }
+
+    /// RFC 5861 §3: one background revalidation per URL (skipped when one is running).
+    fn revalidate_in_background(&self, old: Arc<Meta>, reval: HeaderMap) {
+        let Acquired::Leader(permit) = self.cache.locks.acquire(&self.primary.hex()) else {
+            return;
+        };
+        let state = self.state.clone();
+        let cache = self.cache.clone();
+        let target = self.target.clone();
+        let view = self.view.clone();
+        let rule = self.rule.clone();
+        let mut headers = reval;
+        headers.remove(header::HOST);
+        let req = Outgoing {
+            method: Method::GET,
+            uri: self.out.uri.clone(),
+            headers,
+        };
+        tokio::spawn(async move {
+            let mut rec = AccessRecord::new(([0, 0, 0, 0], 0).into(), "GET", String::new());
+            let now = SystemTime::now();
+            let Ok(resp) = send(&state, &target, &req, empty(), &mut rec).await else {
+                return;
+            };
+            if resp.status() == StatusCode::NOT_MODIFIED {
+                if let Some((policy, status, headers)) =
+                    old.policy
+                        .after_not_modified(&view, resp.headers(), now, rule.as_ref())
+                {
+                    cache.refresh(Arc::new(refreshed(&old, status, headers, policy)));
+                }
+                drop(permit);
+                return;
+            }
+            let (parts, body) = resp.into_parts();
+            let mut headers = parts.headers;
+            strip_hop_by_hop(&mut headers, false);
+            let variant = variant_for(&headers, &req.headers, rule.as_ref());
+            let Some(policy) = StoredPolicy::new(&view, parts.status, &headers, now, rule.as_ref())
+            else {
+                return;
+            };
+            if parts.status.is_server_error() || !cache.can_store(content_length(&headers)) {
+                return;
+            }
+            let primary = PrimaryKey::from_url(old.url.clone());
+            let meta = Arc::new(Meta::new(&primary, variant, parts.status, headers, policy));
+            let fill = cache
+                .fill(meta, IdleTimeoutBody::new(body, state.config.timeouts.read))
+                .await;
+            permit.resolve(Outcome::Fill(fill));
+        });
+    }
+
+    /// A coalesced request: read the leader's fill, or look again once it is done.
+    async fn follow(
+        &self,
+        f: crate::cache::lock::Follower,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, ProxyError> {
+        self.cache
+            .stats
+            .coalesced
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match f.wait(self.state.config.timeouts.read).await {
+            Outcome::Fill(fill)
+                if fill.meta.variant.matches(&self.out.headers) && fill.joinable() =>
+            {
+                rec.hierarchy = "HIER_NONE/-".into();
+                Ok(self.serve_fill(&fill, "TCP_CF_MISS", "fwd=miss; collapsed", rec))
+            }
+            _ => {
+                if let Some(stored) = self.cache.lookup(&self.primary, &self.out.headers).await
+                    && let Freshness::Fresh(h) =
+                        stored.meta().policy.lookup(&self.view, SystemTime::now())
+                {
+                    return Ok(self.serve_stored(&stored, h, "TCP_CF_HIT", "hit; collapsed", rec));
+                }
+                self.pass(self.out, rec).await
+            }
+        }
+    }
+
+    async fn miss(&self, rec: &mut AccessRecord) -> Result<Response<Body>, ProxyError> {
+        match self.cache.locks.acquire(&self.primary.hex()) {
+            Acquired::Leader(permit) => self.fetch_and_store(permit, true, rec).await,
+            Acquired::Follower(f) => self.follow(f, rec).await,
+        }
+    }
+
+    /// Fetches the whole object for the cache (client conditionals and Range removed).
+    async fn fetch_and_store(
+        &self,
+        permit: Permit,
+        is_miss: bool,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut headers = self.out.headers.clone();
+        let wanted_range = headers.contains_key(header::RANGE);
+        for h in CLIENT_ONLY {
+            headers.remove(h);
+        }
+        let req = Outgoing {
+            method: Method::GET,
+            uri: self.out.uri.clone(),
+            headers,
+        };
+        let resp = send(self.state, self.target, &req, empty(), rec).await?;
+        if wanted_range
+            && content_length(resp.headers())
+                .is_some_and(|n| n > self.cache.settings.range_fetch_limit)
+        {
+            // Too large to fetch whole for a range: pass the client's own request instead.
+            drop(resp);
+            drop(permit);
+            return self.pass(self.out, rec).await;
+        }
+        let code = if is_miss {
+            "TCP_MISS"
+        } else {
+            "TCP_REFRESH_MODIFIED"
+        };
+        self.store_or_pass(resp, permit, wanted_range, code, rec)
+            .await
+    }
+
+    /// Stores a storable response (and serves it from the fill), or passes it through.
+    async fn store_or_pass(
+        &self,
+        resp: Response<Incoming>,
+        permit: Permit,
+        _ranged: bool,
+        code: &'static str,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, ProxyError> {
+        let now = SystemTime::now();
+        let mut headers = resp.headers().clone();
+        strip_hop_by_hop(&mut headers, false);
+        let status = resp.status();
+        let policy = (status != StatusCode::PARTIAL_CONTENT && status != StatusCode::NOT_MODIFIED)
+            .then(|| StoredPolicy::new(&self.view, status, &headers, now, self.rule.as_ref()))
+            .flatten();
+        let Some(policy) = policy.filter(|_| self.cache.can_store(content_length(&headers))) else {
+            drop(permit);
+            return respond(self.state.clone(), self.conn, resp, None, rec);
+        };
+        note_hop(&resp, rec);
+        let variant = variant_for(&headers, &self.out.headers, self.rule.as_ref());
+        let meta = Arc::new(Meta::new(&self.primary, variant, status, headers, policy));
+        let (_, body) = resp.into_parts();
+        let fill = self
+            .cache
+            .fill(
+                meta,
+                IdleTimeoutBody::new(body, self.state.config.timeouts.read),
+            )
+            .await;
+        permit.resolve(Outcome::Fill(fill.clone()));
+        Ok(self.serve_fill(&fill, code, "fwd=miss; stored", rec))
+    }
+
+    /// Forwards the client's request as is, without the cache.
+    async fn pass(
+        &self,
+        out: &Outgoing,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, ProxyError> {
+        let resp = send(self.state, self.target, out, empty(), rec).await?;
+        respond(self.state.clone(), self.conn, resp, None, rec)
+    }
+
+    fn serve_fill(
+        &self,
+        fill: &Arc<Fill>,
+        code: &'static str,
+        status_entry: &str,
+        rec: &mut AccessRecord,
+    ) -> Response<Body> {
+        let meta = &fill.meta;
+        let resp = serve::answer(
+            &self.out.method,
+            &self.out.headers,
+            meta.status(),
+            meta.headers.clone(),
+            fill as &dyn Source,
+        );
+        finish(self.state, resp, code, status_entry, rec)
+    }
+
+    fn serve_stored(
+        &self,
+        stored: &Stored,
+        headers: HeaderMap,
+        code: &'static str,
+        status_entry: &str,
+        rec: &mut AccessRecord,
+    ) -> Response<Body> {
+        if !code.starts_with("TCP_REFRESH") {
+            rec.hierarchy = "HIER_NONE/-".into();
+        }
+        let resp = serve::answer(
+            &self.out.method,
+            &self.out.headers,
+            stored.meta().status(),
+            headers,
+            stored as &dyn Source,
+        );
+        finish(self.state, resp, code, status_entry, rec)
+    }
+}
+
+/// The stored metadata after a 304 merge.
+fn refreshed(old: &Meta, status: StatusCode, headers: HeaderMap, policy: StoredPolicy) -> Meta {
+    Meta {
+        status: status.as_u16(),
+        headers,
+        policy,
+        stored_at: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ..old.clone()
+    }
+}
+
+fn note_hop(resp: &Response<Incoming>, rec: &mut AccessRecord) {
+    if let Some(hop) = resp.extensions().get::<Hop>() {
+        rec.hierarchy = hop.0.to_string();
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The variant a response selects: its `Vary` plus the rule's extra key fields.
+fn variant_for(resp: &HeaderMap, req: &HeaderMap, rule: Option<&Rule>) -> Variant {
+    let mut vary = HeaderMap::new();
+    for v in resp.get_all(header::VARY) {
+        vary.append(header::VARY, v.clone());
+    }
+    if let Some(r) = rule {
+        for name in &r.vary {
+            if let Ok(v) = HeaderValue::from_str(name) {
+                vary.append(header::VARY, v);
+            }
+        }
+    }
+    Variant::of(&vary, req)
+}
+
+/// Adds `Via` and `Cache-Status`, and logs the transaction when the body ends.
+fn finish(
+    state: &Arc<State>,
+    resp: Response<Body>,
+    code: &'static str,
+    status_entry: &str,
+    rec: &mut AccessRecord,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    append_via(&mut parts.headers, http::Version::HTTP_11);
+    serve::add_cache_status(&mut parts.headers, &format!("cuttle; {status_entry}"));
+    rec.result = code;
+    rec.status = parts.status.as_u16();
+    rec.content_type = super::content_type(&parts.headers);
+    let head_len = super::head_size(&parts);
+    let log = state.log.clone();
+    let mut done = rec.clone();
+    let expected = content_length(&parts.headers);
+    let body = CountingBody::new(body, move |bytes, end| {
+        done.bytes = head_len + bytes;
+        if end != BodyEnd::Complete {
+            done.result = match done.result {
+                "TCP_MISS" => "TCP_MISS_ABORTED",
+                "TCP_CF_MISS" => "TCP_CF_MISS_ABORTED",
+                "TCP_HIT" => "TCP_HIT_ABORTED",
+                "TCP_MEM_HIT" => "TCP_MEM_HIT_ABORTED",
+                other => other,
+            };
+        }
+        log.write(&done);
+    })
+    .expecting(expected);
+    Response::from_parts(parts, crate::http::body::boxed(body))
+}
