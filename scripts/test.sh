@@ -12,11 +12,12 @@ log() { echo "test.sh: $*" >&2; }
 
 # What the tests need from outside Cargo: "apt-package probe", the probe being a command name
 # or an absolute path (squid lives in /usr/sbin, which is not on every user's PATH).
-# Later steps add npm, pip, chromium... here.
+# Later steps add npm, pip... here. chromium drives the admin status page (tests/status_page.rs).
 REQUIREMENTS=(
   "squid /usr/sbin/squid"
   "squid /usr/lib/squid/basic_ncsa_auth"
   "curl curl"
+  "chromium /usr/bin/chromium"
 )
 
 present() {

@@ -5,25 +5,50 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::Policy;
+use crate::admin::stats::LiveStats;
+use crate::admin::{Admin, Reloader};
 use crate::cache::Cache;
 use crate::config::ValidConfig;
 use crate::forward::client::Clients;
+use crate::metrics::Metrics;
 use crate::server::listener;
 use crate::telemetry::AccessLog;
 use crate::upstream::Upstream;
 
-/// Everything a request handler needs, shared by all connections.
-pub struct State {
-    pub config: ValidConfig,
+/// What a configuration reload replaces, swapped as one: requests in flight keep the
+/// snapshot they started with.
+pub struct Dynamic {
     pub policy: Arc<Policy>,
     pub upstream: Upstream,
     pub clients: Clients,
+}
+
+impl Dynamic {
+    fn build(config: &ValidConfig, own: Vec<SocketAddr>) -> Dynamic {
+        let policy = Arc::new(Policy::new(config, own));
+        let upstream = Upstream::new(config);
+        let clients = Clients::new(config, policy.clone(), upstream.peers());
+        Dynamic {
+            policy,
+            upstream,
+            clients,
+        }
+    }
+}
+
+/// Everything a request handler needs, shared by all connections.
+pub struct State {
+    /// The configuration the process started with (reloads replace [`Dynamic`]).
+    pub config: ValidConfig,
+    dynamic: ArcSwap<Dynamic>,
     pub log: AccessLog,
     /// Connection tasks and tunnels, awaited at shutdown.
     pub tracker: TaskTracker,
@@ -34,6 +59,27 @@ pub struct State {
     pub conn_limit: Arc<Semaphore>,
     /// The HTTP cache; `None` when both tiers are off.
     pub cache: Option<Arc<Cache>>,
+    /// Bound proxy addresses.
+    pub addrs: Vec<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<LiveStats>,
+}
+
+impl State {
+    /// The current access policy, routes and clients.
+    pub fn dynamic(&self) -> Arc<Dynamic> {
+        self.dynamic.load_full()
+    }
+
+    /// Applies the reloadable parts of a new configuration: access rules and users, parent
+    /// proxies and the direct list, cache rules. Other changes need a restart.
+    pub fn reload(&self, new: &ValidConfig) {
+        self.dynamic
+            .store(Arc::new(Dynamic::build(new, self.addrs.clone())));
+        if let (Some(cache), Some(settings)) = (&self.cache, &new.cache) {
+            cache.set_rules(settings.rules.clone());
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +93,25 @@ pub struct StartError {
 pub struct Proxy {
     state: Arc<State>,
     addrs: Vec<SocketAddr>,
-    listeners: Vec<JoinHandle<()>>,
+    listeners: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    admin: Arc<Admin>,
+    admin_addr: Option<SocketAddr>,
+    admin_stop: CancellationToken,
 }
 
 impl Proxy {
-    /// Binds every listen address and starts serving.
+    /// Binds every listen address and starts serving (no reload source).
     pub async fn start(config: ValidConfig, log: AccessLog) -> Result<Proxy, StartError> {
+        Self::start_with(config, log, None).await
+    }
+
+    /// Binds every listen address and the admin port, and starts serving. `reloader`
+    /// re-reads the configuration on SIGHUP or `POST /api/reload`.
+    pub async fn start_with(
+        config: ValidConfig,
+        log: AccessLog,
+        reloader: Option<Reloader>,
+    ) -> Result<Proxy, StartError> {
         let mut bound = Vec::new();
         for addr in &config.listen {
             let l = listener::bind(*addr).map_err(|source| StartError {
@@ -66,9 +125,24 @@ impl Proxy {
             bound.push((l, local));
         }
         let addrs: Vec<SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
-        let policy = Arc::new(Policy::new(&config, addrs.clone()));
-        let upstream = Upstream::new(&config);
-        let clients = Clients::new(&config, policy.clone(), upstream.peers());
+        let admin_listener = match config.admin_listen {
+            Some(a) => {
+                let l = listener::bind(a).map_err(|source| StartError { addr: a, source })?;
+                let local = l
+                    .local_addr()
+                    .map_err(|source| StartError { addr: a, source })?;
+                Some((l, local))
+            }
+            None => None,
+        };
+        let dynamic = ArcSwap::from_pointee(Dynamic::build(&config, addrs.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let stats = Arc::new(LiveStats::default());
+        let (m, st) = (metrics.clone(), stats.clone());
+        let log = log.with_observer(Arc::new(move |rec| {
+            m.observe(rec);
+            st.observe(rec);
+        }));
         let cache = match &config.cache {
             Some(settings) => Some(Cache::open(settings.clone()).await),
             None => None,
@@ -77,9 +151,10 @@ impl Proxy {
             cache,
             conn_limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
-            policy,
-            upstream,
-            clients,
+            dynamic,
+            addrs: addrs.clone(),
+            metrics,
+            stats,
             log,
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -89,10 +164,19 @@ impl Proxy {
             .into_iter()
             .map(|(l, _)| tokio::spawn(listener::serve(l, state.clone())))
             .collect();
+        let admin = Admin::new(state.clone(), state.config.admin_token.clone(), reloader);
+        let admin_stop = CancellationToken::new();
+        let admin_addr = admin_listener.map(|(l, a)| {
+            tokio::spawn(crate::admin::serve(l, admin.clone(), admin_stop.clone()));
+            a
+        });
         Ok(Proxy {
             state,
             addrs,
-            listeners,
+            listeners: parking_lot::Mutex::new(listeners),
+            admin,
+            admin_addr,
+            admin_stop,
         })
     }
 
@@ -105,11 +189,27 @@ impl Proxy {
         &self.state
     }
 
+    /// The bound admin address, when the admin port is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Re-reads and applies the configuration (as SIGHUP does).
+    pub fn reload(&self) -> Result<(), Vec<String>> {
+        self.admin.reload()
+    }
+
     /// Stops accepting, drains for the grace period, then closes what is left.
     pub async fn shutdown(self) {
+        self.drain().await;
+    }
+
+    /// [`Proxy::shutdown`] through a shared reference.
+    pub async fn drain(&self) {
         let grace = self.state.config.timeouts.shutdown_grace;
         self.state.shutdown.cancel();
-        for l in self.listeners {
+        let listeners = std::mem::take(&mut *self.listeners.lock());
+        for l in listeners {
             let _ = l.await;
         }
         self.state.tracker.close();
@@ -126,18 +226,39 @@ impl Proxy {
                 tokio::time::timeout(std::time::Duration::from_secs(2), self.state.tracker.wait())
                     .await;
         }
+        self.admin_stop.cancel();
     }
 }
 
-/// Runs until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: ValidConfig) -> Result<(), StartError> {
+/// Runs until SIGTERM or SIGINT, then drains and returns. SIGHUP reloads.
+pub async fn run(config: ValidConfig, reloader: Option<Reloader>) -> Result<(), StartError> {
     let log = AccessLog::stdout(config.log_format);
-    let proxy = Proxy::start(config, log).await?;
+    let proxy = Arc::new(Proxy::start_with(config, log, reloader).await?);
+    // Registered before the listening line is logged: a SIGHUP sent as soon as the proxy
+    // announces itself must reload it, not kill it.
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = p.reload();
+            }
+        });
+    }
     for a in proxy.addrs() {
         tracing::info!(addr = %a, "cuttle listening");
     }
-    if let Some(peers) = Some(proxy.state.upstream.peers()).filter(|p| !p.is_empty()) {
-        let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+    if let Some(a) = proxy.admin_addr() {
+        tracing::info!(admin = %a, "admin port (health, metrics, status page)");
+    }
+    let dynamic = proxy.state.dynamic();
+    if !dynamic.upstream.peers().is_empty() {
+        let names: Vec<&str> = dynamic
+            .upstream
+            .peers()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         tracing::info!(parents = ?names, "forwarding through parent proxies");
     }
     wait_for_signal().await;
@@ -145,7 +266,7 @@ pub async fn run(config: ValidConfig) -> Result<(), StartError> {
         grace = ?proxy.state.config.timeouts.shutdown_grace,
         "shutting down: draining connections"
     );
-    proxy.shutdown().await;
+    proxy.drain().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,7 +28,12 @@ pub enum ProxyError {
 
     // ---- access policy ------------------------------------------------------------------
     #[error("access denied: {rule}")]
-    Denied { rule: String },
+    Denied {
+        /// Bounded reason for metrics: client_network, connect_port, deny_domain,
+        /// allow_domain, deny_dest, loop.
+        reason: &'static str,
+        rule: String,
+    },
 
     // ---- upstream (origin, direct path) -------------------------------------------------
     #[error("cannot resolve host {host}: {cause}")]

@@ -12,12 +12,14 @@
 //! ([`config`]); [`app`] wires it together and owns graceful shutdown.
 
 pub mod access;
+pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod telemetry;
 pub mod tunnel;

@@ -1,9 +1,12 @@
 //! The `cuttle` binary: parses flags (each with a `CUTTLE_*` variable) and an optional TOML
-//! file, validates once, starts logging and runs the proxy. Exit codes: 0 after a clean
-//! shutdown, 2 for configuration errors (one line per problem), 1 when it cannot start.
+//! file, validates once, starts logging and runs the proxy; also the client commands that
+//! talk to a running instance's admin port (`status`, `cache stats`, `cache purge`). Exit
+//! codes: 0 after a clean shutdown, 2 for configuration errors (one line per problem), 1 when
+//! it cannot start or reach the admin port.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -32,20 +35,46 @@ struct RunArgs {
     opts: Options,
 }
 
+#[derive(clap::Args, Clone)]
+struct AdminArgs {
+    /// Admin URL of the running instance.
+    #[arg(
+        long = "admin",
+        env = "CUTTLE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9128"
+    )]
+    admin_url: String,
+    /// Admin token, when the instance requires one.
+    #[arg(long, env = "CUTTLE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy (the default).
     Run(RunArgs),
     /// Print the effective configuration with secrets masked; exit 2 on problems.
     CheckConfig(RunArgs),
+    /// Show a running instance's figures (the status page, in a terminal).
+    Status(AdminArgs),
+    /// Inspect or purge a running instance's cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
 }
 
-fn load(args: RunArgs) -> Result<ValidConfig, Vec<String>> {
-    let file = match &args.config {
-        Some(p) => Options::from_file(p)?,
-        None => Options::default(),
-    };
-    args.opts.or(file).validate()
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Objects, bytes, hits and misses per tier.
+    Stats(AdminArgs),
+    /// Remove every stored variant of a URL.
+    Purge {
+        /// The absolute URL (http://host/path).
+        url: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[allow(clippy::print_stderr, clippy::print_stdout)]
@@ -55,8 +84,15 @@ fn main() -> ExitCode {
         None => (false, cli.run),
         Some(Command::Run(a)) => (false, a),
         Some(Command::CheckConfig(a)) => (true, a),
+        Some(Command::Status(a)) => return client(a, ClientCall::Status),
+        Some(Command::Cache { command }) => {
+            return match command {
+                CacheCommand::Stats(a) => client(a, ClientCall::CacheStats),
+                CacheCommand::Purge { url, admin } => client(admin, ClientCall::Purge(url)),
+            };
+        }
     };
-    let config = match load(args) {
+    let config = match cuttle::config::load(&args.opts, args.config.as_deref()) {
         Ok(c) => c,
         Err(problems) => {
             for p in problems {
@@ -73,7 +109,11 @@ fn main() -> ExitCode {
         eprintln!("cuttle: config: {e}");
         return ExitCode::from(2);
     }
-    match serve(config) {
+    let reloader: cuttle::admin::Reloader = {
+        let (opts, file) = (args.opts.clone(), args.config.clone());
+        Arc::new(move || cuttle::config::load(&opts, file.as_deref()))
+    };
+    match serve(config, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cuttle: {e:#}");
@@ -82,11 +122,109 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: ValidConfig) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(cuttle::app::run(config))?;
+        .context("cannot start the async runtime")
+}
+
+fn serve(config: ValidConfig, reloader: cuttle::admin::Reloader) -> anyhow::Result<()> {
+    runtime()?.block_on(cuttle::app::run(config, Some(reloader)))?;
     Ok(())
+}
+
+enum ClientCall {
+    Status,
+    CacheStats,
+    Purge(String),
+}
+
+#[allow(clippy::print_stderr, clippy::print_stdout)]
+fn client(admin: AdminArgs, call: ClientCall) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cuttle: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = admin.admin_token.as_deref();
+    let result = rt.block_on(async {
+        match &call {
+            ClientCall::Status => {
+                cuttle::admin::client::call(
+                    &admin.admin_url,
+                    http::Method::GET,
+                    "/api/stats",
+                    token,
+                )
+                .await
+            }
+            ClientCall::CacheStats => {
+                cuttle::admin::client::call(
+                    &admin.admin_url,
+                    http::Method::GET,
+                    "/api/cache",
+                    token,
+                )
+                .await
+            }
+            ClientCall::Purge(url) => {
+                let q =
+                    percent_encoding::utf8_percent_encode(url, percent_encoding::NON_ALPHANUMERIC);
+                cuttle::admin::client::call(
+                    &admin.admin_url,
+                    http::Method::POST,
+                    &format!("/api/purge?url={q}"),
+                    token,
+                )
+                .await
+            }
+        }
+    });
+    let (status, body) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("cuttle: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if status == http::StatusCode::UNAUTHORIZED {
+        eprintln!(
+            "cuttle: the admin port wants a token: pass --admin-token or set CUTTLE_ADMIN_TOKEN"
+        );
+        return ExitCode::FAILURE;
+    }
+    let json: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("cuttle: unexpected answer ({status}): {}", body.trim());
+            return ExitCode::FAILURE;
+        }
+    };
+    match call {
+        ClientCall::Status => print!("{}", cuttle::admin::client::status_table(&json)),
+        ClientCall::CacheStats => print!("{}", cuttle::admin::client::cache_table(&json)),
+        ClientCall::Purge(url) => {
+            if json["purged"].as_bool() == Some(true) {
+                println!("purged {url}");
+            } else {
+                println!("not in cache: {url}");
+                return ExitCode::from(3);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -32,6 +32,14 @@ pub struct AccessRecord {
     pub content_type: String,
     /// Short error label when the transaction failed (`ERR_DNS_FAIL`...).
     pub error: Option<&'static str>,
+    /// Bounded reason when an access rule refused the request.
+    pub deny_reason: Option<&'static str>,
+    /// The error message (for the status page; never logged to stdout).
+    pub error_message: Option<String>,
+    /// From the request to its response head.
+    pub ttfb: Option<std::time::Duration>,
+    /// From sending upstream to the upstream response head.
+    pub upstream_latency: Option<std::time::Duration>,
 }
 
 impl AccessRecord {
@@ -50,6 +58,17 @@ impl AccessRecord {
             hierarchy: "HIER_NONE/-".into(),
             content_type: "-".into(),
             error: None,
+            deny_reason: None,
+            error_message: None,
+            ttfb: None,
+            upstream_latency: None,
+        }
+    }
+
+    /// Marks the moment the response head is ready.
+    pub fn head_ready(&mut self) {
+        if self.ttfb.is_none() {
+            self.ttfb = Some(self.start.elapsed());
         }
     }
 
@@ -98,12 +117,16 @@ impl AccessRecord {
     }
 }
 
+/// Called with every finished transaction (metrics, live statistics).
+pub type Observer = Arc<dyn Fn(&AccessRecord) + Send + Sync>;
+
 /// Where access-log lines go: a writer thread on stdout, or a channel for tests.
 #[derive(Clone)]
 pub struct AccessLog {
     tx: SyncSender<String>,
     format: LogFormat,
     dropped: Arc<AtomicU64>,
+    observer: Option<Observer>,
 }
 
 /// Lines buffered before new ones are dropped (and counted) rather than stall requests.
@@ -135,7 +158,14 @@ impl AccessLog {
             tx,
             format,
             dropped: Arc::new(AtomicU64::new(0)),
+            observer: None,
         }
+    }
+
+    /// The same log, also reporting every record to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> AccessLog {
+        self.observer = Some(observer);
+        self
     }
 
     /// A log whose lines are delivered to the returned receiver (tests, embedding).
@@ -146,12 +176,16 @@ impl AccessLog {
                 tx,
                 format,
                 dropped: Arc::new(AtomicU64::new(0)),
+                observer: None,
             },
             rx,
         )
     }
 
     pub fn write(&self, rec: &AccessRecord) {
+        if let Some(o) = &self.observer {
+            o(rec);
+        }
         let line = match self.format {
             LogFormat::Squid => rec.squid_line(),
             LogFormat::Json => rec.json_line(),

@@ -24,6 +24,7 @@ fn cuttle() -> Command {
     let mut c = Command::new(BIN);
     // These tests are not about the cache: keep it in memory (no shared /tmp directory).
     c.env("CUTTLE_CACHE_SIZE", "0");
+    c.env("CUTTLE_ADMIN_LISTEN", "127.0.0.1:0");
     for (k, _) in std::env::vars() {
         if k.starts_with("CUTTLE_") || k == "CACHE_PEER" || k == "CACHE_PEER_FILE" {
             c.env_remove(k);
@@ -498,4 +499,66 @@ async fn grace_period_bounds_shutdown() {
         .await
         .unwrap();
     assert_eq!(code, 0);
+}
+
+/// SIGHUP re-reads the config file: a new deny rule applies without a restart, and an
+/// invalid file is rejected (logged) while the running configuration stays.
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let origin = Origin::text("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cuttle.toml");
+    std::fs::write(&file, "deny-domain = [\"blocked.test\"]\n").unwrap();
+    let proc = Running::start(
+        cuttle()
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(&file),
+    );
+    let c = proxy_client(proc.addr);
+    assert_eq!(c.get(origin.url("/")).send().await.unwrap().status(), 200);
+    let hup = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    std::fs::write(&file, "deny-domain = [\"127.0.0.1\"]\n").unwrap();
+    hup(proc.child.id());
+    let mut denied = false;
+    for _ in 0..200 {
+        if c.get(origin.url("/")).send().await.unwrap().status() == 403 {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        denied,
+        "SIGHUP did not apply the new rule:\n{}",
+        proc.output()
+    );
+    std::fs::write(&file, "connect-timeout = \"soon\"\n").unwrap();
+    hup(proc.child.id());
+    let mut rejected = false;
+    for _ in 0..200 {
+        if proc.output().contains("reload rejected") {
+            rejected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(rejected, "{}", proc.output());
+    assert!(
+        proc.output().contains("connect-timeout"),
+        "{}",
+        proc.output()
+    );
+    assert_eq!(
+        c.get(origin.url("/")).send().await.unwrap().status(),
+        403,
+        "old config kept"
+    );
 }

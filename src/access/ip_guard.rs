@@ -19,12 +19,14 @@ impl IpGuard {
         Self { deny, own }
     }
 
-    /// `Err(rule)` names why the address may not be reached.
-    pub fn check(&self, addr: SocketAddr) -> Result<(), String> {
+    /// `Err((reason, rule))` says why the address may not be reached (a bounded reason for
+    /// metrics, and the rule for the message).
+    pub fn check(&self, addr: SocketAddr) -> Result<(), (&'static str, String)> {
         let ip = canonical_ip(addr.ip());
         if let Some(net) = self.deny.iter().find(|n| n.contains(&ip)) {
-            return Err(format!(
-                "destination {ip} is in denied network {net} (deny-dest)"
+            return Err((
+                "deny_dest",
+                format!("destination {ip} is in denied network {net} (deny-dest)"),
             ));
         }
         let is_self = self.own.iter().any(|own| {
@@ -34,9 +36,12 @@ impl IpGuard {
                         && (ip.is_loopback() || ip.is_unspecified())))
         });
         if is_self {
-            return Err(format!(
-                "destination {} is this proxy's own listening address (forwarding loop)",
-                SocketAddr::new(ip, addr.port())
+            return Err((
+                "loop",
+                format!(
+                    "destination {} is this proxy's own listening address (forwarding loop)",
+                    SocketAddr::new(ip, addr.port())
+                ),
             ));
         }
         Ok(())

@@ -29,8 +29,11 @@ pub struct Policy {
     guard: IpGuard,
 }
 
-fn denied(rule: impl Into<String>) -> ProxyError {
-    ProxyError::Denied { rule: rule.into() }
+fn denied(reason: &'static str, rule: impl Into<String>) -> ProxyError {
+    ProxyError::Denied {
+        reason,
+        rule: rule.into(),
+    }
 }
 
 impl Policy {
@@ -52,7 +55,10 @@ impl Policy {
         if self.allow_client.iter().any(|n| n.contains(&ip)) {
             Ok(())
         } else {
-            Err(denied(format!("client {ip} is not in allow-client")))
+            Err(denied(
+                "client_network",
+                format!("client {ip} is not in allow-client"),
+            ))
         }
     }
 
@@ -70,19 +76,25 @@ impl Policy {
     /// Checks the destination as named by the client (before any DNS lookup).
     pub fn check_destination(&self, t: &Target, is_connect: bool) -> Result<(), ProxyError> {
         if is_connect && !self.connect_ports.contains(t.port) {
-            return Err(denied(format!(
-                "CONNECT to port {} is not in connect-ports ({})",
-                t.port, self.connect_ports
-            )));
+            return Err(denied(
+                "connect_port",
+                format!(
+                    "CONNECT to port {} is not in connect-ports ({})",
+                    t.port, self.connect_ports
+                ),
+            ));
         }
         if let Some(rule) = self.deny_domain.matching(&t.host) {
-            return Err(denied(format!(
-                "host {} matches deny-domain `{rule}`",
-                t.host
-            )));
+            return Err(denied(
+                "deny_domain",
+                format!("host {} matches deny-domain `{rule}`", t.host),
+            ));
         }
         if !self.allow_domain.is_empty() && !self.allow_domain.matches(&t.host) {
-            return Err(denied(format!("host {} is not in allow-domain", t.host)));
+            return Err(denied(
+                "allow_domain",
+                format!("host {} is not in allow-domain", t.host),
+            ));
         }
         if let Some(ip) = t.ip() {
             self.check_address(SocketAddr::new(ip, t.port))?;
@@ -92,6 +104,8 @@ impl Policy {
 
     /// Checks one resolved address of the destination.
     pub fn check_address(&self, addr: SocketAddr) -> Result<(), ProxyError> {
-        self.guard.check(addr).map_err(denied)
+        self.guard
+            .check(addr)
+            .map_err(|(reason, rule)| denied(reason, rule))
     }
 }

@@ -350,12 +350,7 @@ impl Disk {
                 loop {
                     if st.pos >= st.to {
                         if let Some(h) = st.hasher.take() {
-                            let mut t = [0u8; TRAILER_LEN];
-                            f.read_exact(&mut t).await?;
-                            let (len, sum) = meta::decode_trailer(&t).map_err(|e| e.to_string())?;
-                            if len != st.body_len || h.finalize()[..] != sum[..] {
-                                return Err("checksum mismatch".into());
-                            }
+                            check_trailer(f, h, st.body_len).await?;
                         }
                         return Ok(None);
                     }
@@ -374,6 +369,13 @@ impl Disk {
                     // While verifying, the metadata is hashed but not sent.
                     if st.pos <= st.from.max(st.body_start) {
                         continue;
+                    }
+                    // The last bytes go out only once the checksum matched: a corrupt file
+                    // ends as an aborted transfer, never as a complete-looking body.
+                    if st.pos >= st.to
+                        && let Some(h) = st.hasher.take()
+                    {
+                        check_trailer(f, h, st.body_len).await?;
                     }
                     let skip = st.from.saturating_sub(chunk_start) as usize;
                     return Ok(Some(buf.freeze().slice(skip.min(n)..)));
@@ -522,6 +524,21 @@ impl Disk {
     pub fn capacity(&self) -> u64 {
         self.max_bytes
     }
+}
+
+/// Reads the trailer that follows the body and compares it with the running checksum.
+async fn check_trailer(
+    f: &mut tokio::fs::File,
+    hasher: Sha256,
+    body_len: u64,
+) -> Result<(), BoxError> {
+    let mut t = [0u8; TRAILER_LEN];
+    f.read_exact(&mut t).await?;
+    let (len, sum) = meta::decode_trailer(&t).map_err(|e| e.to_string())?;
+    if len != body_len || hasher.finalize()[..] != sum[..] {
+        return Err("checksum mismatch".into());
+    }
+    Ok(())
 }
 
 /// An entry being written to `tmp/` (blocking I/O, from the fill's writer thread); renamed

@@ -202,7 +202,6 @@ impl Fill {
                     }
                 }
             };
-            drop(wtx);
             {
                 let mut inner = f.inner.lock();
                 inner.state = match outcome {
@@ -216,6 +215,9 @@ impl Fill {
                     Err(e) => FillState::Failed(e),
                 };
             }
+            // Only now: the writer decides whether to commit from the state once its queue
+            // closes.
+            drop(wtx);
             f.notify();
             let stored = match writer_task {
                 Some(t) => t.await.unwrap_or(false),
@@ -272,7 +274,8 @@ impl Fill {
         inner.received += n;
         inner.window.push_back(data);
         inner.window_bytes += n;
-        if inner.keep_all && inner.received > limits.mem_object {
+        // Too large for memory, or to be stored at all.
+        if inner.keep_all && inner.received > limits.mem_object.min(limits.max_object) {
             inner.keep_all = false;
         }
         inner.trim();

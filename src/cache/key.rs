@@ -117,7 +117,7 @@ impl Variant {
 }
 
 /// All values of `name`, each list item trimmed, lower-cased and joined with ",".
-fn normalised(req: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn normalised(req: &HeaderMap, name: &str) -> Option<String> {
     let mut items = Vec::new();
     let mut any = false;
     for v in req.get_all(name) {

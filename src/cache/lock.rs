@@ -85,6 +85,12 @@ impl Permit {
         self.finish(outcome);
     }
 
+    /// Tells followers, present and future, the outcome while keeping the key locked until
+    /// the permit is dropped (a fill: later misses join it while it streams).
+    pub fn publish(&mut self, outcome: Outcome) {
+        self.slot.send_replace(Some(outcome));
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         if self.resolved {
             return;
@@ -105,7 +111,9 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.finish(Outcome::Uncached);
+        // A published outcome stays what late followers see.
+        let published = self.slot.borrow().clone();
+        self.finish(published.unwrap_or(Outcome::Uncached));
     }
 }
 

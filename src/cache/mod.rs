@@ -146,6 +146,7 @@ impl serve::Source for Arc<Fill> {
 
 pub struct Cache {
     pub settings: CacheSettings,
+    rules: arc_swap::ArcSwap<Rules>,
     memory: Memory,
     disk: Option<Arc<Disk>>,
     pub locks: Locks,
@@ -174,6 +175,7 @@ impl Cache {
         };
         let memory = Memory::new(settings.mem_size, settings.mem_object);
         Arc::new(Cache {
+            rules: arc_swap::ArcSwap::from_pointee(settings.rules.clone()),
             memory,
             disk,
             locks: Locks::default(),
@@ -182,8 +184,13 @@ impl Cache {
         })
     }
 
-    pub fn rules(&self) -> &Rules {
-        &self.settings.rules
+    /// The artifact rules in force (replaced by a reload).
+    pub fn rules(&self) -> arc_swap::Guard<Arc<Rules>> {
+        self.rules.load()
+    }
+
+    pub fn set_rules(&self, rules: Rules) {
+        self.rules.store(Arc::new(rules));
     }
 
     pub fn has_disk(&self) -> bool {
@@ -230,8 +237,16 @@ impl Cache {
         len.is_none_or(|n| n <= max)
     }
 
-    /// Starts storing a response whose head is `meta` and whose body is `body`.
-    pub async fn fill<B>(self: &Arc<Cache>, meta: Arc<Meta>, body: B) -> Arc<Fill>
+    /// Starts storing a response whose head is `meta` and whose body is `body`. The fill is
+    /// published to `permit`'s followers at once, but the key stays locked until the fill has
+    /// finished (and its entry is findable): a request arriving while it streams joins it
+    /// instead of fetching the object again.
+    pub async fn fill<B>(
+        self: &Arc<Cache>,
+        meta: Arc<Meta>,
+        body: B,
+        permit: lock::Permit,
+    ) -> Arc<Fill>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -252,7 +267,9 @@ impl Cache {
             self.memory.max_object
         };
         let cache = self.clone();
-        Fill::start(
+        let permit = Arc::new(parking_lot::Mutex::new(Some(permit)));
+        let held = permit.clone();
+        let fill = Fill::start(
             meta,
             body,
             writer,
@@ -261,18 +278,26 @@ impl Cache {
                 mem_object: self.memory.max_object,
                 reader_stall: self.settings.reader_stall,
             },
-            move |_fill, completed| match completed {
-                Completed::Stored { mem } => {
-                    cache.stats.stored.fetch_add(1, Ordering::Relaxed);
-                    if let Some(m) = mem {
-                        cache.memory.insert(m);
+            move |_fill, completed| {
+                match completed {
+                    Completed::Stored { mem } => {
+                        if let Some(m) = mem {
+                            cache.memory.insert(m);
+                        }
+                        cache.stats.stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Completed::NotStored => {
+                        cache.stats.not_stored.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Completed::NotStored => {
-                    cache.stats.not_stored.fetch_add(1, Ordering::Relaxed);
-                }
+                // The entry is findable now (or never will be): release the key.
+                drop(held.lock().take());
             },
-        )
+        );
+        if let Some(p) = permit.lock().as_mut() {
+            p.publish(lock::Outcome::Fill(fill.clone()));
+        }
+        fill
     }
 
     /// Replaces the metadata of a stored entry (after a 304 merge).

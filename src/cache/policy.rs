@@ -38,6 +38,14 @@ pub struct StoredPolicy {
     pub no_stale: bool,
     /// Name of the artifact rule applied, if any.
     pub rule: Option<String>,
+    /// The response's `Vary` names (lower-cased, no `*`): the policy sees these request fields
+    /// normalised like the variant key does, so both agree on which requests match.
+    #[serde(default)]
+    vary: Vec<String>,
+    /// The origin's `Cache-Control`, when the policy was given an edited one (see
+    /// [`policy_view`]); fresh answers carry the original.
+    #[serde(default)]
+    origin_cache_control: Option<String>,
 }
 
 /// What a lookup decided.
@@ -154,6 +162,72 @@ fn normalise_dates(h: &mut HeaderMap) {
     }
 }
 
+/// Names listed in `Vary`, lower-cased, without `*`.
+fn vary_names(h: &HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = h
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty() && n != "*")
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `req` with the fields named in `vary` normalised as the variant key does (RFC 9111 §4.1:
+/// "normalizing both header field values in a way that is known to have identical
+/// semantics"); without this the policy's own Vary check would refuse a variant that the key
+/// selected (`gzip,deflate` against a stored `gzip, deflate`).
+fn normalise_vary(req: &http::request::Parts, vary: &[String]) -> http::request::Parts {
+    let mut out = req.clone();
+    for name in vary {
+        let Ok(n) = header::HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        let v = super::key::normalised(&req.headers, name);
+        out.headers.remove(&n);
+        if let Some(v) = v.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            out.headers.insert(n, v);
+        }
+    }
+    out
+}
+
+/// The response fields as `http-cache-semantics` is given them. It treats `proxy-revalidate`
+/// as zero freshness in a shared cache, but RFC 9111 §5.2.2.8 makes it `must-revalidate` for
+/// shared caches (it only matters once the response is stale): the policy gets that instead.
+/// Returns the original `Cache-Control` when it was edited.
+fn policy_view(h: &mut HeaderMap) -> Option<String> {
+    let dirs = directives(h);
+    if !dirs.iter().any(|(k, _)| k == "proxy-revalidate") {
+        return None;
+    }
+    let original = h
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let has_must = dirs.iter().any(|(k, _)| k == "must-revalidate");
+    let edited: Vec<String> = dirs
+        .iter()
+        .filter(|(k, _)| k != "proxy-revalidate")
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={v}"),
+            None => k.clone(),
+        })
+        .chain((!has_must).then(|| "must-revalidate".to_string()))
+        .collect();
+    h.remove(header::CACHE_CONTROL);
+    if let Ok(v) = HeaderValue::from_str(&edited.join(", ")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    Some(original)
+}
+
 impl StoredPolicy {
     /// The policy for a response, or `None` when RFC 9111 §3 forbids storing it.
     pub fn new(
@@ -170,9 +244,12 @@ impl StoredPolicy {
             shared: true,
             ..CacheOptions::default()
         };
-        let first =
-            CachePolicy::new_options(req, &response(status, h.clone()), response_time, opts);
+        let vary = vary_names(&h);
+        let req = &normalise_vary(req, &vary);
         let dirs = directives(&h);
+        let mut viewed = h.clone();
+        let origin_cache_control = policy_view(&mut viewed);
+        let first = CachePolicy::new_options(req, &response(status, viewed), response_time, opts);
         let has = |n: &str| dirs.iter().any(|(k, _)| k == n);
         let mut storable = first.is_storable();
         if !storable && rule.is_some_and(|r| r.is_immutable()) {
@@ -211,11 +288,14 @@ impl StoredPolicy {
                 if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
                     h.insert(header::CACHE_CONTROL, v);
                 }
+                policy_view(&mut h);
                 let p = CachePolicy::new_options(req, &response(status, h), response_time, opts);
                 (p, lifetime, no_stale_directives && !immutable)
             }
             None => (first, origin_lifetime, no_stale_directives),
         };
+        // Rule-governed answers carry the rule's Cache-Control, as before.
+        let origin_cache_control = origin_cache_control.filter(|_| rule.is_none());
         Some(StoredPolicy {
             policy,
             lifetime,
@@ -223,16 +303,41 @@ impl StoredPolicy {
             sie: seconds(&dirs, "stale-if-error"),
             no_stale,
             rule: rule.map(|r| r.name.clone()),
+            vary,
+            origin_cache_control,
         })
     }
 
     /// Decides whether the stored response answers `req` now.
     pub fn lookup(&self, req: &http::request::Parts, now: SystemTime) -> Freshness {
-        match self.policy.before_request(req, now) {
+        match self
+            .policy
+            .before_request(&normalise_vary(req, &self.vary), now)
+        {
             BeforeRequest::Fresh(parts) => {
-                Freshness::Fresh(fix_response_headers(parts.headers, now))
+                let mut h = parts.headers;
+                if let Some(v) = self
+                    .origin_cache_control
+                    .as_deref()
+                    .and_then(|v| HeaderValue::from_str(v).ok())
+                {
+                    h.insert(header::CACHE_CONTROL, v);
+                }
+                Freshness::Fresh(fix_response_headers(h, now))
             }
-            BeforeRequest::Stale { request, .. } => Freshness::Stale(request.headers),
+            BeforeRequest::Stale { request, .. } => {
+                // The request goes upstream with the client's own values of the Vary'd fields.
+                let mut h = request.headers;
+                for name in &self.vary {
+                    h.remove(name.as_str());
+                    for v in req.headers.get_all(name.as_str()) {
+                        if let Ok(n) = header::HeaderName::from_bytes(name.as_bytes()) {
+                            h.append(n, v.clone());
+                        }
+                    }
+                }
+                Freshness::Stale(h)
+            }
         }
     }
 
@@ -269,18 +374,48 @@ impl StoredPolicy {
     }
 
     /// Merges a 304 into the stored response (RFC 9111 §4.3.4) and re-derives the policy
-    /// (artifact rules included). `None` when the 304 does not match the stored response.
+    /// (artifact rules included). `stored` are the entry's fields. `None` when the 304 does not
+    /// match the stored response.
     pub fn after_not_modified(
         &self,
         req: &http::request::Parts,
+        stored: &HeaderMap,
         not_modified: &HeaderMap,
         now: SystemTime,
         rule: Option<&Rule>,
     ) -> Option<(StoredPolicy, StatusCode, HeaderMap)> {
-        let resp = response(StatusCode::NOT_MODIFIED, not_modified.clone());
-        match self.policy.after_response(req, &resp, now) {
+        let mut nm = not_modified.clone();
+        if !nm.contains_key(header::ETAG) && !nm.contains_key(header::LAST_MODIFIED) {
+            // A 304 without validators answers the conditional request made from this entry's
+            // own validators (RFC 9110 §15.4.5 requires only ETag among them, and origins such
+            // as Python's http.server send neither): it selects this entry.
+            for name in [header::ETAG, header::LAST_MODIFIED] {
+                if let Some(v) = stored.get(&name) {
+                    nm.insert(name, v.clone());
+                }
+            }
+        }
+        policy_view(&mut nm);
+        let resp = response(StatusCode::NOT_MODIFIED, nm);
+        match self
+            .policy
+            .after_response(&normalise_vary(req, &self.vary), &resp, now)
+        {
             AfterResponse::NotModified(_, parts) => {
                 let mut h = parts.headers;
+                // Cache-Control as the origin wrote it (the 304's, else the stored one).
+                if not_modified.contains_key(header::CACHE_CONTROL) {
+                    h.remove(header::CACHE_CONTROL);
+                    for v in not_modified.get_all(header::CACHE_CONTROL) {
+                        h.append(header::CACHE_CONTROL, v.clone());
+                    }
+                } else if let Some(v) = self
+                    .origin_cache_control
+                    .as_deref()
+                    .and_then(|v| HeaderValue::from_str(v).ok())
+                {
+                    h.insert(header::CACHE_CONTROL, v);
+                }
                 h.remove(header::AGE);
                 h.remove("warning");
                 match not_modified.get(header::DATE) {
@@ -538,13 +673,81 @@ mod tests {
         }
         // 304 merge keeps the entry and refreshes it.
         let nm = resp(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
-        let (p2, status, h) = p.after_not_modified(&req(&[]), &nm, now, None).unwrap();
+        let stored = resp(&[("etag", "\"v1\"")]);
+        let (p2, status, h) = p
+            .after_not_modified(&req(&[]), &stored, &nm, now, None)
+            .unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(p2.lifetime, Duration::from_secs(60));
         assert_eq!(h["cache-control"], "max-age=60");
         // A different validator does not match.
         let other = resp(&[("etag", "\"v2\"")]);
-        assert!(p.after_not_modified(&req(&[]), &other, now, None).is_none());
+        assert!(
+            p.after_not_modified(&req(&[]), &stored, &other, now, None)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn not_modified_without_validators_refreshes_the_entry() {
+        let now = SystemTime::now();
+        let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let stored = resp(&[("cache-control", "max-age=0"), ("last-modified", lm)]);
+        let p = StoredPolicy::new(&req(&[]), StatusCode::OK, &stored, now, None).unwrap();
+        let nm = resp(&[("cache-control", "max-age=60")]);
+        let (p2, _, h) = p
+            .after_not_modified(&req(&[]), &stored, &nm, now, None)
+            .unwrap();
+        assert_eq!(p2.lifetime, Duration::from_secs(60));
+        assert_eq!(h["last-modified"], lm);
+    }
+
+    #[test]
+    fn vary_is_matched_on_normalised_values() {
+        let now = SystemTime::now();
+        let p = StoredPolicy::new(
+            &req(&[("accept-encoding", "gzip, deflate")]),
+            StatusCode::OK,
+            &resp(&[("cache-control", "max-age=60"), ("vary", "Accept-Encoding")]),
+            now,
+            None,
+        )
+        .unwrap();
+        assert!(matches!(
+            p.lookup(&req(&[("accept-encoding", "GZIP,deflate")]), now),
+            Freshness::Fresh(_)
+        ));
+        match p.lookup(&req(&[("accept-encoding", "br")]), now) {
+            // Revalidation goes upstream with the client's own value.
+            Freshness::Stale(h) => assert_eq!(h["accept-encoding"], "br"),
+            Freshness::Fresh(_) => panic!("another variant"),
+        }
+    }
+
+    #[test]
+    fn proxy_revalidate_keeps_freshness_but_forbids_stale() {
+        let now = SystemTime::now();
+        let p = StoredPolicy::new(
+            &req(&[]),
+            StatusCode::OK,
+            &resp(&[("cache-control", "max-age=60, proxy-revalidate")]),
+            now,
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.lifetime, Duration::from_secs(60));
+        assert!(p.no_stale);
+        match p.lookup(&req(&[]), now) {
+            Freshness::Fresh(h) => assert_eq!(h["cache-control"], "max-age=60, proxy-revalidate"),
+            Freshness::Stale(_) => panic!("fresh for 60 s"),
+        }
+        assert!(matches!(
+            p.lookup(
+                &req(&[("cache-control", "max-stale=600")]),
+                now + Duration::from_secs(61)
+            ),
+            Freshness::Stale(_)
+        ));
     }
 
     #[test]

@@ -158,6 +158,18 @@ pub struct Options {
     #[arg(long, env = "CUTTLE_BUILTIN_CACHE_RULES")]
     pub builtin_cache_rules: Option<bool>,
 
+    /// Admin port (health probes, metrics, status page): address:port, or `off`.
+    #[arg(long, env = "CUTTLE_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
+    /// Token required as `Authorization: Bearer` on the admin port (not for the probes).
+    #[arg(long, env = "CUTTLE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// File holding the admin token.
+    #[arg(long, env = "CUTTLE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Cache rules (config file only: `[[cache-rule]]` tables).
     #[arg(skip)]
     pub cache_rule: Option<Vec<crate::cache::rules::RuleConfig>>,
@@ -208,6 +220,9 @@ impl Options {
             range_fetch_limit,
             purge_allow,
             builtin_cache_rules,
+            admin_listen,
+            admin_token,
+            admin_token_file,
             cache_rule
         )
     }
@@ -462,10 +477,41 @@ impl Options {
             reader_stall: timeouts.read,
         });
 
+        let admin_listen = match self.admin_listen.as_deref().map(str::trim) {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9128))),
+            Some("off") | Some("none") | Some("") => None,
+            Some(a) => match a.parse::<SocketAddr>() {
+                Ok(sa) => Some(sa),
+                Err(_) => {
+                    errs.push(format!(
+                        "admin-listen: `{a}` is not an address:port (or off)"
+                    ));
+                    None
+                }
+            },
+        };
+        let admin_token = match (self.admin_token, self.admin_token_file) {
+            (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            (_, Some(path)) => match env::read_secret_file(&path) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                Ok(_) => {
+                    errs.push("admin-token-file: the file is empty".into());
+                    None
+                }
+                Err(e) => {
+                    errs.push(format!("admin-token-file: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
+
         if !errs.is_empty() {
             return Err(errs);
         }
         Ok(ValidConfig {
+            admin_listen,
+            admin_token,
             cache,
             listen,
             peers,
@@ -484,6 +530,16 @@ impl Options {
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
         })
     }
+}
+
+/// Merges options (flags and environment, as parsed) with the TOML file, if any, and
+/// validates: how the configuration is loaded at start and at every reload.
+pub fn load(opts: &Options, file: Option<&std::path::Path>) -> Result<ValidConfig, Vec<String>> {
+    let from_file = match file {
+        Some(p) => Options::from_file(p)?,
+        None => Options::default(),
+    };
+    opts.clone().or(from_file).validate()
 }
 
 /// Parses a byte size: a number with an optional unit (K, M, G, T as powers of 1024;
@@ -547,6 +603,9 @@ pub struct ValidConfig {
     pub log_level: String,
     /// `None` when both cache tiers are off.
     pub cache: Option<CacheSettings>,
+    /// `None` when the admin port is off.
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
 }
 
 /// The effective configuration as `check-config` prints it: TOML-like, secrets masked.
@@ -627,6 +686,19 @@ impl fmt::Display for ValidConfig {
             }
         )?;
         writeln!(f, "log-level = {:?}", self.log_level)?;
+        match self.admin_listen {
+            Some(a) => writeln!(f, "admin-listen = \"{a}\"")?,
+            None => writeln!(f, "admin-listen = \"off\"")?,
+        }
+        writeln!(
+            f,
+            "admin-token = \"{}\"",
+            if self.admin_token.is_some() {
+                "****"
+            } else {
+                "off"
+            }
+        )?;
         match &self.cache {
             None => writeln!(f, "cache = \"off\""),
             Some(c) => {

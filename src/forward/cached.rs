@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use super::client::Hop;
 use super::{Outgoing, respond, send};
 use crate::app::State;
-use crate::cache::fill::Fill;
+use crate::cache::fill::{Fill, FillState};
 use crate::cache::key::{PrimaryKey, Variant};
 use crate::cache::lock::{Acquired, Outcome, Permit};
 use crate::cache::meta::Meta;
@@ -196,6 +196,7 @@ impl Ctx<'_> {
             Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
                 let merged = stored.meta().policy.after_not_modified(
                     &self.view,
+                    &stored.meta().headers,
                     resp.headers(),
                     now,
                     self.rule.as_ref(),
@@ -286,10 +287,13 @@ impl Ctx<'_> {
                 return;
             };
             if resp.status() == StatusCode::NOT_MODIFIED {
-                if let Some((policy, status, headers)) =
-                    old.policy
-                        .after_not_modified(&view, resp.headers(), now, rule.as_ref())
-                {
+                if let Some((policy, status, headers)) = old.policy.after_not_modified(
+                    &view,
+                    &old.headers,
+                    resp.headers(),
+                    now,
+                    rule.as_ref(),
+                ) {
                     cache.refresh(Arc::new(refreshed(&old, status, headers, policy)));
                 }
                 drop(permit);
@@ -308,10 +312,13 @@ impl Ctx<'_> {
             }
             let primary = PrimaryKey::from_url(old.url.clone());
             let meta = Arc::new(Meta::new(&primary, variant, parts.status, headers, policy));
-            let fill = cache
-                .fill(meta, IdleTimeoutBody::new(body, state.config.timeouts.read))
+            cache
+                .fill(
+                    meta,
+                    IdleTimeoutBody::new(body, state.config.timeouts.read),
+                    permit,
+                )
                 .await;
-            permit.resolve(Outcome::Fill(fill));
         });
     }
 
@@ -326,8 +333,16 @@ impl Ctx<'_> {
             .coalesced
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match f.wait(self.state.config.timeouts.read).await {
+            // A request that arrives once the fill is complete (its entry not yet findable)
+            // is a plain reuse, so the response must be fresh for it (RFC 9111 §4.2).
             Outcome::Fill(fill)
-                if fill.meta.variant.matches(&self.out.headers) && fill.joinable() =>
+                if fill.meta.variant.matches(&self.out.headers)
+                    && fill.joinable()
+                    && (fill.state() == FillState::Receiving
+                        || matches!(
+                            fill.meta.policy.lookup(&self.view, SystemTime::now()),
+                            Freshness::Fresh(_)
+                        )) =>
             {
                 rec.hierarchy = "HIER_NONE/-".into();
                 Ok(self.serve_fill(&fill, "TCP_CF_MISS", "fwd=miss; collapsed", rec))
@@ -416,9 +431,9 @@ impl Ctx<'_> {
             .fill(
                 meta,
                 IdleTimeoutBody::new(body, self.state.config.timeouts.read),
+                permit,
             )
             .await;
-        permit.resolve(Outcome::Fill(fill.clone()));
         Ok(self.serve_fill(&fill, code, "fwd=miss; stored", rec))
     }
 
@@ -526,6 +541,7 @@ fn finish(
     serve::add_cache_status(&mut parts.headers, &format!("cuttle; {status_entry}"));
     rec.result = code;
     rec.status = parts.status.as_u16();
+    rec.head_ready();
     rec.content_type = super::content_type(&parts.headers);
     let head_len = super::head_size(&parts);
     let log = state.log.clone();

@@ -52,7 +52,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, ProxyError> {
     rec.result = "TCP_MISS";
     let target = target::absolute(req.uri())?;
-    state.policy.check_destination(&target, false)?;
+    state.dynamic().policy.check_destination(&target, false)?;
 
     let (mut parts, body) = req.into_parts();
     let upgrade = upgrade_protocol(&parts.headers);
@@ -163,9 +163,25 @@ async fn purge(
     Ok(resp)
 }
 
+/// [`send_on_route`], timing the upstream exchange for the metrics.
+async fn send(
+    state: &State,
+    target: &Target,
+    out: &Outgoing,
+    body: Body,
+    rec: &mut AccessRecord,
+) -> Result<Response<Incoming>, ProxyError> {
+    let started = std::time::Instant::now();
+    let r = send_on_route(state, target, out, body, rec).await;
+    if r.is_ok() {
+        rec.upstream_latency = Some(started.elapsed());
+    }
+    r
+}
+
 /// Sends the request on its route; on a parent that cannot be connected, the next parent
 /// gets the same request as long as no byte of the body has been read.
-async fn send(
+async fn send_on_route(
     state: &State,
     target: &Target,
     out: &Outgoing,
@@ -177,10 +193,12 @@ async fn send(
         host: target.authority(),
         secs: read.as_secs(),
     };
-    match state.upstream.route(&target.host) {
+    let dynamic = state.dynamic();
+    match dynamic.upstream.route(&target.host) {
         Route::Direct => {
             rec.hierarchy = "HIER_DIRECT/-".into();
-            match tokio::time::timeout(read, state.clients.direct.request(out.request(body))).await
+            match tokio::time::timeout(read, dynamic.clients.direct.request(out.request(body)))
+                .await
             {
                 Ok(Ok(r)) => Ok(r),
                 Ok(Err(e)) => Err(map_client_error(&e, target)),
@@ -191,7 +209,7 @@ async fn send(
             let slot = ReplaySlot::new(body);
             let mut last = None;
             for peer in peers {
-                let Some(client) = state.clients.parent(&peer) else {
+                let Some(client) = dynamic.clients.parent(&peer) else {
                     continue;
                 };
                 rec.hierarchy = format!("FIRSTUP_PARENT/{}", peer.name);
@@ -262,6 +280,7 @@ fn respond(
         rec.hierarchy = hop.0.to_string();
     }
     rec.status = parts.status.as_u16();
+    rec.head_ready();
     rec.content_type = content_type(&parts.headers);
     let head_len = head_size(&parts);
 
@@ -281,8 +300,10 @@ fn respond(
         let idle = state.config.timeouts.tunnel_idle;
         let stop = state.hard_stop.clone();
         let permit = ctx.permit.clone();
+        let open = state.metrics.tunnel();
         state.tracker.spawn(async move {
             let _permit = permit;
+            let _open = open;
             match tokio::try_join!(client_up, origin_up) {
                 Ok((c, o)) => {
                     let s = bridge::run(TokioIo::new(c), TokioIo::new(o), idle, stop).await;

@@ -36,6 +36,13 @@ pub async fn handle(
         Err(e) => {
             rec.status = e.status().as_u16();
             rec.error = Some(e.label());
+            rec.error_message = Some(e.to_string());
+            rec.deny_reason = match &e {
+                ProxyError::Denied { reason, .. } => Some(reason),
+                ProxyError::ClientAuthRequired => Some("auth"),
+                _ => None,
+            };
+            rec.head_ready();
             rec.result = match e {
                 ProxyError::Denied { .. } | ProxyError::ClientAuthRequired => "TCP_DENIED",
                 ProxyError::ClientBadRequest(_) | ProxyError::ClientOriginForm => "NONE_NONE",
@@ -49,7 +56,7 @@ pub async fn handle(
                     tracing::info!(client = %ctx.peer, url = %rec.url, error = %e, "request failed")
                 }
             }
-            let resp = e.to_response(&state.policy.realm);
+            let resp = e.to_response(&state.dynamic().policy.realm);
             rec.bytes = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
             state.log.write(&rec);
             resp
@@ -63,8 +70,9 @@ async fn route(
     req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    state.policy.check_client(ctx.peer.ip())?;
-    rec.user = state.policy.authenticate(req.headers()).await?;
+    let policy = state.dynamic().policy.clone();
+    policy.check_client(ctx.peer.ip())?;
+    rec.user = policy.authenticate(req.headers()).await?;
     if req.method() == Method::CONNECT {
         crate::tunnel::handle(state.clone(), ctx, req, rec).await
     } else if req.uri().scheme().is_some() {

@@ -73,6 +73,7 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<State>) {
+    let _open = state.metrics.connection();
     let peer = ctx.peer;
     let svc_state = state.clone();
     let svc = service_fn(move |req| {

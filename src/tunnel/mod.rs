@@ -30,13 +30,14 @@ pub async fn handle(
 ) -> Result<Response<Body>, ProxyError> {
     rec.result = "TCP_TUNNEL";
     let target = target::connect(req.uri())?;
-    state.policy.check_destination(&target, true)?;
+    let dynamic = state.dynamic();
+    dynamic.policy.check_destination(&target, true)?;
 
-    let (upstream, early): (TcpStream, Bytes) = match state.upstream.route(&target.host) {
+    let (upstream, early): (TcpStream, Bytes) = match dynamic.upstream.route(&target.host) {
         Route::Direct => {
             let (s, addr) = crate::upstream::connect_direct(
                 &target,
-                &state.policy,
+                &dynamic.policy,
                 state.config.timeouts.connect,
             )
             .await?;
@@ -75,14 +76,17 @@ pub async fn handle(
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
+    rec.head_ready();
     let mut rec = rec.clone();
     rec.status = 200;
     let log = state.log.clone();
     let idle = state.config.timeouts.tunnel_idle;
     let stop = state.hard_stop.clone();
     let permit = ctx.permit.clone();
+    let open = state.metrics.tunnel();
     state.tracker.spawn(async move {
         let _permit = permit;
+        let _open = open;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);

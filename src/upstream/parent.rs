@@ -63,6 +63,8 @@ pub struct Peer {
     epoch: Instant,
     /// Milliseconds after `epoch` until which the peer is skipped; 0 = up.
     down_until_ms: AtomicU64,
+    /// Milliseconds after `epoch` when the peer was last marked down.
+    down_since_ms: AtomicU64,
     backoff: Duration,
 }
 
@@ -73,6 +75,7 @@ impl Peer {
             config,
             epoch: Instant::now(),
             down_until_ms: AtomicU64::new(0),
+            down_since_ms: AtomicU64::new(0),
             backoff,
         })
     }
@@ -82,9 +85,28 @@ impl Peer {
         until == 0 || self.epoch.elapsed().as_millis() as u64 >= until
     }
 
+    /// How long the peer stays marked down (zero when up).
+    pub fn down_remaining(&self) -> Duration {
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(self.epoch.elapsed().as_millis() as u64))
+    }
+
+    /// How long the peer has been down (zero when up).
+    pub fn down_for(&self) -> Duration {
+        if self.is_up() {
+            return Duration::ZERO;
+        }
+        let since = self.down_since_ms.load(Ordering::Relaxed);
+        Duration::from_millis((self.epoch.elapsed().as_millis() as u64).saturating_sub(since))
+    }
+
     pub fn mark_down(&self) {
         let until = (self.epoch.elapsed() + self.backoff).as_millis() as u64;
         let was_up = self.is_up();
+        if was_up {
+            self.down_since_ms
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
         self.down_until_ms.store(until.max(1), Ordering::Relaxed);
         if was_up {
             tracing::warn!(peer = %self.name, backoff = ?self.backoff, "parent proxy marked down");

@@ -162,12 +162,31 @@ impl TestProxy {
         Self::try_start(o).await.unwrap()
     }
 
-    pub async fn try_start(mut o: Options) -> Result<TestProxy, String> {
+    pub async fn try_start(o: Options) -> Result<TestProxy, String> {
+        Self::start_inner(o, None).await
+    }
+
+    /// A proxy whose configuration is `base` merged with the TOML `file`, re-read on reload.
+    pub async fn start_reloadable(base: Options, file: std::path::PathBuf) -> TestProxy {
+        let o = Options::from_file(&file).unwrap().or(base.clone());
+        let reloader: cuttle::admin::Reloader =
+            Arc::new(move || cuttle::config::load(&base, Some(&file)));
+        Self::start_inner(o, Some(reloader)).await.unwrap()
+    }
+
+    async fn start_inner(
+        mut o: Options,
+        reloader: Option<cuttle::admin::Reloader>,
+    ) -> Result<TestProxy, String> {
         let mut cache_dir = None;
         if o.cache_dir.is_none() {
             let d = tempfile::tempdir().map_err(|e| e.to_string())?;
             o.cache_dir = Some(d.path().to_path_buf());
             cache_dir = Some(d);
+        }
+        // Never the fixed default admin port: tests run in parallel.
+        if o.admin_listen.is_none() {
+            o.admin_listen = Some("127.0.0.1:0".into());
         }
         // Tests that leave a tunnel open must not wait the production grace period.
         if o.shutdown_grace.is_none() {
@@ -179,7 +198,9 @@ impl TestProxy {
         };
         let cfg = o.validate().map_err(|e| e.join("; "))?;
         let (log, rx) = AccessLog::channel(format);
-        let proxy = Proxy::start(cfg, log).await.map_err(|e| e.to_string())?;
+        let proxy = Proxy::start_with(cfg, log, reloader)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(TestProxy {
             cache_dir,
             addr: proxy.addrs()[0],
@@ -191,6 +212,14 @@ impl TestProxy {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://<admin addr>` (the admin port is on 127.0.0.1:0 in tests).
+    pub fn admin_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.proxy().admin_addr().expect("admin port is off")
+        )
     }
 
     pub fn proxy(&self) -> &Proxy {

@@ -1,0 +1,379 @@
+//! The admin port (default 127.0.0.1:9128, separate from the proxy port): health probes
+//! (`/healthz`, `/readyz`, never in the access log), Prometheus metrics (`/metrics`), the
+//! live status page (`/`) and its JSON (`/api/stats`), cache figures and purge
+//! (`/api/cache`, `/api/purge?url=`), and configuration reload (`/api/reload`). With an admin
+//! token, everything but the probes needs `Authorization: Bearer <token>`.
+
+pub mod client;
+pub mod stats;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::State;
+use crate::config::ValidConfig;
+use crate::http::body::{Body, full};
+
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Re-reads the configuration (file and secret files) for a reload.
+pub type Reloader = Arc<dyn Fn() -> Result<ValidConfig, Vec<String>> + Send + Sync>;
+
+/// What the admin handlers share.
+pub struct Admin {
+    pub state: Arc<State>,
+    pub token: Option<String>,
+    pub reloader: Option<Reloader>,
+    started: Instant,
+    started_at: u64,
+    heartbeat: Arc<AtomicU64>,
+}
+
+impl Admin {
+    pub fn new(state: Arc<State>, token: Option<String>, reloader: Option<Reloader>) -> Arc<Admin> {
+        let heartbeat = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let hb = heartbeat.clone();
+        // The probe's "event loop responsive": a task that must keep running.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                hb.store(started.elapsed().as_secs(), Ordering::Relaxed);
+            }
+        });
+        Arc::new(Admin {
+            state,
+            token,
+            reloader,
+            started,
+            started_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            heartbeat,
+        })
+    }
+
+    /// Re-reads and applies the configuration; the old one stays when the new one is invalid.
+    pub fn reload(&self) -> Result<(), Vec<String>> {
+        let Some(reloader) = &self.reloader else {
+            return Err(vec!["no configuration source to reload from".into()]);
+        };
+        match reloader() {
+            Ok(cfg) => {
+                self.state.reload(&cfg);
+                tracing::info!(
+                    "configuration reloaded (access rules, users, parents, cache rules)"
+                );
+                Ok(())
+            }
+            Err(problems) => {
+                for p in &problems {
+                    tracing::warn!(problem = %p, "reload rejected; keeping the running configuration");
+                }
+                Err(problems)
+            }
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+    }
+
+    /// Why the proxy is not ready, if it is not.
+    fn not_ready(&self) -> Option<&'static str> {
+        // Listeners are bound and the configuration valid once the proxy runs; the cache
+        // serves while its index is rebuilt (lookups read entry directories directly), so
+        // only draining makes the proxy unready.
+        if self.state.shutdown.is_cancelled() {
+            Some("draining: shutting down")
+        } else {
+            None
+        }
+    }
+
+    fn stats_json(&self) -> serde_json::Value {
+        let snap = self.state.stats.snapshot();
+        let dynamic = self.state.dynamic();
+        let parents: Vec<serde_json::Value> = dynamic
+            .upstream
+            .peers()
+            .iter()
+            .map(|p| json!({"name": p.name, "up": p.is_up(), "down_for_seconds": p.down_for().as_secs(), "retry_in_seconds": p.down_remaining().as_secs()}))
+            .collect();
+        let cache = match &self.state.cache {
+            None => json!({"enabled": false}),
+            Some(c) => {
+                let u = c.usage();
+                json!({
+                    "enabled": true,
+                    "memory": {"objects": u.mem_objects, "bytes": u.mem_bytes, "capacity": u.mem_capacity, "evictions": u.mem_evictions},
+                    "disk": {"enabled": c.has_disk(), "objects": u.disk_objects, "bytes": u.disk_bytes, "capacity": u.disk_capacity, "evictions": u.disk_evictions},
+                    "coalesced": c.stats.coalesced.load(Ordering::Relaxed),
+                    "stale_served": c.stats.stale_served.load(Ordering::Relaxed),
+                })
+            }
+        };
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "started_at": self.started_at,
+            "ready": self.not_ready().is_none(),
+            "draining": self.state.shutdown.is_cancelled(),
+            "requests_total": snap.requests_total,
+            "requests_per_second": snap.requests_per_second,
+            "hit_ratio_hour": snap.hit_ratio_hour,
+            "bytes_served_total": snap.bytes_served_total,
+            "bytes_from_cache_total": snap.bytes_from_cache_total,
+            "bytes_saved_hour": snap.bytes_saved_hour,
+            "connections_active": self.state.metrics.connections_open(),
+            "tunnels_active": self.state.metrics.tunnels_open(),
+            "history": snap.history,
+            "recent": snap.recent,
+            "cache": cache,
+            "top_hosts_by_bytes": snap.top_hosts_by_bytes,
+            "top_hosts_by_requests": snap.top_hosts_by_requests,
+            "parents": parents,
+            "results": snap.results,
+            "errors": snap.errors,
+        })
+    }
+
+    async fn handle(self: Arc<Admin>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => {
+                let age = self
+                    .started
+                    .elapsed()
+                    .as_secs()
+                    .saturating_sub(self.heartbeat.load(Ordering::Relaxed));
+                if age <= 5 {
+                    text(StatusCode::OK, "ok\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("event loop stalled for {age}s\n"),
+                    )
+                }
+            }
+            (&Method::GET, "/readyz") => match self.not_ready() {
+                None => text(StatusCode::OK, "ready\n"),
+                Some(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {why}\n"),
+                ),
+            },
+            // The page itself is static and holds no data: a browser cannot send a bearer
+            // token when it opens it, so it loads freely and asks for the token (the API it
+            // calls stays guarded).
+            _ if !self.authorized(&req) && !is_status_page(&method, &path) => {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "admin token required (Authorization: Bearer <token>)\n",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"cuttle admin\""),
+                );
+                r
+            }
+            (&Method::GET, "/") | (&Method::GET, "/index.html") => {
+                let mut r = Response::new(full(STATUS_PAGE));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                r
+            }
+            (&Method::GET, "/metrics") => {
+                let dynamic = self.state.dynamic();
+                let body = self.state.metrics.render(
+                    self.state.cache.as_deref(),
+                    dynamic.upstream.peers(),
+                    self.state.log.dropped(),
+                );
+                let mut r = Response::new(full(body));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            (&Method::GET, "/api/stats") => json_response(StatusCode::OK, &self.stats_json()),
+            (&Method::GET, "/api/cache") => match &self.state.cache {
+                None => json_response(StatusCode::OK, &json!({"enabled": false})),
+                Some(c) => {
+                    let u = c.usage();
+                    json_response(
+                        StatusCode::OK,
+                        &json!({
+                            "enabled": true,
+                            "ready": c.is_ready(),
+                            "usage": u,
+                            "hits_memory": c.stats.mem_hits.load(Ordering::Relaxed),
+                            "hits_disk": c.stats.disk_hits.load(Ordering::Relaxed),
+                            "misses": c.stats.misses.load(Ordering::Relaxed),
+                            "revalidated": c.stats.revalidated.load(Ordering::Relaxed),
+                            "stale_served": c.stats.stale_served.load(Ordering::Relaxed),
+                            "coalesced": c.stats.coalesced.load(Ordering::Relaxed),
+                            "stored": c.stats.stored.load(Ordering::Relaxed),
+                            "not_stored": c.stats.not_stored.load(Ordering::Relaxed),
+                            "rules": c.rules().len(),
+                        }),
+                    )
+                }
+            },
+            (&Method::POST, "/api/purge") => self.purge(&req).await,
+            (&Method::POST, "/api/reload") => {
+                let _ = req.into_body().collect().await;
+                match self.reload() {
+                    Ok(()) => json_response(StatusCode::OK, &json!({"reloaded": true})),
+                    Err(problems) => json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"reloaded": false, "problems": problems}),
+                    ),
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    async fn purge(&self, req: &Request<Incoming>) -> Response<Body> {
+        let Some(cache) = &self.state.cache else {
+            return text(StatusCode::CONFLICT, "the cache is off\n");
+        };
+        let url = req.uri().query().and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "url")
+                .map(|(_, v)| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+        });
+        let Some(url) = url else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "usage: POST /api/purge?url=<absolute http URL>\n",
+            );
+        };
+        let Ok(uri) = url.parse::<http::Uri>() else {
+            return text(StatusCode::BAD_REQUEST, "not a URL\n");
+        };
+        let target = match crate::http::target::absolute(&uri) {
+            Ok(t) => t,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        };
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        let key = crate::cache::key::PrimaryKey::new(&target, pq);
+        let found = cache.invalidate(&key).await;
+        tracing::info!(url = %key, found, "purge from the admin port");
+        json_response(
+            if found {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            },
+            &json!({"url": key.url(), "purged": found}),
+        )
+    }
+}
+
+/// `GET /`: the static status page, served without the token.
+fn is_status_page(method: &Method, path: &str) -> bool {
+    *method == Method::GET && matches!(path, "/" | "/index.html")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Serves the admin port until `stop` fires.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
