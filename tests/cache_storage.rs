@@ -781,6 +781,8 @@ impl Bin {
             let mut child = c
                 .arg("--listen")
                 .arg("127.0.0.1:0")
+                .arg("--admin-listen")
+                .arg("off")
                 .arg("--cache-dir")
                 .arg(&dir)
                 .stdout(Stdio::null())

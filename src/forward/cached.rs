@@ -75,11 +75,17 @@ pub(super) async fn handle(
     let authority = view_uri
         .authority()
         .map_or_else(|| target.authority(), |a| a.to_string());
+    // The client's own conditionals and Range are answered by the cache from the stored
+    // response; they must not leak into the revalidation request the policy builds.
+    let mut policy_headers = out.headers.clone();
+    for h in CLIENT_ONLY {
+        policy_headers.remove(h);
+    }
     let view = request_view(
         &Method::GET,
         &view_uri,
         &authority,
-        &out.headers,
+        &policy_headers,
         rule.as_ref(),
     );
     let c = Ctx {
