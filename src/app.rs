@@ -13,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::Policy;
+use crate::access::hosts::HostList;
 use crate::admin::stats::LiveStats;
 use crate::admin::{Admin, Reloader};
 use crate::cache::Cache;
 use crate::config::ValidConfig;
 use crate::forward::client::Clients;
 use crate::metrics::Metrics;
+use crate::mitm::ca::Ca;
+use crate::mitm::issuer::CertIssuer;
 use crate::server::listener;
 use crate::telemetry::AccessLog;
 use crate::upstream::Upstream;
@@ -29,18 +32,33 @@ pub struct Dynamic {
     pub policy: Arc<Policy>,
     pub upstream: Upstream,
     pub clients: Clients,
+    /// Hosts whose CONNECTs are intercepted, and the exclusions.
+    pub intercept: HostList,
+    pub no_intercept: HostList,
 }
 
 impl Dynamic {
     fn build(config: &ValidConfig, own: Vec<SocketAddr>) -> Dynamic {
         let policy = Arc::new(Policy::new(config, own));
         let upstream = Upstream::new(config);
-        let clients = Clients::new(config, policy.clone(), upstream.peers());
+        let clients = Clients::new(
+            config,
+            policy.clone(),
+            upstream.peers(),
+            config.upstream_tls.clone(),
+        );
         Dynamic {
             policy,
             upstream,
             clients,
+            intercept: config.intercept.clone(),
+            no_intercept: config.no_intercept.clone(),
         }
+    }
+
+    /// Whether a CONNECT to `host` is intercepted.
+    pub fn intercepts(&self, host: &str) -> bool {
+        self.intercept.matches(host) && !self.no_intercept.matches(host)
     }
 }
 
@@ -63,6 +81,9 @@ pub struct State {
     pub addrs: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<LiveStats>,
+    /// Mints leaf certificates for intercepted hosts (present when interception is on at
+    /// start, or a CA was configured).
+    pub issuer: Option<Arc<CertIssuer>>,
 }
 
 impl State {
@@ -83,10 +104,14 @@ impl State {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
-pub struct StartError {
-    addr: SocketAddr,
-    source: std::io::Error,
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("interception CA: {0}")]
+    Tls(String),
 }
 
 /// A running proxy.
@@ -114,11 +139,11 @@ impl Proxy {
     ) -> Result<Proxy, StartError> {
         let mut bound = Vec::new();
         for addr in &config.listen {
-            let l = listener::bind(*addr).map_err(|source| StartError {
+            let l = listener::bind(*addr).map_err(|source| StartError::Listen {
                 addr: *addr,
                 source,
             })?;
-            let local = l.local_addr().map_err(|source| StartError {
+            let local = l.local_addr().map_err(|source| StartError::Listen {
                 addr: *addr,
                 source,
             })?;
@@ -127,16 +152,38 @@ impl Proxy {
         let addrs: Vec<SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
         let admin_listener = match config.admin_listen {
             Some(a) => {
-                let l = listener::bind(a).map_err(|source| StartError { addr: a, source })?;
+                let l =
+                    listener::bind(a).map_err(|source| StartError::Listen { addr: a, source })?;
                 let local = l
                     .local_addr()
-                    .map_err(|source| StartError { addr: a, source })?;
+                    .map_err(|source| StartError::Listen { addr: a, source })?;
                 Some((l, local))
             }
             None => None,
         };
         let dynamic = ArcSwap::from_pointee(Dynamic::build(&config, addrs.clone()));
         let metrics = Arc::new(Metrics::new());
+        let issuer = match (&config.ca, config.intercept.is_empty()) {
+            (None, true) => None,
+            (ca, _) => {
+                let ca = match ca {
+                    Some(ca) => ca.clone(),
+                    None => {
+                        let ca = Ca::generate(&config.intercept_patterns, 365)
+                            .map_err(StartError::Tls)?;
+                        tracing::warn!(
+                            "no --ca-cert/--ca-key: generated an ephemeral interception CA for this run; \
+                             clients must trust it (GET /ca.pem on the admin port)"
+                        );
+                        Arc::new(ca)
+                    }
+                };
+                Some(Arc::new(
+                    CertIssuer::new(ca, metrics.certificates_minted.clone())
+                        .map_err(StartError::Tls)?,
+                ))
+            }
+        };
         let stats = Arc::new(LiveStats::default());
         let (m, st) = (metrics.clone(), stats.clone());
         let log = log.with_observer(Arc::new(move |rec| {
@@ -155,6 +202,7 @@ impl Proxy {
             addrs: addrs.clone(),
             metrics,
             stats,
+            issuer,
             log,
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),

@@ -46,6 +46,8 @@ pub enum ProxyError {
     UpstreamReadTimeout { host: HostName, secs: u64 },
     #[error("error talking to {host}: {cause}")]
     UpstreamProtocol { host: HostName, cause: String },
+    #[error("TLS with {host} failed: {cause}")]
+    UpstreamTls { host: HostName, cause: String },
 
     // ---- parent proxy -------------------------------------------------------------------
     #[error(
@@ -78,6 +80,7 @@ impl ProxyError {
             | UpstreamReadTimeout { .. }
             | ParentHandshakeTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamDns { .. }
+            | UpstreamTls { .. }
             | UpstreamConnect { .. }
             | UpstreamProtocol { .. }
             | ParentAuthRejected { .. }
@@ -99,6 +102,7 @@ impl ProxyError {
             UpstreamConnect { .. } | UpstreamConnectTimeout { .. } => "ERR_CONNECT_FAIL",
             UpstreamReadTimeout { .. } => "ERR_READ_TIMEOUT",
             UpstreamProtocol { .. } => "ERR_READ_ERROR",
+            UpstreamTls { .. } => "ERR_SECURE_CONNECT_FAIL",
             ParentAuthRejected { .. } => "ERR_PARENT_AUTH",
             ParentRefused { .. } | ParentProtocol { .. } | ParentHandshakeTimeout { .. } => {
                 "ERR_PARENT_FAIL"

@@ -20,6 +20,7 @@ pub mod error;
 pub mod forward;
 pub mod http;
 pub mod metrics;
+pub mod mitm;
 pub mod server;
 pub mod telemetry;
 pub mod tunnel;

@@ -62,6 +62,36 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// The interception CA: create one, or print its certificate for clients.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA in DIR (ca.pem, and ca-key.pem with mode 0600); never overwrites.
+    Init {
+        /// Directory for ca.pem and ca-key.pem.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Hosts to be intercepted: when all are explicit names the CA is name-constrained
+        /// to them.
+        #[arg(long, value_delimiter = ',')]
+        intercept: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Print the CA certificate (PEM) from a file, or from a running instance's admin port.
+    Export {
+        /// CA certificate file (as given to --ca-cert).
+        #[arg(long, env = "CUTTLE_CA_CERT_FILE")]
+        ca_cert: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +115,7 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => (false, a),
         Some(Command::CheckConfig(a)) => (true, a),
         Some(Command::Status(a)) => return client(a, ClientCall::Status),
+        Some(Command::Ca { command }) => return ca(command),
         Some(Command::Cache { command }) => {
             return match command {
                 CacheCommand::Stats(a) => client(a, ClientCall::CacheStats),
@@ -118,6 +149,89 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("cuttle: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stderr, clippy::print_stdout)]
+fn ca(command: CaCommand) -> ExitCode {
+    match command {
+        CaCommand::Init {
+            dir,
+            intercept,
+            days,
+        } => match cuttle::mitm::ca::Ca::init(&dir, &intercept, days) {
+            Ok(_) => {
+                println!(
+                    "wrote {} and {} (mode 0600)",
+                    dir.join("ca.pem").display(),
+                    dir.join("ca-key.pem").display()
+                );
+                if cuttle::mitm::ca::name_constraints(&intercept).is_some() {
+                    println!("name-constrained to: {}", intercept.join(", "));
+                } else {
+                    println!(
+                        "not name-constrained (give --intercept with explicit host names to constrain it)"
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cuttle: ca init: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        CaCommand::Export {
+            ca_cert: Some(path),
+            ..
+        } => match std::fs::read_to_string(&path) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {
+                print!("{pem}");
+                ExitCode::SUCCESS
+            }
+            Ok(_) => {
+                eprintln!(
+                    "cuttle: ca export: {} holds no PEM certificate",
+                    path.display()
+                );
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("cuttle: ca export: cannot read {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+        CaCommand::Export {
+            ca_cert: None,
+            admin,
+        } => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cuttle: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let r = rt.block_on(cuttle::admin::client::call(
+                &admin.admin_url,
+                http::Method::GET,
+                "/ca.pem",
+                admin.admin_token.as_deref(),
+            ));
+            match r {
+                Ok((s, body)) if s.is_success() => {
+                    print!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Ok((s, body)) => {
+                    eprintln!("cuttle: ca export: {s}: {}", body.trim());
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("cuttle: ca export: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -422,11 +422,6 @@ async fn malformed_requests_are_400_and_the_proxy_keeps_serving() {
             Some("ftp"),
         ),
         (
-            "https absolute-form",
-            format!("GET https://{o}/ HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some("CONNECT"),
-        ),
-        (
             "CONNECT without port",
             "CONNECT example.com HTTP/1.1\r\nHost: example.com\r\n\r\n".into(),
             Some("host:port"),

@@ -227,6 +227,17 @@ impl Admin {
                 );
                 r
             }
+            (&Method::GET, "/ca.pem") => match &self.state.issuer {
+                Some(i) => {
+                    let mut r = Response::new(full(i.ca().cert_pem.clone()));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/x-pem-file"),
+                    );
+                    r
+                }
+                None => text(StatusCode::NOT_FOUND, "interception is off: no CA\n"),
+            },
             (&Method::GET, "/api/stats") => json_response(StatusCode::OK, &self.stats_json()),
             (&Method::GET, "/api/cache") => match &self.state.cache {
                 None => json_response(StatusCode::OK, &json!({"enabled": false})),
@@ -293,8 +304,7 @@ impl Admin {
             Ok(t) => t,
             Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
         };
-        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-        let key = crate::cache::key::PrimaryKey::new(&target, pq);
+        let key = crate::cache::key::PrimaryKey::for_uri(&uri, &target);
         let found = cache.invalidate(&key).await;
         tracing::info!(url = %key, found, "purge from the admin port");
         json_response(
@@ -310,7 +320,8 @@ impl Admin {
 
 /// `GET /`: the static status page, served without the token.
 fn is_status_page(method: &Method, path: &str) -> bool {
-    *method == Method::GET && matches!(path, "/" | "/index.html")
+    // The CA certificate is public by nature: clients fetch it to trust cuttle.
+    *method == Method::GET && matches!(path, "/" | "/index.html" | "/ca.pem")
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -19,17 +19,31 @@ pub struct PrimaryKey {
 }
 
 impl PrimaryKey {
-    /// `target` is the request's checked target; `path_and_query` as sent by the client.
+    /// An `http` URL: `target` is the request's checked target; `path_and_query` as sent.
     pub fn new(target: &Target, path_and_query: &str) -> PrimaryKey {
+        Self::with_scheme(false, target, path_and_query)
+    }
+
+    /// The key of a request URI (`http` or `https`) with its checked target.
+    pub fn for_uri(uri: &http::Uri, target: &Target) -> PrimaryKey {
+        let https = uri
+            .scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        Self::with_scheme(https, target, pq)
+    }
+
+    fn with_scheme(https: bool, target: &Target, path_and_query: &str) -> PrimaryKey {
         let host = if target.host.contains(':') {
             format!("[{}]", target.host)
         } else {
             target.host.clone()
         };
-        let url = if target.port == 80 {
-            format!("http://{host}{path_and_query}")
+        let (scheme, default_port) = if https { ("https", 443) } else { ("http", 80) };
+        let url = if target.port == default_port {
+            format!("{scheme}://{host}{path_and_query}")
         } else {
-            format!("http://{host}:{}{path_and_query}", target.port)
+            format!("{scheme}://{host}:{}{path_and_query}", target.port)
         };
         PrimaryKey::from_url(url)
     }

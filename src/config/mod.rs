@@ -170,6 +170,28 @@ pub struct Options {
     #[arg(long, env = "CUTTLE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Hosts whose CONNECT tunnels are intercepted (TLS terminated with cuttle's CA, so
+    /// their HTTPS artifacts are cached): host patterns like registry.example.com,
+    /// *.files.example.org.
+    #[arg(long, env = "CUTTLE_INTERCEPT", value_delimiter = ',')]
+    pub intercept: Option<Vec<String>>,
+
+    /// Hosts never intercepted even when --intercept matches (e.g. certificate-pinning clients).
+    #[arg(long, env = "CUTTLE_NO_INTERCEPT", value_delimiter = ',')]
+    pub no_intercept: Option<Vec<String>>,
+
+    /// The interception CA certificate (PEM). Without it, an ephemeral CA is generated.
+    #[arg(long, env = "CUTTLE_CA_CERT_FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// The interception CA private key (PEM).
+    #[arg(long, env = "CUTTLE_CA_KEY_FILE")]
+    pub ca_key: Option<PathBuf>,
+
+    /// Extra CA bundle (PEM) trusted for HTTPS origins, besides the system roots.
+    #[arg(long, env = "CUTTLE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+
     /// Cache rules (config file only: `[[cache-rule]]` tables).
     #[arg(skip)]
     pub cache_rule: Option<Vec<crate::cache::rules::RuleConfig>>,
@@ -223,6 +245,11 @@ impl Options {
             admin_listen,
             admin_token,
             admin_token_file,
+            intercept,
+            no_intercept,
+            ca_cert,
+            ca_key,
+            upstream_ca,
             cache_rule
         )
     }
@@ -345,6 +372,9 @@ impl Options {
             }
         };
         let direct = hosts("direct", self.direct);
+        let intercept_patterns = self.intercept.clone().unwrap_or_default();
+        let intercept = hosts("intercept", self.intercept);
+        let no_intercept = hosts("no-intercept", self.no_intercept);
         let allow_domain = hosts("allow-domain", self.allow_domain);
         let deny_domain = hosts("deny-domain", self.deny_domain);
 
@@ -506,10 +536,38 @@ impl Options {
             _ => None,
         };
 
+        let ca = match (&self.ca_cert, &self.ca_key) {
+            (Some(c), Some(k)) => match crate::mitm::ca::Ca::load(c, k) {
+                Ok(ca) => Some(std::sync::Arc::new(ca)),
+                Err(e) => {
+                    errs.push(format!("ca-cert/ca-key: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+            _ => {
+                errs.push("ca-cert/ca-key: give both the CA certificate and its key".into());
+                None
+            }
+        };
+        let upstream_tls =
+            match crate::mitm::upstream_tls::client_config(self.upstream_ca.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    errs.push(e);
+                    return Err(errs);
+                }
+            };
+
         if !errs.is_empty() {
             return Err(errs);
         }
         Ok(ValidConfig {
+            intercept,
+            intercept_patterns,
+            no_intercept,
+            ca,
+            upstream_tls,
             admin_listen,
             admin_token,
             cache,
@@ -606,6 +664,14 @@ pub struct ValidConfig {
     /// `None` when the admin port is off.
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<String>,
+    /// Hosts whose tunnels are intercepted, and the patterns as written (name constraints).
+    pub intercept: HostList,
+    pub intercept_patterns: Vec<String>,
+    pub no_intercept: HostList,
+    /// The interception CA, when given.
+    pub ca: Option<std::sync::Arc<crate::mitm::ca::Ca>>,
+    /// TLS client configuration for HTTPS origins.
+    pub upstream_tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// The effective configuration as `check-config` prints it: TOML-like, secrets masked.
@@ -697,6 +763,17 @@ impl fmt::Display for ValidConfig {
                 "****"
             } else {
                 "off"
+            }
+        )?;
+        writeln!(f, "intercept = {:?}", self.intercept.to_string())?;
+        writeln!(f, "no-intercept = {:?}", self.no_intercept.to_string())?;
+        writeln!(
+            f,
+            "ca = \"{}\"",
+            if self.ca.is_some() {
+                "loaded"
+            } else {
+                "ephemeral when intercepting"
             }
         )?;
         match &self.cache {

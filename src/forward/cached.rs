@@ -68,8 +68,7 @@ pub(super) async fn handle(
     out: &Outgoing,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
-    let primary = PrimaryKey::new(target, path);
+    let primary = PrimaryKey::for_uri(&out.uri, target);
     let rule = cache.rules().classify(primary.url()).cloned();
     let view_uri: Uri = primary.url().parse().unwrap_or_else(|_| out.uri.clone());
     let authority = view_uri

@@ -14,6 +14,8 @@ use http::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::access::Policy;
@@ -28,11 +30,30 @@ use crate::upstream::parent::Peer;
 #[derive(Debug, Clone)]
 pub struct Hop(pub Arc<str>);
 
-/// A TCP connection to an origin or a parent.
+/// The transport under an upstream HTTP connection.
+enum Transport {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+/// A connection to an origin (plain or TLS, possibly tunnelled through a parent) or to a
+/// parent proxy.
 pub struct UpstreamConn {
-    io: TokioIo<TcpStream>,
+    io: Transport,
     hop: Hop,
     proxied: bool,
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $e:expr) => {
+        match &mut $self.io {
+            Transport::Plain($io) => $e,
+            Transport::Tls(boxed) => {
+                let $io = &mut **boxed;
+                $e
+            }
+        }
+    };
 }
 
 impl Connection for UpstreamConn {
@@ -47,7 +68,7 @@ impl hyper::rt::Read for UpstreamConn {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        delegate!(self, io => Pin::new(io).poll_read(cx, buf))
     }
 }
 
@@ -57,33 +78,77 @@ impl hyper::rt::Write for UpstreamConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        delegate!(self, io => Pin::new(io).poll_write(cx, buf))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        delegate!(self, io => Pin::new(io).poll_flush(cx))
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        delegate!(self, io => Pin::new(io).poll_shutdown(cx))
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        delegate!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Transport::Plain(io) => io.is_write_vectored(),
+            Transport::Tls(io) => io.is_write_vectored(),
+        }
     }
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<UpstreamConn, ProxyError>> + Send>>;
 
-/// Resolves, checks the resolved addresses against the policy, connects.
+/// Resolves, checks the resolved addresses against the policy, connects (and speaks TLS to
+/// `https` origins, verifying their certificates).
 #[derive(Clone)]
 pub struct DirectConnector {
     policy: Arc<Policy>,
     timeout: Duration,
+    tls: Arc<ClientConfig>,
+}
+
+/// The TLS handshake with an origin, within `timeout`; certificate problems are named.
+async fn tls_handshake(
+    tls: &Arc<ClientConfig>,
+    stream: TcpStream,
+    target: &Target,
+    timeout: Duration,
+) -> Result<Transport, ProxyError> {
+    let name = ServerName::try_from(target.host.clone()).map_err(|e| ProxyError::UpstreamTls {
+        host: target.authority(),
+        cause: format!("invalid server name: {e}"),
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+        Ok(Ok(s)) => Ok(Transport::Tls(Box::new(TokioIo::new(s)))),
+        Ok(Err(e)) => Err(ProxyError::UpstreamTls {
+            host: target.authority(),
+            cause: crate::error::chain(&e),
+        }),
+        Err(_) => Err(ProxyError::UpstreamConnectTimeout {
+            host: target.authority(),
+            secs: timeout.as_secs(),
+        }),
+    }
+}
+
+fn target_of(uri: &Uri) -> (Target, bool) {
+    let https = uri.scheme_str() == Some("https");
+    let target = Target {
+        host: uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+    };
+    (target, https)
 }
 
 impl tower_service::Service<Uri> for DirectConnector {
@@ -98,19 +163,17 @@ impl tower_service::Service<Uri> for DirectConnector {
     fn call(&mut self, uri: Uri) -> ConnectFuture {
         let policy = self.policy.clone();
         let timeout = self.timeout;
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let target = Target {
-                host: uri
-                    .host()
-                    .unwrap_or_default()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string(),
-                port: uri.port_u16().unwrap_or(80),
-            };
+            let (target, https) = target_of(&uri);
             let (stream, addr) = crate::upstream::connect_direct(&target, &policy, timeout).await?;
+            let io = if https {
+                tls_handshake(&tls, stream, &target, timeout).await?
+            } else {
+                Transport::Plain(TokioIo::new(stream))
+            };
             Ok(UpstreamConn {
-                io: TokioIo::new(stream),
+                io,
                 hop: Hop(format!("HIER_DIRECT/{}", addr.ip()).into()),
                 proxied: false,
             })
@@ -118,11 +181,13 @@ impl tower_service::Service<Uri> for DirectConnector {
     }
 }
 
-/// Connects to one parent peer, whatever the destination.
+/// Connects to one parent peer: plain requests are sent to it in absolute form; for `https`
+/// origins it is asked to tunnel (CONNECT) and cuttle speaks TLS to the origin inside.
 #[derive(Clone)]
 pub struct ParentConnector {
     peer: Arc<Peer>,
     timeouts: Timeouts,
+    tls: Arc<ClientConfig>,
 }
 
 impl tower_service::Service<Uri> for ParentConnector {
@@ -134,14 +199,32 @@ impl tower_service::Service<Uri> for ParentConnector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _dst: Uri) -> ConnectFuture {
+    fn call(&mut self, dst: Uri) -> ConnectFuture {
         let peer = self.peer.clone();
         let timeouts = self.timeouts.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
+            let (target, https) = target_of(&dst);
+            let hop = Hop(format!("FIRSTUP_PARENT/{}", peer.name).into());
+            if https {
+                let (stream, early) = peer.open_tunnel(&target, &timeouts).await?;
+                if !early.is_empty() {
+                    return Err(ProxyError::ParentProtocol {
+                        peer: peer.name.clone(),
+                        cause: "data before the TLS handshake".into(),
+                    });
+                }
+                let io = tls_handshake(&tls, stream, &target, timeouts.connect).await?;
+                return Ok(UpstreamConn {
+                    io,
+                    hop,
+                    proxied: false,
+                });
+            }
             let stream = peer.connect(&timeouts).await?;
             Ok(UpstreamConn {
-                io: TokioIo::new(stream),
-                hop: Hop(format!("FIRSTUP_PARENT/{}", peer.name).into()),
+                io: Transport::Plain(TokioIo::new(stream)),
+                hop,
                 proxied: true,
             })
         })
@@ -159,7 +242,12 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new(cfg: &ValidConfig, policy: Arc<Policy>, peers: &[Arc<Peer>]) -> Self {
+    pub fn new(
+        cfg: &ValidConfig,
+        policy: Arc<Policy>,
+        peers: &[Arc<Peer>],
+        tls: Arc<ClientConfig>,
+    ) -> Self {
         let builder = || {
             let mut b = Client::builder(TokioExecutor::new());
             b.pool_idle_timeout(cfg.timeouts.pool_idle)
@@ -171,6 +259,7 @@ impl Clients {
         let direct = builder().build(DirectConnector {
             policy,
             timeout: cfg.timeouts.connect,
+            tls: tls.clone(),
         });
         let parents = peers
             .iter()
@@ -178,6 +267,7 @@ impl Clients {
                 let c = builder().build(ParentConnector {
                     peer: p.clone(),
                     timeouts: cfg.timeouts.clone(),
+                    tls: tls.clone(),
                 });
                 (p.clone(), c)
             })

@@ -112,8 +112,9 @@ async fn invalidate_after_unsafe(
     resp: &http::HeaderMap,
 ) {
     use crate::cache::key::PrimaryKey;
-    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
-    cache.invalidate(&PrimaryKey::new(target, path)).await;
+    cache
+        .invalidate(&PrimaryKey::for_uri(&out.uri, target))
+        .await;
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(v) = resp.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
@@ -143,8 +144,7 @@ async fn purge(
     out: &Outgoing,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
-    let key = crate::cache::key::PrimaryKey::new(target, path);
+    let key = crate::cache::key::PrimaryKey::for_uri(&out.uri, target);
     let found = cache.invalidate(&key).await;
     let (status, text) = if found {
         (StatusCode::OK, format!("purged {key}\n"))

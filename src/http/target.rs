@@ -100,12 +100,9 @@ pub fn absolute(uri: &Uri) -> Result<Target, ProxyError> {
     let scheme = uri.scheme_str().ok_or(ProxyError::ClientOriginForm)?;
     let default_port = match scheme.to_ascii_lowercase().as_str() {
         "http" => 80,
-        "https" => {
-            return Err(bad(
-                "https:// URLs are not fetched by the proxy in plain text; clients use CONNECT \
-                 (set HTTPS_PROXY)",
-            ));
-        }
+        // Absolute https URLs are fetched over TLS by the proxy: requests decrypted from an
+        // intercepted CONNECT take this form, and so may clients that send them directly.
+        "https" => 443,
         other => return Err(bad(format!("unsupported URL scheme `{other}`"))),
     };
     let auth = uri
@@ -170,7 +167,7 @@ mod tests {
         assert!(abs("http://u:p@h/").is_err());
         assert!(abs("http://h:0/").is_err());
         assert!(abs("ftp://h/").is_err());
-        assert!(abs("https://h/").is_err());
+        assert_eq!(abs("https://h/").unwrap().port, 443);
         assert!(matches!(abs("/path"), Err(ProxyError::ClientOriginForm)));
     }
 

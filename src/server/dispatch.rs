@@ -29,6 +29,47 @@ pub async fn handle(
 ) -> Response<Body> {
     let mut rec = AccessRecord::new(ctx.peer, req.method().as_str(), target::loggable(req.uri()));
     let result = route(&state, &ctx, req, &mut rec).await;
+    finish(&state, &ctx, result, rec)
+}
+
+/// A request decrypted from an intercepted CONNECT to `authority`: made absolute
+/// (`https://authority/path`) and forwarded like any plain request. The client was checked
+/// (network, credentials) on the CONNECT.
+pub async fn intercepted(
+    state: Arc<State>,
+    ctx: Arc<ConnCtx>,
+    authority: &str,
+    user: Option<String>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let url = format!("https://{authority}{pq}");
+    let mut rec = AccessRecord::new(ctx.peer, req.method().as_str(), url.clone());
+    rec.user = user;
+    let result = match url.parse::<http::Uri>() {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            rec.url = target::loggable(req.uri());
+            crate::forward::handle(state.clone(), &ctx, req, &mut rec).await
+        }
+        Err(_) => Err(ProxyError::ClientBadRequest(
+            "invalid request target".into(),
+        )),
+    };
+    finish(&state, &ctx, result, rec)
+}
+
+/// The handler's response, or the error's response and its access-log line.
+fn finish(
+    state: &Arc<State>,
+    ctx: &ConnCtx,
+    result: Result<Response<Body>, ProxyError>,
+    mut rec: AccessRecord,
+) -> Response<Body> {
     match result {
         // The handler owns the access-log line from here (written when the body or the
         // tunnel ends).
@@ -66,7 +107,7 @@ pub async fn handle(
 
 async fn route(
     state: &Arc<State>,
-    ctx: &ConnCtx,
+    ctx: &Arc<ConnCtx>,
     req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {

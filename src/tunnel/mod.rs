@@ -24,7 +24,7 @@ use crate::upstream::Route;
 #[tracing::instrument(skip_all, fields(target = %req.uri()))]
 pub async fn handle(
     state: Arc<State>,
-    ctx: &ConnCtx,
+    ctx: &Arc<ConnCtx>,
     mut req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
@@ -32,6 +32,9 @@ pub async fn handle(
     let target = target::connect(req.uri())?;
     let dynamic = state.dynamic();
     dynamic.policy.check_destination(&target, true)?;
+    if dynamic.intercepts(&target.host) && state.issuer.is_some() {
+        return crate::mitm::intercept::handle(state.clone(), ctx.clone(), req, target, rec).await;
+    }
 
     let (upstream, early): (TcpStream, Bytes) = match dynamic.upstream.route(&target.host) {
         Route::Direct => {

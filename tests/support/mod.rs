@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::disallowed_types)]
 
 pub mod squid;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
