@@ -1,6 +1,10 @@
 //! Benchmark origin for `bench/run.sh`: an HTTP/1.1 server on 127.0.0.1 that answers
-//! `GET /bytes/<n>` with `n` bytes from a preallocated buffer, marked `Cache-Control: no-store`
-//! so caching proxies forward every request (the bench measures forwarding, not caching).
+//!
+//! - `GET /bytes/<n>` with `n` bytes from a preallocated buffer, marked `Cache-Control: no-store`
+//!   so caching proxies forward every request (the forwarding scenarios);
+//! - `GET /cached/<n>` with the same `n` bytes, marked `Cache-Control: max-age=3600` with a
+//!   strong `ETag` (`"bench-<n>"`), so caching proxies store it (the cache-hit scenarios). A
+//!   request whose `If-None-Match` names that tag gets `304 Not Modified` without a body.
 //!
 //! Usage: `bench_origin [port]` (default 0: any free port). The bound address is printed on
 //! stdout as `listening on 127.0.0.1:<port>` once the server accepts connections.
@@ -57,16 +61,44 @@ impl Body for Repeat {
     }
 }
 
+/// What a request path asks for: a body length and whether it may be cached.
+fn route(path: &str) -> Option<(u64, bool)> {
+    let (rest, cacheable) = if let Some(n) = path.strip_prefix("/bytes/") {
+        (n, false)
+    } else if let Some(n) = path.strip_prefix("/cached/") {
+        (n, true)
+    } else {
+        return None;
+    };
+    let n = rest.parse::<u64>().ok().filter(|n| *n <= MAX_LEN)?;
+    Some((n, cacheable))
+}
+
+/// True when an `If-None-Match` header value lists `etag` (or is `*`).
+fn etag_matches(if_none_match: &header::HeaderValue, etag: &str) -> bool {
+    if_none_match.to_str().is_ok_and(|v| {
+        v.split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+    })
+}
+
 fn respond(chunk: &Bytes, req: &Request<Incoming>) -> Response<Repeat> {
-    let len = req
-        .uri()
-        .path()
-        .strip_prefix("/bytes/")
-        .and_then(|n| n.parse::<u64>().ok())
-        .filter(|n| *n <= MAX_LEN);
-    let (status, remaining) = match len {
-        Some(n) => (StatusCode::OK, n),
-        None => (StatusCode::NOT_FOUND, 0),
+    let (status, remaining, cache) = match route(req.uri().path()) {
+        Some((n, false)) => (StatusCode::OK, n, None),
+        Some((n, true)) => {
+            let etag = format!("\"bench-{n}\"");
+            let fresh = req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|v| etag_matches(v, &etag));
+            if fresh {
+                (StatusCode::NOT_MODIFIED, 0, Some(etag))
+            } else {
+                (StatusCode::OK, n, Some(etag))
+            }
+        }
+        None => (StatusCode::NOT_FOUND, 0, None),
     };
     let mut resp = Response::new(Repeat {
         chunk: chunk.clone(),
@@ -78,10 +110,23 @@ fn respond(chunk: &Bytes, req: &Request<Incoming>) -> Response<Repeat> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/octet-stream"),
     );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
+    match cache {
+        None => {
+            h.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+        }
+        Some(etag) => {
+            h.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("max-age=3600"),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&etag) {
+                h.insert(header::ETAG, v);
+            }
+        }
+    }
     resp
 }
 

@@ -1,10 +1,4 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_types,
-    clippy::disallowed_methods
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The cache's storage machinery: one upstream fetch shared by many clients as it streams,
 //! fills that survive their client, responses that are never committed when incomplete, the
 //! memory and disk tiers, restart, corruption, a real crash (SIGKILL) of the binary, eviction
@@ -261,13 +255,6 @@ fn stored_for(cache_dir: &Path, url: &str) -> StoredFile {
         .into_iter()
         .find(|f| f.url == url)
         .unwrap_or_else(|| panic!("no stored file for {url}"))
-}
-
-fn disk_bytes(cache_dir: &Path) -> u64 {
-    files_under(&cache_dir.join("v1/objects"))
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum()
 }
 
 /// Options with an explicit cache directory.
@@ -1011,7 +998,7 @@ async fn eviction_keeps_bounds_and_lru_order() {
         // Object 0 is used after every other fetch: it stays the most recently used.
         let line = fetch_ok(&p, &origin.url("/o0"), &bodies[0]).await;
         assert!(line.contains(" TCP_HIT/200 "), "/o0 after /o{i}: {line}");
-        let on_disk = disk_bytes(&dir);
+        let on_disk = bytes_under(&dir.join("v1/objects"));
         assert!(on_disk <= DISK, "{on_disk} bytes on disk after /o{i}");
         let u = c.usage();
         assert!(u.disk_bytes <= u.disk_capacity, "{u:?}");
@@ -1045,7 +1032,7 @@ async fn eviction_keeps_bounds_and_lru_order() {
     assert!(u.mem_objects >= 1, "{u:?}");
     assert!(u.mem_bytes <= u.mem_capacity, "{u:?}");
     assert_eq!(u.mem_capacity, MIB as u64);
-    assert!(disk_bytes(&dir) <= DISK);
+    assert!(bytes_under(&dir.join("v1/objects")) <= DISK);
     p.shutdown().await;
 }
 
