@@ -296,14 +296,9 @@ fn respond(
     if let (true, Some(client_up), Some(origin_up)) = (upgrading, client_upgrade, origin_upgrade) {
         let mut rec = rec.clone();
         rec.bytes = head_len;
-        let log = state.log.clone();
         let idle = state.config.timeouts.tunnel_idle;
         let stop = state.hard_stop.clone();
-        let permit = ctx.permit.clone();
-        let open = state.metrics.tunnel();
-        state.tracker.spawn(async move {
-            let _permit = permit;
-            let _open = open;
+        crate::tunnel::spawn_logged(&state, ctx, async move {
             match tokio::try_join!(client_up, origin_up) {
                 Ok((c, o)) => {
                     let s = bridge::run(TokioIo::new(c), TokioIo::new(o), idle, stop).await;
@@ -315,7 +310,7 @@ fn respond(
                     rec.result = "TCP_MISS_ABORTED";
                 }
             }
-            log.write(&rec);
+            rec
         });
         return Ok(Response::from_parts(parts, crate::http::body::empty()));
     }

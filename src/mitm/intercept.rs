@@ -40,6 +40,59 @@ fn client_rejected_certificate(e: &std::io::Error) -> bool {
     .any(|k| text.replace(' ', "").contains(k))
 }
 
+type ClientTls = tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Completes the client side: upgrade, ClientHello, a certificate for its SNI (or the CONNECT
+/// host), handshake. `Err` carries the error label for the log (if any); the reason has been
+/// logged.
+async fn accept(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    target: &Target,
+    issuer: &crate::mitm::issuer::CertIssuer,
+) -> Result<ClientTls, Option<&'static str>> {
+    let upgraded = on_upgrade.await.map_err(|e| {
+        tracing::debug!(error = %e, "client connection was not upgraded");
+        None
+    })?;
+    let acceptor =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let start = match tokio::time::timeout(HANDSHAKE, acceptor).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(host = %target.host, error = %e, "no TLS ClientHello on an intercepted tunnel");
+            return Err(None);
+        }
+        Err(_) => return Err(None),
+    };
+    let cert_host = start
+        .client_hello()
+        .server_name()
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| target.host.clone(), str::to_string);
+    let config = issuer.config_for(&cert_host).await.map_err(|e| {
+        tracing::warn!(host = %cert_host, error = %e, "cannot mint a certificate");
+        None
+    })?;
+    match tokio::time::timeout(HANDSHAKE, start.into_stream(config)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => {
+            if client_rejected_certificate(&e) {
+                tracing::warn!(
+                    host = %cert_host,
+                    error = %e,
+                    "the client rejected cuttle's certificate: make it trust cuttle's CA \
+                     (GET /ca.pem on the admin port, or `cuttle ca export`), or exclude the \
+                     host with --no-intercept"
+                );
+            } else {
+                tracing::info!(host = %cert_host, error = %e, "TLS handshake with the client failed");
+            }
+            Err(Some("ERR_SECURE_ACCEPT_FAIL"))
+        }
+        Err(_) => Err(None),
+    }
+}
+
 pub async fn handle(
     state: Arc<State>,
     ctx: Arc<ConnCtx>,
@@ -59,80 +112,33 @@ pub async fn handle(
     rec.hierarchy = "HIER_NONE/-".into();
     rec.head_ready();
     let mut rec = rec.clone();
-    let open = state.metrics.tunnel();
     let st = state.clone();
-    state.tracker.spawn(async move {
-        let _open = open;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "client connection was not upgraded");
+    let conn = ctx.clone();
+    crate::tunnel::spawn_logged(&state, &ctx, async move {
+        let ctx = conn;
+        let tls = match accept(on_upgrade, &target, &issuer).await {
+            Ok(tls) => tls,
+            Err(error) => {
                 rec.result = "TCP_BUMP_ABORTED";
-                st.log.write(&rec);
-                return;
-            }
-        };
-        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
-        let start = match tokio::time::timeout(HANDSHAKE, acceptor).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::info!(host = %target.host, error = %e, "no TLS ClientHello on an intercepted tunnel");
-                rec.result = "TCP_BUMP_ABORTED";
-                st.log.write(&rec);
-                return;
-            }
-            Err(_) => {
-                rec.result = "TCP_BUMP_ABORTED";
-                st.log.write(&rec);
-                return;
-            }
-        };
-        let sni = start
-            .client_hello()
-            .server_name()
-            .map(str::to_string)
-            .filter(|s| !s.is_empty());
-        let cert_host = sni.clone().unwrap_or_else(|| target.host.clone());
-        let config = match issuer.config_for(&cert_host).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(host = %cert_host, error = %e, "cannot mint a certificate");
-                rec.result = "TCP_BUMP_ABORTED";
-                st.log.write(&rec);
-                return;
-            }
-        };
-        let tls = match tokio::time::timeout(HANDSHAKE, start.into_stream(config)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                if client_rejected_certificate(&e) {
-                    tracing::warn!(
-                        host = %cert_host,
-                        error = %e,
-                        "the client rejected cuttle's certificate: make it trust cuttle's CA \
-                         (GET /ca.pem on the admin port, or `cuttle ca export`), or exclude the \
-                         host with --no-intercept"
-                    );
-                } else {
-                    tracing::info!(host = %cert_host, error = %e, "TLS handshake with the client failed");
-                }
-                rec.result = "TCP_BUMP_ABORTED";
-                rec.error = Some("ERR_SECURE_ACCEPT_FAIL");
-                st.log.write(&rec);
-                return;
-            }
-            Err(_) => {
-                rec.result = "TCP_BUMP_ABORTED";
-                st.log.write(&rec);
-                return;
+                rec.error = error;
+                return rec;
             }
         };
         let authority = target.authority();
         let user = rec.user.clone();
         let svc_state = st.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
-            let (state, ctx, authority, user) = (svc_state.clone(), ctx.clone(), authority.clone(), user.clone());
-            async move { Ok::<_, std::convert::Infallible>(dispatch::intercepted(state, ctx, &authority, user, req).await) }
+            let (state, ctx, authority, user) = (
+                svc_state.clone(),
+                ctx.clone(),
+                authority.clone(),
+                user.clone(),
+            );
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    dispatch::intercepted(state, ctx, &authority, user, req).await,
+                )
+            }
         });
         let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -140,7 +146,7 @@ pub async fn handle(
         if let Err(e) = served {
             tracing::debug!(error = %e, "intercepted connection ended with an error");
         }
-        st.log.write(&rec);
+        rec
     });
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::OK;

@@ -21,6 +21,26 @@ use crate::server::dispatch::ConnCtx;
 use crate::telemetry::AccessRecord;
 use crate::upstream::Route;
 
+/// Runs a tunnel-like task (a CONNECT tunnel, an upgraded or intercepted connection): it
+/// counts against the connection limit and the tunnel gauge until it ends, is drained at
+/// shutdown, and its access-log record is written when it ends.
+pub fn spawn_logged<F>(state: &Arc<State>, ctx: &ConnCtx, work: F)
+where
+    F: std::future::Future<Output = AccessRecord> + Send + 'static,
+{
+    let permit = ctx.permit.clone();
+    let open = state.metrics.tunnel();
+    let log = state.log.clone();
+    state.tracker.spawn(async move {
+        let rec = work.await;
+        // Released before the record is written: whoever reads the log line sees the
+        // tunnel closed in the gauges too.
+        drop(open);
+        drop(permit);
+        log.write(&rec);
+    });
+}
+
 #[tracing::instrument(skip_all, fields(target = %req.uri()))]
 pub async fn handle(
     state: Arc<State>,
@@ -82,14 +102,9 @@ pub async fn handle(
     rec.head_ready();
     let mut rec = rec.clone();
     rec.status = 200;
-    let log = state.log.clone();
     let idle = state.config.timeouts.tunnel_idle;
     let stop = state.hard_stop.clone();
-    let permit = ctx.permit.clone();
-    let open = state.metrics.tunnel();
-    state.tracker.spawn(async move {
-        let _permit = permit;
-        let _open = open;
+    spawn_logged(&state, ctx, async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);
@@ -112,7 +127,7 @@ pub async fn handle(
                 rec.result = "TCP_TUNNEL_ABORTED";
             }
         }
-        log.write(&rec);
+        rec
     });
 
     let mut resp = Response::new(empty());
