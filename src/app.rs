@@ -280,6 +280,9 @@ impl Proxy {
 
 /// Runs until SIGTERM or SIGINT, then drains and returns. SIGHUP reloads.
 pub async fn run(config: ValidConfig, reloader: Option<Reloader>) -> Result<(), StartError> {
+    // Registered before anything listens: a SIGTERM sent as soon as /readyz answers 200 must
+    // drain the proxy, not kill it with the default action.
+    let stop = shutdown_signal();
     let log = AccessLog::stdout(config.log_format);
     let proxy = Arc::new(Proxy::start_with(config, log, reloader).await?);
     // Registered before the listening line is logged: a SIGHUP sent as soon as the proxy
@@ -309,7 +312,7 @@ pub async fn run(config: ValidConfig, reloader: Option<Reloader>) -> Result<(), 
             .collect();
         tracing::info!(parents = ?names, "forwarding through parent proxies");
     }
-    wait_for_signal().await;
+    stop.await;
     tracing::info!(
         grace = ?proxy.state.config.timeouts.shutdown_grace,
         "shutting down: draining connections"
@@ -319,12 +322,23 @@ pub async fn run(config: ValidConfig, reloader: Option<Reloader>) -> Result<(), 
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future ends at the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let streams = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
+    );
+    async move { wait_for_signal(streams).await }
+}
+
+async fn wait_for_signal(
+    streams: (
+        std::io::Result<tokio::signal::unix::Signal>,
+        std::io::Result<tokio::signal::unix::Signal>,
+    ),
+) {
+    match streams {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {},

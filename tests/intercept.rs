@@ -202,3 +202,46 @@ async fn minting_is_once_per_host_under_200_concurrent_connects() {
     );
     p.shutdown().await;
 }
+
+/// A CONNECT to an address on port 443: the ClientHello's server name decides. `localhost`
+/// is on the intercept list (intercepted; its requests go to that name); with a list that
+/// does not name it, a blind tunnel to the address (the client sees the origin's own
+/// certificate). Binds 127.0.0.1:443 (the tests run as root).
+#[tokio::test]
+async fn connect_to_an_address_is_decided_by_the_client_hello() {
+    let origin = TlsOrigin::start_on("127.0.0.1:443", |req| async move {
+        http::Response::builder()
+            .body(cuttle::http::body::full(format!(
+                "artifact at {}",
+                req.uri().path()
+            )))
+            .unwrap()
+    })
+    .await;
+    let p = TestProxy::start(intercepting(&origin)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = proxy_ca(&p, dir.path()).await;
+    let via_ip = ["--connect-to", "localhost:443:127.0.0.1:443"];
+    let (code, out, err) = curl_via(&p, &ca, "https://localhost/a/b-1.0.jar", &via_ip).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "artifact at /a/b-1.0.jar");
+    // The inner request is logged first; the CONNECT when the tunnel ends.
+    let line = p.log_with("b-1.0.jar").await;
+    assert!(line.contains("https://localhost/a/b-1.0.jar"), "{line}");
+    let line = p.log_with("CONNECT").await;
+    assert!(
+        line.contains("CONNECT 127.0.0.1:443") && line.contains("TCP_BUMP/200"),
+        "{line}"
+    );
+    // Not on the list: blind, the origin's own certificate is what the client sees.
+    let mut o = intercepting(&origin);
+    o.intercept = Some(vec!["registry.example".into()]);
+    let p2 = TestProxy::start(o).await;
+    let (code, out, err) = curl_via(&p2, &origin.ca_file, "https://localhost/c.jar", &via_ip).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "artifact at /c.jar");
+    let line = p2.log_with("CONNECT").await;
+    assert!(line.contains("TCP_TUNNEL/200"), "{line}");
+    p.shutdown().await;
+    p2.shutdown().await;
+}

@@ -40,22 +40,18 @@ fn client_rejected_certificate(e: &std::io::Error) -> bool {
     .any(|k| text.replace(' ', "").contains(k))
 }
 
-type ClientTls = tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// Completes the client side: upgrade, ClientHello, a certificate for its SNI (or the CONNECT
-/// host), handshake. `Err` carries the error label for the log (if any); the reason has been
-/// logged.
-async fn accept(
-    on_upgrade: hyper::upgrade::OnUpgrade,
+/// Completes the client side on `io` (after the 200): ClientHello, a certificate for its SNI
+/// (or `target`'s host), handshake. `Err` carries the error label for the log (if any); the
+/// reason has been logged.
+async fn accept<IO>(
+    io: IO,
     target: &Target,
     issuer: &crate::mitm::issuer::CertIssuer,
-) -> Result<ClientTls, Option<&'static str>> {
-    let upgraded = on_upgrade.await.map_err(|e| {
-        tracing::debug!(error = %e, "client connection was not upgraded");
-        None
-    })?;
-    let acceptor =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+) -> Result<tokio_rustls::server::TlsStream<IO>, Option<&'static str>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(HANDSHAKE, acceptor).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -93,6 +89,70 @@ async fn accept(
     }
 }
 
+/// Terminates TLS on `io` and serves the decrypted requests for `target`; returns the
+/// tunnel's record for the log.
+async fn serve<IO>(
+    state: Arc<State>,
+    ctx: Arc<ConnCtx>,
+    io: IO,
+    target: Target,
+    issuer: &crate::mitm::issuer::CertIssuer,
+    mut rec: AccessRecord,
+) -> AccessRecord
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    rec.result = "TCP_BUMP";
+    let tls = match accept(io, &target, issuer).await {
+        Ok(tls) => tls,
+        Err(error) => {
+            rec.result = "TCP_BUMP_ABORTED";
+            rec.error = error;
+            return rec;
+        }
+    };
+    // `https://host/...` for the default port, as clients write it (and as it is logged).
+    let authority = match (target.port, target.host.contains(':')) {
+        (443, false) => target.host.clone(),
+        (443, true) => format!("[{}]", target.host),
+        _ => target.authority(),
+    };
+    let user = rec.user.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let (state, ctx, authority, user) =
+            (state.clone(), ctx.clone(), authority.clone(), user.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                dispatch::intercepted(state, ctx, &authority, user, req).await,
+            )
+        }
+    });
+    let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "intercepted connection ended with an error");
+    }
+    rec
+}
+
+fn no_issuer(target: &Target) -> ProxyError {
+    ProxyError::UpstreamTls {
+        host: target.authority(),
+        cause: "interception is not available (no CA); restart with --intercept set".into(),
+    }
+}
+
+fn ok_200(rec: &mut AccessRecord) -> Response<Body> {
+    rec.status = 200;
+    rec.hierarchy = "HIER_NONE/-".into();
+    rec.head_ready();
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::OK;
+    resp
+}
+
+/// A CONNECT to a host on the intercept list.
 pub async fn handle(
     state: Arc<State>,
     ctx: Arc<ConnCtx>,
@@ -100,55 +160,208 @@ pub async fn handle(
     target: Target,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    let Some(issuer) = state.issuer.clone() else {
-        return Err(ProxyError::UpstreamTls {
-            host: target.authority(),
-            cause: "interception is not available (no CA); restart with --intercept set".into(),
-        });
-    };
+    let issuer = state.issuer.clone().ok_or_else(|| no_issuer(&target))?;
     let on_upgrade = hyper::upgrade::on(&mut req);
-    rec.result = "TCP_BUMP";
-    rec.status = 200;
-    rec.hierarchy = "HIER_NONE/-".into();
-    rec.head_ready();
+    let resp = ok_200(rec);
+    let rec = rec.clone();
+    let st = state.clone();
+    let conn = ctx.clone();
+    crate::tunnel::spawn_logged(&state, &ctx, async move {
+        match on_upgrade.await {
+            Ok(up) => serve(st, conn, TokioIo::new(up), target, &issuer, rec).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "client connection was not upgraded");
+                AccessRecord {
+                    result: "TCP_BUMP_ABORTED",
+                    ..rec
+                }
+            }
+        }
+    });
+    Ok(resp)
+}
+
+/// A CONNECT to an IP address while interception is on: the decision waits for the
+/// ClientHello. A server name on the intercept list is intercepted (and requests go to that
+/// name); anything else becomes a blind tunnel to the address, the ClientHello replayed.
+pub async fn handle_by_sni(
+    state: Arc<State>,
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+    target: Target,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    let issuer = state.issuer.clone().ok_or_else(|| no_issuer(&target))?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let resp = ok_200(rec);
     let mut rec = rec.clone();
     let st = state.clone();
     let conn = ctx.clone();
     crate::tunnel::spawn_logged(&state, &ctx, async move {
-        let ctx = conn;
-        let tls = match accept(on_upgrade, &target, &issuer).await {
-            Ok(tls) => tls,
-            Err(error) => {
-                rec.result = "TCP_BUMP_ABORTED";
-                rec.error = error;
-                return rec;
+        let mut io = match on_upgrade.await {
+            Ok(up) => TokioIo::new(up),
+            Err(_) => {
+                return AccessRecord {
+                    result: "TCP_TUNNEL_ABORTED",
+                    ..rec
+                };
             }
         };
-        let authority = target.authority();
-        let user = rec.user.clone();
-        let svc_state = st.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let (state, ctx, authority, user) = (
-                svc_state.clone(),
-                ctx.clone(),
-                authority.clone(),
-                user.clone(),
-            );
-            async move {
-                Ok::<_, std::convert::Infallible>(
-                    dispatch::intercepted(state, ctx, &authority, user, req).await,
-                )
+        let (hello, sni) = match peek_client_hello(&mut io).await {
+            Ok(x) => x,
+            Err(why) => {
+                tracing::debug!(target = %target, why, "no usable ClientHello");
+                return AccessRecord {
+                    result: "TCP_TUNNEL_ABORTED",
+                    ..rec
+                };
             }
-        });
-        let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-            .await;
-        if let Err(e) = served {
-            tracing::debug!(error = %e, "intercepted connection ended with an error");
+        };
+        let dynamic = st.dynamic();
+        match sni.filter(|name| dynamic.intercepts(name)) {
+            Some(name) => {
+                let named = Target {
+                    host: name,
+                    port: target.port,
+                };
+                if let Err(e) = dynamic.policy.check_destination(&named, true) {
+                    rec.result = "TCP_DENIED";
+                    rec.error = Some(e.label());
+                    return rec;
+                }
+                serve(st, conn, Rewind::new(hello, io), named, &issuer, rec).await
+            }
+            None => {
+                rec.result = "TCP_TUNNEL";
+                match crate::tunnel::open_upstream(&st, &dynamic, &target, &mut rec).await {
+                    Ok((mut upstream, early)) => {
+                        use tokio::io::AsyncWriteExt;
+                        if upstream.write_all(&hello).await.is_err()
+                            || io.write_all(&early).await.is_err()
+                        {
+                            rec.result = "TCP_TUNNEL_ABORTED";
+                            return rec;
+                        }
+                        let stats = crate::tunnel::bridge::run(
+                            io,
+                            upstream,
+                            st.config.timeouts.tunnel_idle,
+                            st.hard_stop.clone(),
+                        )
+                        .await;
+                        rec.bytes = stats.upstream_to_client + early.len() as u64;
+                        rec.bytes_in = stats.client_to_upstream + hello.len() as u64;
+                    }
+                    Err(e) => {
+                        tracing::info!(target = %target, error = %e, "tunnel after ClientHello failed");
+                        rec.result = "TCP_TUNNEL_ABORTED";
+                        rec.error = Some(e.label());
+                    }
+                }
+                rec
+            }
         }
-        rec
     });
-    let mut resp = Response::new(empty());
-    *resp.status_mut() = StatusCode::OK;
     Ok(resp)
+}
+
+/// Largest ClientHello read before deciding.
+const MAX_HELLO: usize = 16 * 1024;
+
+/// Reads the client's first TLS flight until its ClientHello parses; returns the bytes read
+/// (to replay) and the SNI name.
+async fn peek_client_hello<IO>(io: &mut IO) -> Result<(bytes::Bytes, Option<String>), &'static str>
+where
+    IO: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::with_capacity(4096);
+    let mut acceptor = rustls::server::Acceptor::default();
+    let read = async {
+        loop {
+            let before = buf.len();
+            if before >= MAX_HELLO {
+                return Err("ClientHello too large");
+            }
+            let n = io.read_buf(&mut buf).await.map_err(|_| "read error")?;
+            if n == 0 {
+                return Err("closed before a ClientHello");
+            }
+            let mut fresh = &buf[before..];
+            while !fresh.is_empty() {
+                if acceptor.read_tls(&mut fresh).is_err() {
+                    // Not TLS: no name to decide on; the bytes are replayed to the origin.
+                    return Ok(None);
+                }
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    let sni = accepted
+                        .client_hello()
+                        .server_name()
+                        .map(|s| s.to_ascii_lowercase());
+                    return Ok(sni);
+                }
+                Ok(None) => continue,
+                Err(_) => return Ok(None),
+            }
+        }
+    };
+    let sni = tokio::time::timeout(HANDSHAKE, read)
+        .await
+        .map_err(|_| "no ClientHello in time")??;
+    Ok((buf.freeze(), sni))
+}
+
+pin_project_lite::pin_project! {
+    /// Replays `prefix` before reading from `inner` (the ClientHello already consumed).
+    struct Rewind<T> {
+        prefix: bytes::Bytes,
+        #[pin]
+        inner: T,
+    }
+}
+
+impl<T> Rewind<T> {
+    fn new(prefix: bytes::Bytes, inner: T) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
 }

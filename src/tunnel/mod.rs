@@ -41,25 +41,19 @@ where
     });
 }
 
-#[tracing::instrument(skip_all, fields(target = %req.uri()))]
-pub async fn handle(
-    state: Arc<State>,
-    ctx: &Arc<ConnCtx>,
-    mut req: Request<Incoming>,
+/// Opens the upstream leg of a blind tunnel: directly, or through the parents in order (a
+/// parent that cannot be reached is marked down and the next one tried). Returns the stream
+/// and any bytes a parent sent past its CONNECT answer.
+pub async fn open_upstream(
+    state: &State,
+    dynamic: &crate::app::Dynamic,
+    target: &crate::http::target::Target,
     rec: &mut AccessRecord,
-) -> Result<Response<Body>, ProxyError> {
-    rec.result = "TCP_TUNNEL";
-    let target = target::connect(req.uri())?;
-    let dynamic = state.dynamic();
-    dynamic.policy.check_destination(&target, true)?;
-    if dynamic.intercepts(&target.host) && state.issuer.is_some() {
-        return crate::mitm::intercept::handle(state.clone(), ctx.clone(), req, target, rec).await;
-    }
-
-    let (upstream, early): (TcpStream, Bytes) = match dynamic.upstream.route(&target.host) {
+) -> Result<(TcpStream, Bytes), ProxyError> {
+    Ok(match dynamic.upstream.route(&target.host) {
         Route::Direct => {
             let (s, addr) = crate::upstream::connect_direct(
-                &target,
+                target,
                 &dynamic.policy,
                 state.config.timeouts.connect,
             )
@@ -72,7 +66,7 @@ pub async fn handle(
             let mut opened = None;
             for peer in peers {
                 rec.hierarchy = format!("FIRSTUP_PARENT/{}", peer.name);
-                match peer.open_tunnel(&target, &state.config.timeouts).await {
+                match peer.open_tunnel(target, &state.config.timeouts).await {
                     Ok(x) => {
                         peer.mark_up();
                         opened = Some(x);
@@ -96,7 +90,35 @@ pub async fn handle(
                 }
             }
         }
-    };
+    })
+}
+
+#[tracing::instrument(skip_all, fields(target = %req.uri()))]
+pub async fn handle(
+    state: Arc<State>,
+    ctx: &Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    rec.result = "TCP_TUNNEL";
+    let target = target::connect(req.uri())?;
+    let dynamic = state.dynamic();
+    dynamic.policy.check_destination(&target, true)?;
+    if dynamic.intercepts(&target.host) && state.issuer.is_some() {
+        return crate::mitm::intercept::handle(state.clone(), ctx.clone(), req, target, rec).await;
+    }
+
+    // A CONNECT to an address on the HTTPS port: the ClientHello's server name decides. (Only
+    // port 443: protocols whose server speaks first would wait forever for a ClientHello.)
+    if state.issuer.is_some()
+        && !dynamic.intercept.is_empty()
+        && target.ip().is_some()
+        && target.port == 443
+    {
+        return crate::mitm::intercept::handle_by_sni(state.clone(), ctx.clone(), req, target, rec)
+            .await;
+    }
+    let (upstream, early) = open_upstream(&state, &dynamic, &target, rec).await?;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     rec.head_ready();

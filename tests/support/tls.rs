@@ -34,6 +34,15 @@ impl TlsOrigin {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
+        Self::start_on("127.0.0.1:0", handler).await
+    }
+
+    /// Like [`TlsOrigin::start`], on a chosen address.
+    pub async fn start_on<F, Fut>(bind: &str, handler: F) -> TlsOrigin
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::default();
         ca_params
@@ -65,15 +74,22 @@ impl TlsOrigin {
         .unwrap();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("cannot bind {bind}: {e}"));
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
         let h2 = hits.clone();
+        // Connections are tasks of a JoinSet owned by the accept loop: dropping the origin
+        // aborts the loop, which drops the set and closes every open connection too (a
+        // stopped origin must not keep answering on a proxy's pooled keep-alive connection).
         let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
             while let Ok((s, _)) = listener.accept().await {
+                while conns.try_join_next().is_some() {}
                 let (acceptor, handler, hits) = (acceptor.clone(), handler.clone(), h2.clone());
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let Ok(tls) = acceptor.accept(s).await else {
                         return;
                     };
