@@ -41,6 +41,24 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
 
+/// Waits (bounded) until the proxy's cache has stored `n` entries: a request sent before
+/// the fill is committed would follow the fill (TCP_CF_*) instead of hitting.
+async fn wait_stored(p: &TestProxy, n: u64) {
+    let cache = p.proxy().state().cache.clone().unwrap();
+    for _ in 0..500 {
+        if cache
+            .stats
+            .stored
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= n
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the cache did not store {n} entries");
+}
+
 async fn cacheable_origin() -> Origin {
     Origin::start(|req| async move {
         match req.uri().path() {
@@ -99,7 +117,7 @@ async fn metrics_follow_known_traffic() {
     let p = TestProxy::start(o).await;
     let c = p.client();
     // 3 requests for one cacheable URL: 1 miss, 2 memory hits.
-    for _ in 0..3 {
+    for i in 0..3 {
         assert_eq!(
             c.get(origin.url("/a"))
                 .send()
@@ -110,7 +128,11 @@ async fn metrics_follow_known_traffic() {
                 .unwrap(),
             "cached body"
         );
+        if i == 0 {
+            wait_stored(&p, 1).await;
+        }
     }
+
     // A denial, an upstream error, and a tunnel.
     assert_eq!(
         c.get("http://denied.example/")
@@ -354,7 +376,7 @@ async fn readyz_reports_draining() {
 async fn status_and_cache_commands_talk_to_a_running_instance() {
     let origin = cacheable_origin().await;
     let p = TestProxy::start(opts()).await;
-    for _ in 0..2 {
+    for i in 0..2 {
         p.client()
             .get(origin.url("/obj"))
             .send()
@@ -363,7 +385,11 @@ async fn status_and_cache_commands_talk_to_a_running_instance() {
             .text()
             .await
             .unwrap();
+        if i == 0 {
+            wait_stored(&p, 1).await;
+        }
     }
+
     let admin = p.admin_url();
     fn run(args: Vec<String>) -> (i32, String, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_cuttle"))

@@ -72,7 +72,10 @@ impl Admin {
         let Some(reloader) = &self.reloader else {
             return Err(vec!["no configuration source to reload from".into()]);
         };
-        match reloader() {
+        let checked = reloader().and_then(|cfg| {
+            crate::mitm::reload_problems(self.state.issuer.as_deref(), &cfg).map(|()| cfg)
+        });
+        match checked {
             Ok(cfg) => {
                 self.state.reload(&cfg);
                 tracing::info!(

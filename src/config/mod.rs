@@ -550,6 +550,17 @@ impl Options {
                 None
             }
         };
+        if let Some(ca) = &ca {
+            let outside = ca.outside_constraints(&intercept_patterns);
+            if !outside.is_empty() {
+                errs.push(format!(
+                    "intercept: {} outside the name constraints of the CA in ca-cert (clients \
+                     would reject its certificates); make a CA for this list with \
+                     `cuttle ca init --intercept ...`",
+                    outside.join(", ")
+                ));
+            }
+        }
         let upstream_tls =
             match crate::mitm::upstream_tls::client_config(self.upstream_ca.as_deref()) {
                 Ok(c) => c,

@@ -104,6 +104,47 @@ impl Ca {
         })
     }
 
+    /// The intercept patterns this CA cannot serve because its Name Constraints do not permit
+    /// them (clients reject such leaves: "permitted subtree violation"). Empty when the CA has
+    /// no DNS name constraints. IP and CIDR patterns are not checked (DNS constraints do not
+    /// bind IP addresses).
+    pub fn outside_constraints(&self, patterns: &[String]) -> Vec<String> {
+        use x509_parser::extensions::GeneralName;
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(&self.cert_der) else {
+            return Vec::new();
+        };
+        let Ok(Some(nc)) = cert.name_constraints() else {
+            return Vec::new();
+        };
+        let permitted: Vec<String> = nc
+            .value
+            .permitted_subtrees
+            .iter()
+            .flatten()
+            .filter_map(|s| match &s.base {
+                GeneralName::DNSName(d) => Some(d.trim_start_matches('.').to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect();
+        if permitted.is_empty() {
+            return Vec::new();
+        }
+        patterns
+            .iter()
+            .filter(|raw| {
+                let p = raw.trim().to_ascii_lowercase();
+                if p.parse::<std::net::IpAddr>().is_ok() || p.parse::<ipnet::IpNet>().is_ok() {
+                    return false;
+                }
+                let name = p.strip_prefix("*.").unwrap_or(p.trim_start_matches('.'));
+                !permitted
+                    .iter()
+                    .any(|d| name == d || name.ends_with(&format!(".{d}")))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Loads a CA from files.
     pub fn load(cert: &Path, key: &Path) -> Result<Ca, String> {
         let c = std::fs::read_to_string(cert)
@@ -198,5 +239,31 @@ mod tests {
         let nc = x509.name_constraints().unwrap().unwrap();
         assert!(format!("{:?}", nc.value).contains("registry.example"));
         assert!(Ca::from_pem("junk", "junk").is_err());
+    }
+
+    #[test]
+    fn patterns_outside_the_name_constraints() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ca = Ca::generate(&v(&["registry.example", "*.files.example.org"]), 30).unwrap();
+        assert!(
+            ca.outside_constraints(&v(&[
+                "registry.example",
+                "Mirror.Registry.Example",
+                "*.files.example.org",
+                "files.example.org",
+                "10.0.0.0/8",
+                "192.0.2.1",
+            ]))
+            .is_empty()
+        );
+        assert_eq!(
+            ca.outside_constraints(&v(&["localhost", "*", "example.org", "xregistry.example"])),
+            v(&["localhost", "*", "example.org", "xregistry.example"])
+        );
+        let open = Ca::generate(&v(&["*"]), 30).unwrap();
+        assert!(
+            open.outside_constraints(&v(&["anything.example", "*"]))
+                .is_empty()
+        );
     }
 }
