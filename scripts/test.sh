@@ -12,12 +12,21 @@ log() { echo "test.sh: $*" >&2; }
 
 # What the tests need from outside Cargo: "apt-package probe", the probe being a command name
 # or an absolute path (squid lives in /usr/sbin, which is not on every user's PATH).
-# Later steps add npm, pip... here. chromium drives the admin status page (tests/status_page.rs).
+# chromium drives the admin status page (tests/status_page.rs); npm, pip, a JDK (java,
+# keytool), openssl and sha1sum are the real clients of tests/intercept_clients.rs (the
+# machine image has them already; Debian's packages are the fallback).
 REQUIREMENTS=(
   "squid /usr/sbin/squid"
   "squid /usr/lib/squid/basic_ncsa_auth"
   "curl curl"
   "chromium /usr/bin/chromium"
+  "npm npm"
+  "python3 python3"
+  "python3-pip pip3"
+  "openssl openssl"
+  "default-jdk-headless javac"
+  "default-jdk-headless keytool"
+  "coreutils sha1sum"
 )
 
 present() {
@@ -123,3 +132,5 @@ install_missing
 stop_system_squid
 
 cargo test --all-targets "$@"
+# The full run also builds and checks the image and the deployment files (README "Deploy").
+if [[ $# -eq 0 ]]; then scripts/deploy-check.sh; fi
