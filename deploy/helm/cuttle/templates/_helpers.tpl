@@ -1,0 +1,149 @@
+{{/* Chart name. */}}
+{{- define "cuttle.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name, with the chart name unless it already contains it. */}}
+{{- define "cuttle.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "cuttle.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cuttle.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "cuttle.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "cuttle.selectorLabels" . }}
+app.kubernetes.io/component: proxy
+app.kubernetes.io/part-of: cuttle
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "cuttle.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "cuttle.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "cuttle.serviceName" -}}
+{{- default (include "cuttle.fullname" .) .Values.service.name }}
+{{- end }}
+
+{{/* The Secret the chart writes: holds whatever is not taken from an existing Secret. */}}
+{{- define "cuttle.secretName" -}}
+{{- include "cuttle.fullname" . }}
+{{- end }}
+
+{{- define "cuttle.authEnabled" -}}
+{{- if .Values.auth.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "cuttle.adminTokenEnabled" -}}
+{{- if or .Values.admin.token .Values.admin.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* Cache volume sizeLimit, in Mi: sizeGiB plus headroomPercent. */}}
+{{- define "cuttle.cacheVolumeLimit" -}}
+{{- $mi := div (mul (int .Values.cache.sizeGiB) 1024 (add 100 (int .Values.cache.headroomPercent))) 100 }}
+{{- printf "%dMi" $mi }}
+{{- end }}
+
+{{/* Values that cannot be combined, stopped at render time. */}}
+{{- define "cuttle.validate" -}}
+{{- if and .Values.nodePort.enabled (not .Values.auth.enabled) (not .Values.nodePort.allowWithoutAuth) }}
+{{- fail "nodePort.enabled needs auth.enabled: behind a NodePort cuttle sees node addresses, which allowClient admits (set nodePort.allowWithoutAuth to override)" }}
+{{- end }}
+{{- if and .Values.auth.enabled (not .Values.auth.htpasswd) (not .Values.auth.existingSecret) }}
+{{- fail "auth.enabled needs auth.htpasswd or auth.existingSecret" }}
+{{- end }}
+{{- if and .Values.interception.enabled (not .Values.interception.hosts) }}
+{{- fail "interception.enabled needs interception.hosts" }}
+{{- end }}
+{{- if and .Values.interception.enabled (not .Values.interception.existingSecret) }}
+{{- fail "interception.enabled needs interception.existingSecret (the CA; every replica must use the same one)" }}
+{{- end }}
+{{- $drain := add (int .Values.config.shutdownGraceSeconds) (int .Values.preStopSleepSeconds) }}
+{{- if le (int .Values.terminationGracePeriodSeconds) $drain }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be above config.shutdownGraceSeconds + preStopSleepSeconds (%d)" (int .Values.terminationGracePeriodSeconds) $drain) }}
+{{- end }}
+{{- end }}
+
+{{/* cuttle.toml, from .Values.config, .Values.cache and .Values.cacheRules. Strings and lists
+     are written as JSON, which is valid TOML for them. */}}
+{{- define "cuttle.toml" -}}
+# Rendered by the cuttle Helm chart; keys are cuttle's flag names (README "Configuration").
+listen = [{{ printf "0.0.0.0:%d" (int .Values.config.port) | toJson }}]
+admin-listen = {{ printf "0.0.0.0:%d" (int .Values.admin.port) | toJson }}
+cache-dir = "/var/cache/cuttle"
+cache-size = {{ printf "%dGiB" (int .Values.cache.sizeGiB) | toJson }}
+cache-mem = {{ .Values.cache.mem | toJson }}
+max-object-size = {{ .Values.cache.maxObjectSize | toJson }}
+allow-client = {{ .Values.config.allowClient | toJson }}
+{{- with .Values.config.direct }}
+direct = {{ toJson . }}
+{{- end }}
+{{- with .Values.config.connectPorts }}
+{{- $ports := list }}
+{{- range . }}{{ $ports = append $ports (toString .) }}{{ end }}
+connect-ports = {{ toJson $ports }}
+{{- end }}
+{{- with .Values.config.allowDomain }}
+allow-domain = {{ toJson . }}
+{{- end }}
+{{- with .Values.config.denyDomain }}
+deny-domain = {{ toJson . }}
+{{- end }}
+{{- with .Values.config.denyDest }}
+deny-dest = {{ toJson . }}
+{{- end }}
+shutdown-grace = {{ printf "%ds" (int .Values.config.shutdownGraceSeconds) | toJson }}
+log-format = {{ .Values.config.logFormat | toJson }}
+log-level = {{ .Values.config.logLevel | toJson }}
+auth-realm = {{ .Values.auth.realm | toJson }}
+{{- if .Values.interception.enabled }}
+intercept = {{ .Values.interception.hosts | toJson }}
+{{- with .Values.interception.noIntercept }}
+no-intercept = {{ toJson . }}
+{{- end }}
+ca-cert = "/etc/cuttle/ca/ca.pem"
+ca-key = "/etc/cuttle/ca/ca-key.pem"
+{{- end }}
+{{- with .Values.config.extra }}
+{{ . }}
+{{- end }}
+{{- range .Values.cacheRules }}
+
+[[cache-rule]]
+name = {{ .name | toJson }}
+pattern = {{ .pattern | toJson }}
+{{- if hasKey . "exclude" }}
+exclude = {{ .exclude | toJson }}
+{{- end }}
+{{- if hasKey . "min" }}
+min = {{ .min | toJson }}
+{{- end }}
+{{- if hasKey . "max" }}
+max = {{ .max | toJson }}
+{{- end }}
+{{- if hasKey . "ignoreClientNoCache" }}
+ignore-client-no-cache = {{ .ignoreClientNoCache }}
+{{- end }}
+{{- with .vary }}
+vary = {{ toJson . }}
+{{- end }}
+{{- end }}
+{{- end }}
