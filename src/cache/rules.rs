@@ -47,9 +47,6 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, url: &str) -> bool {
-        self.pattern.is_match(url) && !self.exclude.as_ref().is_some_and(|e| e.is_match(url))
-    }
 
     /// The freshness lifetime to use, given the origin's.
     pub fn clamp(&self, origin: Duration) -> Duration {
@@ -69,6 +66,8 @@ impl Rule {
 #[derive(Debug, Clone)]
 pub struct Rules {
     rules: Vec<Rule>,
+    /// Every pattern in one automaton: a URL is scanned once per request, not once per rule.
+    set: regex::RegexSet,
 }
 
 fn builtin(
@@ -204,7 +203,9 @@ impl Rules {
                     .collect(),
             });
         }
-        Ok(Rules { rules })
+        let set = regex::RegexSet::new(rules.iter().map(|r| r.pattern.as_str()))
+            .map_err(|e| format!("cache rules: {e}"))?;
+        Ok(Rules { rules, set })
     }
 
     pub fn len(&self) -> usize {
@@ -218,13 +219,21 @@ impl Rules {
     /// The rule for `url` (query ignored).
     pub fn classify(&self, url: &str) -> Option<&Rule> {
         let path = url.split('?').next().unwrap_or(url);
-        self.rules.iter().find(|r| r.matches(path))
+        // Matches come back in rule order: the first one not excluded wins.
+        self.set
+            .matches(path)
+            .into_iter()
+            .map(|i| &self.rules[i])
+            .find(|r| !r.exclude.as_ref().is_some_and(|e| e.is_match(path)))
     }
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules::build(&[], true).unwrap_or(Rules { rules: Vec::new() })
+        Rules::build(&[], true).unwrap_or_else(|_| Rules {
+            rules: Vec::new(),
+            set: regex::RegexSet::empty(),
+        })
     }
 }
 
