@@ -791,7 +791,11 @@ impl Bin {
             });
             let addr = match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(Ok(a)) => a.parse().unwrap(),
-                other => panic!("cuttle did not report its address: {other:?}"),
+                other => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("cuttle did not report its address: {other:?}")
+                }
             };
             Bin { child, addr }
         })

@@ -184,11 +184,13 @@ impl Running {
                 g.push('\n');
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("cuttle did not report its listening address")
-            .parse()
-            .unwrap();
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
+            // Never leave the child behind when the test gives up on it.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cuttle did not report its listening address");
+        };
+        let addr = addr.parse().unwrap();
         Running {
             child,
             addr,
