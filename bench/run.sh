@@ -203,7 +203,7 @@ start_cuttle() {
   PIDS+=("${PID[$inst]}")
   ADDR[$inst]=$(wait_for_addr "$TMP/$inst.err" "${PID[$inst]}" "$inst")
   wait_ready "$ORIGIN" "${ADDR[$inst]}" "$inst"
-  echo "cuttle --listen 127.0.0.1:0 --admin-listen off $*" >"$RAW/$inst.cmdline"
+  echo "cuttle --listen 127.0.0.1:0 --admin-listen off${*:+ $*}" >"$RAW/$inst.cmdline"
   log "$inst on ${ADDR[$inst]} (pid ${PID[$inst]})"
 }
 
@@ -711,7 +711,7 @@ md_table() { # rows...
         "max-mem-object-size 8 MiB, so the $HIT_DISK_SIZE B object is a disk-tier hit);" \
         "its direct and squid columns repeat the memory-hit runs"
     fi
-    echo "- Squid: memory cache only, no cache_dir: $(tr '\n' ';' <<<"$SQUID_HIT_CONF" | sed 's/;/; /g')"
+    echo "- Squid: memory cache only, no cache_dir: $(paste -sd';' <<<"$SQUID_HIT_CONF" | sed 's/;/; /g')"
     warmed=()
     for bytes in "${HIT_SIZES[@]}"; do
       warmed+=("cuttle $bytes: $(get "warm.cuttle-mem.$bytes"), squid $bytes: $(get "warm.squid-mem.$bytes")")
