@@ -4,11 +4,12 @@
 //! client that started it goes away.
 //!
 //! Recent chunks stay in a small in-memory window that live readers are served from. A writer
-//! thread copies every chunk to the temporary disk file through a bounded queue; a reader that
-//! falls behind the window reads that file. If the writer falls behind (queue full) or fails,
-//! only the cache entry is abandoned; from then on the fill waits for its slowest reader
-//! instead of running ahead of it, so no client is ever cut off and none is slowed by the
-//! disk. The entry is committed only when the body is complete (its length matches
+//! thread copies every chunk to the temporary disk file through a queue; a reader that falls
+//! behind the window reads that file. When more than 16 MiB wait for the writer, the fill
+//! waits for it as long as it makes progress (a disk somewhat slower than the network still
+//! gets the entry); a writer that makes no progress for 2 s (a stalled disk) or fails loses
+//! the entry, and clients are served on from memory: from then on the fill waits for its
+//! slowest reader instead of running ahead of it, so no client is ever cut off. The entry is committed only when the body is complete (its length matches
 //! `Content-Length` and upstream reported no error).
 
 use std::collections::VecDeque;
@@ -30,8 +31,10 @@ use crate::http::body::{Body, BoxError};
 
 /// Bytes of recent body kept in memory for live readers.
 const WINDOW: u64 = 4 * 1024 * 1024;
-/// Bytes queued for the disk writer before it counts as fallen behind.
+/// Bytes queued for the disk writer before the fill waits for it.
 const WRITER_QUEUE: u64 = 16 * 1024 * 1024;
+/// A writer that makes no progress for this long is stalled: the entry is abandoned.
+const WRITER_STALL: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,34 +176,38 @@ impl Fill {
         let f = fill.clone();
         tokio::spawn(async move {
             let mut wtx = writer_task.as_ref().map(|_| wtx);
+            let mut progress = f.changed.subscribe();
             let mut body = Box::pin(body);
             let outcome = loop {
                 f.wait_for_slow_readers(limits.reader_stall).await;
-                match body.frame().await {
+                let frame = match body.frame().await {
                     None => break Ok(()),
                     Some(Err(e)) => break Err(crate::error::chain(&*e.into())),
-                    Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue;
-                        };
-                        if data.is_empty() {
-                            continue;
-                        }
-                        if f.push(data.clone(), &limits) {
-                            wtx = None;
-                            f.abandon_file("larger than max-object-size");
-                        }
-                        if let Some(tx) = &wtx {
-                            let n = data.len() as u64;
-                            let behind = queued.fetch_add(n, Ordering::AcqRel) + n > WRITER_QUEUE;
-                            if behind || tx.send(data).is_err() {
-                                wtx = None;
-                                f.abandon_file("disk writer fell behind");
-                            }
-                        }
-                        f.notify();
+                    Some(Ok(frame)) => frame,
+                };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if f.push(data.clone(), &limits) {
+                    wtx = None;
+                    f.abandon_file("larger than max-object-size");
+                }
+                if let Some(tx) = &wtx {
+                    let n = data.len() as u64;
+                    queued.fetch_add(n, Ordering::AcqRel);
+                    let sent = tx.send(data).is_ok();
+                    // A writer briefly behind (a disk a little slower than the
+                    // network) gets a moment to catch up; one that stays behind
+                    // (a stalled disk) loses the entry rather than stall clients.
+                    if !sent || !f.writer_catches_up(&queued, &mut progress).await {
+                        wtx = None;
+                        f.abandon_file("disk writer fell behind");
                     }
                 }
+                f.notify();
             };
             {
                 let mut inner = f.inner.lock();
@@ -265,6 +272,29 @@ impl Fill {
                 return;
             }
         }
+    }
+
+    /// Waits while more than [`WRITER_QUEUE`] bytes wait for the disk writer, as long as it
+    /// keeps making progress ([`WRITER_STALL`] without any is a stalled disk). False when
+    /// the writer is stalled.
+    async fn writer_catches_up(
+        &self,
+        queued: &AtomicU64,
+        progress: &mut watch::Receiver<u64>,
+    ) -> bool {
+        while queued.load(Ordering::Acquire) > WRITER_QUEUE {
+            let done = self.inner.lock().writer_done;
+            if done {
+                return false;
+            }
+            if tokio::time::timeout(WRITER_STALL, progress.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// Appends a chunk; returns true when the object outgrew `max_object`.

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::http::body::{Body, BoxError, full};
+use crate::http::body::{Body, BoxError};
 use disk::{Disk, DiskHit, VERIFY_WHOLE_LIMIT};
 use fill::{Completed, Fill, FillLimits};
 use key::PrimaryKey;
@@ -116,7 +116,7 @@ impl serve::Source for Stored {
     fn range(&self, start: u64, end: u64) -> Body {
         match self {
             Stored::Mem(e) | Stored::Verified(e) => {
-                full(e.body.slice(start as usize..end as usize))
+                in_frames(e.body.slice(start as usize..end as usize))
             }
             Stored::Disk(d, h) => d.stream(h, start, end),
         }
@@ -124,10 +124,23 @@ impl serve::Source for Stored {
 
     fn all(&self) -> Body {
         match self {
-            Stored::Mem(e) | Stored::Verified(e) => full(e.body.clone()),
+            Stored::Mem(e) | Stored::Verified(e) => in_frames(e.body.clone()),
             Stored::Disk(d, h) => d.stream(h, 0, h.len),
         }
     }
+}
+
+/// A stored body sent as slices of it (no copy): the access log then counts what really
+/// left, and a client that goes away mid-object is logged as aborted.
+fn in_frames(body: Bytes) -> Body {
+    const FRAME: usize = 256 * 1024;
+    let frames = (0..body.len().div_ceil(FRAME)).map(move |i| {
+        let end = ((i + 1) * FRAME).min(body.len());
+        Ok::<_, BoxError>(http_body::Frame::data(body.slice(i * FRAME..end)))
+    });
+    crate::http::body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )))
 }
 
 impl serve::Source for Arc<Fill> {
@@ -210,18 +223,19 @@ impl Cache {
         }
         let disk = self.disk.as_ref()?;
         let hit = disk.lookup(primary, req).await?;
-        if hit.len <= VERIFY_WHOLE_LIMIT {
+        // Small entries that the memory tier takes are read whole, verified and promoted;
+        // anything else streams from the file (verified as it is read), so concurrent disk
+        // hits never hold whole objects in memory.
+        if hit.len <= VERIFY_WHOLE_LIMIT && self.memory.admits(hit.len) {
             let body = disk.read_verified(&hit).await?;
             let entry = Arc::new(MemEntry {
                 meta: hit.meta.clone(),
                 body,
             });
-            if self.memory.admits(hit.len) {
-                self.memory.insert(MemEntry {
-                    meta: entry.meta.clone(),
-                    body: entry.body.clone(),
-                });
-            }
+            self.memory.insert(MemEntry {
+                meta: entry.meta.clone(),
+                body: entry.body.clone(),
+            });
             return Some(Stored::Verified(entry));
         }
         Some(Stored::Disk(disk.clone(), hit))

@@ -47,7 +47,6 @@ pub struct Rule {
 }
 
 impl Rule {
-
     /// The freshness lifetime to use, given the origin's.
     pub fn clamp(&self, origin: Duration) -> Duration {
         let d = origin.max(self.min);
