@@ -5,34 +5,9 @@
 mod support;
 use support::*;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// Sends one request on a fresh connection and returns the response head and body (read by
-/// Content-Length), without waiting for the proxy to close the connection.
-async fn exchange(addr: SocketAddr, request: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let head = read_head(&mut s).await;
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body))
-        .await
-        .expect("timed out reading the body")
-        .unwrap();
-    (head, String::from_utf8_lossy(&body).into_owned())
-}
 
 fn connect_req(target: &str, extra: &str) -> String {
     format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n")

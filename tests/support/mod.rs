@@ -305,6 +305,34 @@ pub async fn read_head(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Reads a body of the response `head`'s `Content-Length` (0 without one) from `s`.
+pub async fn read_body(s: &mut TcpStream, head: &str) -> String {
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body))
+        .await
+        .expect("timed out reading the body")
+        .unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Sends one request on a fresh connection and returns the response head and body (read by
+/// Content-Length), without waiting for the proxy to close the connection.
+pub async fn exchange(addr: SocketAddr, request: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    let body = read_body(&mut s, &head).await;
+    (head, body)
+}
+
 /// A response with a body and status.
 pub fn respond(status: u16, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
