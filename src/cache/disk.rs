@@ -219,15 +219,15 @@ impl Disk {
     /// The stored variant of `primary` that `req` selects, if any.
     pub async fn lookup(&self, primary: &PrimaryKey, req: &HeaderMap) -> Option<DiskHit> {
         let hex = primary.hex();
-        if self.is_scanned() && !self.index.lock().primaries.contains_key(&hex) {
+        if self.is_scanned() && !self.index.lock().primaries.contains_key(hex) {
             return None;
         }
-        let dir = self.dir_for(&hex);
+        let dir = self.dir_for(hex);
         let mut rd = tokio::fs::read_dir(&dir).await.ok()?;
         while let Ok(Some(entry)) = rd.next_entry().await {
             let variant = entry.file_name().to_string_lossy().into_owned();
             let key = EntryKey {
-                primary: hex.clone(),
+                primary: hex.to_string(),
                 variant,
             };
             let path = entry.path();

@@ -15,7 +15,9 @@ use crate::http::target::Target;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PrimaryKey {
     url: String,
-    hash: [u8; 32],
+    /// Hex SHA-256 of the URL: the name of the entry's directory and its lock and memory
+    /// key, computed once per request.
+    hex: String,
 }
 
 impl PrimaryKey {
@@ -50,16 +52,16 @@ impl PrimaryKey {
 
     /// A key from an already normalised URL (as stored in an entry's metadata).
     pub fn from_url(url: String) -> PrimaryKey {
-        let hash = Sha256::digest(url.as_bytes()).into();
-        PrimaryKey { url, hash }
+        let hex = hex::encode(Sha256::digest(url.as_bytes()));
+        PrimaryKey { url, hex }
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    pub fn hex(&self) -> String {
-        hex::encode(self.hash)
+    pub fn hex(&self) -> &str {
+        &self.hex
     }
 }
 

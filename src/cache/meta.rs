@@ -61,7 +61,7 @@ impl Meta {
 
     pub fn key(&self) -> EntryKey {
         EntryKey {
-            primary: PrimaryKey::from_url(self.url.clone()).hex(),
+            primary: PrimaryKey::from_url(self.url.clone()).hex().to_string(),
             variant: self.variant.id(),
         }
     }
@@ -71,10 +71,7 @@ impl Meta {
     }
 
     pub fn content_length(&self) -> Option<u64> {
-        self.headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
+        crate::http::headers::content_length(&self.headers)
     }
 
     /// The file prefix: magic, version, meta length, meta.

@@ -218,7 +218,7 @@ impl Cache {
     /// The stored variant of `primary` that a request with `req` headers selects. Small disk
     /// entries are read whole, verified, and promoted to memory.
     pub async fn lookup(&self, primary: &PrimaryKey, req: &HeaderMap) -> Option<Stored> {
-        if let Some(e) = self.memory.get(&primary.hex(), primary.url(), req) {
+        if let Some(e) = self.memory.get(primary.hex(), primary.url(), req) {
             return Some(Stored::Mem(e));
         }
         let disk = self.disk.as_ref()?;
@@ -325,9 +325,9 @@ impl Cache {
     /// Removes every variant of a URL from both tiers; true if anything was stored.
     pub async fn invalidate(&self, primary: &PrimaryKey) -> bool {
         let hex = primary.hex();
-        let in_mem = self.memory.remove(&hex);
+        let in_mem = self.memory.remove(hex);
         let on_disk = match &self.disk {
-            Some(d) => d.remove_primary(&hex).await > 0,
+            Some(d) => d.remove_primary(hex).await > 0,
             None => false,
         };
         in_mem || on_disk

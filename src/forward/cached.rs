@@ -23,7 +23,7 @@ use crate::cache::serve::{self, Source};
 use crate::cache::{Cache, Stored};
 use crate::error::ProxyError;
 use crate::http::body::{Body, BodyEnd, CountingBody, IdleTimeoutBody, empty};
-use crate::http::headers::{append_via, strip_hop_by_hop};
+use crate::http::headers::{append_via, content_length, strip_hop_by_hop};
 use crate::http::target::Target;
 use crate::server::dispatch::ConnCtx;
 use crate::telemetry::AccessRecord;
@@ -171,7 +171,7 @@ impl Ctx<'_> {
         reval: HeaderMap,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {
-        let permit = match self.cache.locks.acquire(&self.primary.hex()) {
+        let permit = match self.cache.locks.acquire(self.primary.hex()) {
             Acquired::Leader(p) => p,
             Acquired::Follower(f) => return self.follow(f, rec).await,
         };
@@ -270,7 +270,7 @@ impl Ctx<'_> {
 
     /// RFC 5861 §3: one background revalidation per URL (skipped when one is running).
     fn revalidate_in_background(&self, old: Arc<Meta>, reval: HeaderMap) {
-        let Acquired::Leader(permit) = self.cache.locks.acquire(&self.primary.hex()) else {
+        let Acquired::Leader(permit) = self.cache.locks.acquire(self.primary.hex()) else {
             return;
         };
         let state = self.state.clone();
@@ -365,7 +365,7 @@ impl Ctx<'_> {
     }
 
     async fn miss(&self, rec: &mut AccessRecord) -> Result<Response<Body>, ProxyError> {
-        match self.cache.locks.acquire(&self.primary.hex()) {
+        match self.cache.locks.acquire(self.primary.hex()) {
             Acquired::Leader(permit) => self.fetch_and_store(permit, true, rec).await,
             Acquired::Follower(f) => self.follow(f, rec).await,
         }
@@ -509,12 +509,6 @@ fn note_hop(resp: &Response<Incoming>, rec: &mut AccessRecord) {
     if let Some(hop) = resp.extensions().get::<Hop>() {
         rec.hierarchy = hop.0.to_string();
     }
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The variant a response selects: its `Vary` plus the rule's extra key fields.

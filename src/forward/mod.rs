@@ -334,13 +334,7 @@ fn respond(
             log.write(&done);
         },
     )
-    .expecting(
-        parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
-    );
+    .expecting(crate::http::headers::content_length(&parts.headers));
     Ok(Response::from_parts(parts, boxed(body)))
 }
 

@@ -76,6 +76,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The `Content-Length` of a message, when present and valid.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Appends cuttle to `Via` (RFC 9110 §7.6.3: "A proxy MUST send an appropriate Via header
 /// field ... in each message that it forwards"), keeping earlier hops in order.
 pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
