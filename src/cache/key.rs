@@ -83,20 +83,9 @@ pub struct Variant {
 impl Variant {
     /// The variant a response with `vary` selects for a request with `req` headers.
     pub fn of(vary: &HeaderMap, req: &HeaderMap) -> Variant {
-        let mut names: Vec<String> = vary
-            .get_all(http::header::VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|n| n.trim().to_ascii_lowercase())
-            .filter(|n| !n.is_empty())
-            .collect();
-        names.sort();
-        names.dedup();
-        let star = names.iter().any(|n| n == "*");
+        let (names, star) = vary_names(vary);
         let fields = names
             .into_iter()
-            .filter(|n| n != "*")
             .map(|n| {
                 let v = normalised(req, &n);
                 (n, v)
@@ -130,6 +119,24 @@ impl Variant {
         }
         hex::encode(&h.finalize()[..16])
     }
+}
+
+/// The field names a response's `Vary` lists (lower-cased, sorted, once each, without `*`),
+/// and whether it lists `*`.
+pub(crate) fn vary_names(h: &HeaderMap) -> (Vec<String>, bool) {
+    let mut names: Vec<String> = h
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    let star = names.iter().any(|n| n == "*");
+    names.retain(|n| n != "*");
+    (names, star)
 }
 
 /// All values of `name`, each list item trimmed, lower-cased and joined with ",".

@@ -162,21 +162,6 @@ fn normalise_dates(h: &mut HeaderMap) {
     }
 }
 
-/// Names listed in `Vary`, lower-cased, without `*`.
-fn vary_names(h: &HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = h
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty() && n != "*")
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
 /// `req` with the fields named in `vary` normalised as the variant key does (RFC 9111 §4.1:
 /// "normalizing both header field values in a way that is known to have identical
 /// semantics"); without this the policy's own Vary check would refuse a variant that the key
@@ -244,7 +229,7 @@ impl StoredPolicy {
             shared: true,
             ..CacheOptions::default()
         };
-        let vary = vary_names(&h);
+        let (vary, _) = super::key::vary_names(&h);
         let req = &normalise_vary(req, &vary);
         let dirs = directives(&h);
         let mut viewed = h.clone();
