@@ -3,6 +3,7 @@
 //! skipping peers marked down. Also the direct path's connect: DNS, the post-DNS address
 //! check, and a timed TCP connect.
 
+pub mod auth;
 pub mod parent;
 
 use std::net::SocketAddr;
