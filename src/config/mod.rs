@@ -35,6 +35,37 @@ pub struct Options {
     #[arg(long, env = "CACHE_PEER_FILE")]
     pub cache_peer_file: Option<PathBuf>,
 
+    /// How to authenticate to the parent: auto (answer its 407 with the strongest scheme it
+    /// offers: Negotiate, then NTLM, then Basic), basic (sent pre-emptively), ntlm, negotiate.
+    #[arg(long, env = "CUTTLE_PARENT_AUTH")]
+    pub parent_auth: Option<String>,
+
+    /// Workstation name sent in NTLM authentication (default: none).
+    #[arg(long, env = "CUTTLE_PARENT_WORKSTATION")]
+    pub parent_workstation: Option<String>,
+
+    /// Keytab with the Kerberos key for Negotiate to the parent (the principal is the
+    /// CACHE_PEER user, or the keytab's first one).
+    #[arg(long, env = "CUTTLE_PARENT_KEYTAB")]
+    pub parent_keytab: Option<PathBuf>,
+
+    /// krb5.conf giving the default realm and the realms' KDCs.
+    #[arg(long, env = "CUTTLE_KRB5_CONF")]
+    pub krb5_conf: Option<PathBuf>,
+
+    /// Kerberos realm of the parent user (default: krb5.conf's default_realm).
+    #[arg(long, env = "CUTTLE_KRB5_REALM")]
+    pub krb5_realm: Option<String>,
+
+    /// KDCs as host[:port] (comma-separated; default: the realm's kdc lines in krb5.conf).
+    #[arg(long, env = "CUTTLE_KRB5_KDC", value_delimiter = ',')]
+    pub krb5_kdc: Option<Vec<String>>,
+
+    /// Per-parent authentication (config file only: `[[peer]]` tables with name = "host:port",
+    /// auth, workstation, keytab).
+    #[arg(skip)]
+    pub peer: Option<Vec<crate::upstream::auth::setup::PeerAuthOptions>>,
+
     /// Destinations reached without the parent (NO_PROXY syntax: suffixes, *.corp, IPs, CIDRs).
     #[arg(long, env = "CUTTLE_DIRECT", value_delimiter = ',')]
     pub direct: Option<Vec<String>>,
@@ -212,6 +243,13 @@ impl Options {
             listen,
             cache_peer,
             cache_peer_file,
+            parent_auth,
+            parent_workstation,
+            parent_keytab,
+            krb5_conf,
+            krb5_realm,
+            krb5_kdc,
+            peer,
             direct,
             connect_ports,
             allow_client,
@@ -351,7 +389,7 @@ impl Options {
             },
             _ => None,
         };
-        let peers = match peer_text {
+        let mut peers = match peer_text {
             Some(t) if !t.trim().is_empty() => match env::parse_cache_peer(&t) {
                 Ok(p) => p,
                 Err(e) => {
@@ -361,6 +399,19 @@ impl Options {
             },
             _ => Vec::new(),
         };
+        errs.extend(crate::upstream::auth::setup::apply(
+            &mut peers,
+            &crate::upstream::auth::setup::AuthOptions {
+                scheme: self.parent_auth.as_deref(),
+                workstation: self.parent_workstation.as_deref(),
+                keytab: self.parent_keytab.as_deref(),
+                krb5_conf: self.krb5_conf.as_deref(),
+                realm: self.krb5_realm.as_deref(),
+                kdcs: self.krb5_kdc.as_deref().unwrap_or_default(),
+                per_peer: self.peer.as_deref().unwrap_or_default(),
+                kdc_timeout: timeouts.parent_connect,
+            },
+        ));
 
         let mut hosts = |field: &str, v: Option<Vec<String>>| -> HostList {
             match HostList::parse(&v.unwrap_or_default()) {
@@ -712,6 +763,19 @@ impl fmt::Display for ValidConfig {
         )?;
         let peers: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
         writeln!(f, "cache-peer = {}", list(&peers))?;
+        let schemes: Vec<String> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let krb = p
+                    .kerberos
+                    .as_ref()
+                    .map(|k| format!(" (kerberos {})", k.settings().principal_name()))
+                    .unwrap_or_default();
+                format!("{}={}{krb}", p.name(), p.scheme)
+            })
+            .collect();
+        writeln!(f, "parent-auth = {}", list(&schemes))?;
         writeln!(f, "direct = {:?}", self.direct.to_string())?;
         writeln!(f, "connect-ports = {:?}", self.connect_ports.to_string())?;
         writeln!(

@@ -232,7 +232,14 @@ impl tower_service::Service<Uri> for ParentConnector {
 }
 
 pub type DirectClient = Client<DirectConnector, Body>;
-pub type ParentClient = Client<ParentConnector, Body>;
+
+/// The clients for one parent: `https` origins through a CONNECT tunnel (authenticated on
+/// the CONNECT, never inside the tunnel) with TLS to the origin inside, pooled per origin;
+/// plain `http` in absolute form over the parent's own authenticated connection pool.
+pub struct ParentClient {
+    pub tunnelled: Client<ParentConnector, Body>,
+    pub proxied: Arc<crate::upstream::proxied::ProxiedClient>,
+}
 
 /// The clients of one configuration.
 pub struct Clients {
@@ -264,11 +271,17 @@ impl Clients {
         let parents = peers
             .iter()
             .map(|p| {
-                let c = builder().build(ParentConnector {
-                    peer: p.clone(),
-                    timeouts: cfg.timeouts.clone(),
-                    tls: tls.clone(),
-                });
+                let c = ParentClient {
+                    tunnelled: builder().build(ParentConnector {
+                        peer: p.clone(),
+                        timeouts: cfg.timeouts.clone(),
+                        tls: tls.clone(),
+                    }),
+                    proxied: crate::upstream::proxied::ProxiedClient::new(
+                        p.clone(),
+                        cfg.timeouts.clone(),
+                    ),
+                };
                 (p.clone(), c)
             })
             .collect();

@@ -213,23 +213,27 @@ async fn send_on_route(
                     continue;
                 };
                 rec.hierarchy = format!("FIRSTUP_PARENT/{}", peer.name);
-                let mut req = out.request(slot.attempt());
-                if let Some(auth) = &peer.config.auth {
-                    req.headers_mut()
-                        .insert(header::PROXY_AUTHORIZATION, auth.clone());
-                }
-                match tokio::time::timeout(read, client.request(req)).await {
-                    Ok(Ok(r)) if r.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
-                        return Err(ProxyError::ParentAuthRejected {
-                            peer: peer.name.clone(),
-                        });
+                let req = out.request(slot.attempt());
+                // Parent authentication is per connection (`upstream::proxied` for plain
+                // http, the CONNECT for https); nothing is added to the request here, so
+                // no credential can travel inside a tunnel to an origin.
+                let sent = async {
+                    if out.uri.scheme_str() == Some("https") {
+                        client
+                            .tunnelled
+                            .request(req)
+                            .await
+                            .map_err(|e| map_client_error(&e, target))
+                    } else {
+                        client.proxied.send(req).await
                     }
+                };
+                match tokio::time::timeout(read, sent).await {
                     Ok(Ok(r)) => {
                         peer.mark_up();
                         return Ok(r);
                     }
-                    Ok(Err(e)) => {
-                        let err = map_client_error(&e, target);
+                    Ok(Err(err)) => {
                         if err.is_peer_unreachable() {
                             peer.mark_down();
                             if slot.is_untouched() {

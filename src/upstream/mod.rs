@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod parent;
+pub mod proxied;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

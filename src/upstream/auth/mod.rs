@@ -6,6 +6,7 @@
 pub mod kerberos;
 pub mod krb5_files;
 pub mod ntlm;
+pub mod setup;
 pub mod spnego;
 
 use std::fmt;
@@ -376,6 +377,13 @@ impl ParentAuth {
                 }
                 None => tracing::debug!(peer = %self.peer, "parent proxy needs no authentication"),
             }
+        }
+    }
+
+    /// Notes that the parent let a request through without authentication (while learning).
+    pub fn note_no_auth(&self) {
+        if self.discovering() {
+            self.learn(None);
         }
     }
 

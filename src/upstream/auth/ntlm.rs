@@ -199,8 +199,8 @@ fn field<'a>(msg: &'a [u8], at: usize, what: &'static str) -> Result<&'a [u8], N
         .ok_or(bad(what))
 }
 
-/// Parses a CHALLENGE_MESSAGE (§2.2.1.2) strictly: signature, type, size bound, every field
-/// inside the message, AV pairs well formed and ended by MsvAvEOL.
+/// Parses a CHALLENGE_MESSAGE (§2.2.1.2) strictly: signature, type, size bound, the target
+/// info inside the message, AV pairs well formed and ended by MsvAvEOL.
 pub fn parse_challenge(msg: &[u8]) -> Result<Challenge, NtlmError> {
     if msg.len() > MAX_CHALLENGE {
         return Err(bad("too large"));
@@ -214,18 +214,20 @@ pub fn parse_challenge(msg: &[u8]) -> Result<Challenge, NtlmError> {
     if u32_at(msg, 8)? != 2 {
         return Err(bad("not a CHALLENGE message"));
     }
-    // TargetNameFields (12..20) are checked for bounds though the name itself is unused.
-    field(msg, 12, "target name outside the message")?;
+    // TargetNameFields (12..20) are not read: cuttle does not use the name, and Squid's
+    // ntlm_fake_auth sends an uninitialised offset there.
     let flags = u32_at(msg, 20)?;
     if flags & (NEGOTIATE_UNICODE | NEGOTIATE_OEM) == 0 {
         return Err(bad("without a character set"));
     }
     let mut server_challenge = [0u8; 8];
     server_challenge.copy_from_slice(&msg[24..32]);
-    // Very old servers end the message before TargetInfoFields; NTLMv2 then runs with an
-    // empty AV list.
+    // Old-style servers (Squid's ntlm_fake_auth among them) write a 40-byte header with the
+    // payload right after it, even when echoing NEGOTIATE_TARGET_INFO: bytes 40..48 are then
+    // payload, not fields. A TargetInfo field that does not lie inside the message is taken
+    // as absent, and NTLMv2 runs with an empty AV list; one inside must be well formed.
     let raw_info = if msg.len() >= 48 && flags & NEGOTIATE_TARGET_INFO != 0 {
-        field(msg, 40, "target info outside the message")?
+        field(msg, 40, "target info outside the message").unwrap_or(&[])
     } else {
         &[]
     };
@@ -628,6 +630,39 @@ mod tests {
         assert!(blob_info.windows(8).any(|w| w == [6, 0, 4, 0, 2, 0, 0, 0]));
     }
 
+    /// The CHALLENGEs Squid's ntlm_fake_auth sends: a garbage offset for the (unused)
+    /// target name, a 40-byte header, and (second one) NEGOTIATE_TARGET_INFO echoed over
+    /// payload bytes.
+    #[test]
+    fn squid_fake_auth_challenge_is_answered() {
+        use base64::Engine;
+        let m = base64::engine::general_purpose::STANDARD
+            .decode("TlRMTVNTUAACAAAACQAJAK6qqqoGgggAjnswEMPl2vsAAAAAAAA6AFdPUktHUk9VUA==")
+            .unwrap();
+        let c = parse_challenge(&m).unwrap();
+        assert!(c.target_info.is_empty());
+        let out = authenticate(
+            &Identity::parse("CORP\\build", "WS"),
+            &NtHash::from_password("pw"),
+            &negotiate(),
+            &c,
+            &ms_nlmp_entropy(),
+        );
+        assert_eq!(security_buffer(&out, 36), b"build");
+        assert_eq!(security_buffer(&out, 28), b"CORP");
+        // The blob ends with an EOL-only AV list and the four reserved zero bytes.
+        assert!(security_buffer(&out, 20).ends_with(&[0; 8]));
+        assert_eq!(u32_at(&out, 60).unwrap() & NEGOTIATE_UNICODE, 0);
+        let m = hex::decode(
+            "4e544c4d535350000200000009000900aeaaaaaa078288a236efde1a211c2967\
+             0000000000003a00574f524b47524f5550",
+        )
+        .unwrap();
+        let c = parse_challenge(&m).unwrap();
+        assert!(c.target_info.is_empty());
+        assert_ne!(c.flags & NEGOTIATE_UNICODE, 0);
+    }
+
     #[test]
     fn identities() {
         let i = Identity::parse("CORP\\build", "ws");
@@ -658,13 +693,17 @@ mod tests {
         let mut m = good.clone();
         m[8] = 3;
         assert!(parse_challenge(&m).is_err());
-        // Target info length pointing past the end.
+        // Target info pointing past the end, or an overflowing offset: taken as absent,
+        // never read.
         let mut m = good.clone();
         m[40] = 0xff;
-        assert!(parse_challenge(&m).is_err());
-        // Offset overflow.
+        assert!(parse_challenge(&m).unwrap().target_info.is_empty());
         let mut m = good.clone();
         m[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_challenge(&m).unwrap().target_info.is_empty());
+        // An AV pair running past the target info.
+        let mut m = good.clone();
+        m[0x44 + 2] = 0x40;
         assert!(parse_challenge(&m).is_err());
         // AV list without EOL.
         let mut m = good.clone();
