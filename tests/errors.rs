@@ -551,6 +551,8 @@ fn peer_opts(parent: SocketAddr) -> cuttle::config::Options {
         parent.ip(),
         parent.port()
     ));
+    // Basic sent with every request (the default `auto` waits for a 407 first).
+    o.parent_auth = Some("basic".into());
     o
 }
 

@@ -616,3 +616,58 @@ async fn no_secret_in_any_output_of_ntlm_and_kerberos_runs() {
         "{all}"
     );
 }
+
+/// `auto` against a Basic-only parent: the first request learns the scheme from the 407,
+/// later ones send Basic from the start (one 407 in all).
+#[tokio::test]
+async fn auto_learns_basic_from_a_basic_parent() {
+    let squid = support::squid::SquidParent::start("alice", "Basic-pw-1").await;
+    let origin = echo_origin().await;
+    let p = TestProxy::start(peer_opts(squid.cache_peer())).await;
+    for path in ["/b1", "/b2", "/b3"] {
+        let r = p.client().get(origin.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let (head, _) = tunnel_get(p.addr, origin.addr, "/b4").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    squid.wait_for_access_log("TCP_TUNNEL/200").await;
+    let log = squid.access_log();
+    assert_eq!(log.matches("/407").count(), 1, "{log}");
+    assert_eq!(log.matches("TCP_MISS/200").count(), 3, "{log}");
+    p.shutdown().await;
+}
+
+/// The parent's credentials go on the CONNECT and on plain-http requests to the parent,
+/// never inside the tunnel: an https origin fetched through the parent (absolute-form
+/// `https://` request to cuttle) sees no Proxy-Authorization, even with Basic sent
+/// pre-emptively.
+#[tokio::test]
+async fn parent_credentials_never_reach_an_https_origin_through_the_tunnel() {
+    let squid = support::squid::SquidParent::start("alice", "Basic-pw-2").await;
+    let origin = support::tls::TlsOrigin::start(|req| async move {
+        let seen = req.headers().contains_key("proxy-authorization");
+        support::respond(200, format!("proxy-authorization seen: {seen}"))
+    })
+    .await;
+    let mut o = peer_opts(squid.cache_peer());
+    o.parent_auth = Some("basic".into());
+    o.upstream_ca = Some(origin.ca_file.clone());
+    let p = TestProxy::start(o).await;
+    let url = origin.url("/secret-free");
+    let (head, body) = support::exchange(
+        p.addr,
+        &format!(
+            "GET {url} HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+            origin.addr.port()
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
+    assert_eq!(body, "proxy-authorization seen: false");
+    // It did go through the parent, authenticated, as a CONNECT (logged by Squid once the
+    // pooled tunnel closes, at shutdown).
+    p.shutdown().await;
+    let log = squid.wait_for_access_log("CONNECT localhost").await;
+    assert!(log.contains("TCP_TUNNEL/200"), "{log}");
+    assert!(log.contains(" alice "), "{log}");
+}

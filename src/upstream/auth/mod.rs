@@ -421,8 +421,11 @@ impl ParentAuth {
 
     fn rejected(&self, scheme: Scheme) -> ProxyError {
         let reason = match scheme {
+            // The message users and tests already know ("rejected cuttle's credentials").
             Scheme::Basic => {
-                "it rejected the Basic credentials: check the user and password in CACHE_PEER"
+                return self.fail(ProxyError::ParentAuthRejected {
+                    peer: self.peer.clone(),
+                });
             }
             Scheme::Ntlm => {
                 "it rejected the NTLM credentials: check the user (DOMAIN\\user, written \
@@ -585,7 +588,12 @@ impl Handshake {
             Stage::SentBasic => Err(auth.rejected(Scheme::Basic)),
             Stage::SentNtlmAuthenticate => Err(auth.rejected(Scheme::Ntlm)),
             Stage::SentNegotiate => {
-                // A 407 that carries a SPNEGO reject, or a bare challenge again.
+                // A 407 that carries a SPNEGO reject, or a bare challenge again. The cached
+                // tickets may be what the parent no longer takes (its key changed): the next
+                // connection starts from a new AS exchange.
+                if let Some(k) = &auth.kerberos {
+                    k.forget().await;
+                }
                 Err(auth.rejected(Scheme::Negotiate))
             }
         }
