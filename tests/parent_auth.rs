@@ -242,6 +242,70 @@ async fn no_common_scheme_is_a_502_that_names_the_problem() {
     p.shutdown().await;
 }
 
+/// A parent that runs NTLM up to the AUTHENTICATE message and then refuses it, as a domain
+/// controller does for a wrong password (Squid's ntlm_fake_auth accepts any).
+async fn ntlm_refusing_parent() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    // MS-NLMP 4.2.4.3's CHALLENGE.
+    let challenge = "TlRMTVNTUAACAAAADAAMADgAAAAzgoriASNFZ4mrze8AAAAAAAAAACQAJABEAAAABgBwFwAAAA9TAGUAcgB2AGUAcgACAAwARABvAG0AYQBpAG4AAQAMAFMAZQByAHYAZQByAAAAAAA=";
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let answer = if head.contains("NTLM TlRMTVNTUAABAAAA") {
+                        format!("NTLM {challenge}")
+                    } else {
+                        "NTLM".to_string()
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 407 Proxy Authentication Required\r\n\
+                         Proxy-Authenticate: {answer}\r\nContent-Length: 6\r\n\r\ndenied"
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn ntlm_refused_authenticate_names_the_problem() {
+    let parent = ntlm_refusing_parent().await;
+    let origin = echo_origin().await;
+    let p = TestProxy::start(peer_opts(format!("CORP%5Cbuild:{NTLM_PASSWORD}:{parent}"))).await;
+    let r = p.client().get(origin.url("/refused")).send().await.unwrap();
+    let (status, body) = (r.status(), r.text().await.unwrap());
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("ERR_PARENT_AUTH"), "{body}");
+    assert!(body.contains("rejected the NTLM credentials"), "{body}");
+    assert!(body.contains("DOMAIN%5Cuser"), "{body}");
+    assert!(!body.contains(NTLM_PASSWORD), "{body}");
+    let (head, body) = tunnel_get(p.addr, origin.addr, "/refused").await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(body.contains("rejected the NTLM credentials"), "{body}");
+    assert_eq!(origin.hits(), 0);
+    p.shutdown().await;
+}
+
 fn kerberos_opts(
     kdc: &Kdc,
     squid: &AuthSquid,
@@ -449,6 +513,39 @@ async fn kerberos_errors_say_what_to_fix() {
     check(s, &b, "offers only negotiate");
     p.shutdown().await;
     assert_eq!(origin.hits(), 1, "only /kdc-back reached the origin");
+}
+
+/// A KDC an hour ahead: the error says clock skew, whether the KDC lets the AS exchange
+/// through (cuttle compares the ticket's time with its own) or checks the pre-authentication
+/// timestamp itself (KRB_AP_ERR_SKEW, as Active Directory does).
+#[tokio::test]
+async fn kerberos_clock_skew_is_reported_as_such() {
+    let kdc = Kdc::start_skewed("+1h");
+    let squid = AuthSquid::start(ParentKind::Negotiate(&kdc)).await;
+    let origin = echo_origin().await;
+    for preauth in [false, true] {
+        if preauth {
+            kdc.kadmin(&format!("modprinc +requires_preauth {USER}"));
+        }
+        let p = TestProxy::start(kerberos_opts(
+            &kdc,
+            &squid,
+            &format!("{USER}%40{REALM}"),
+            USER_PASSWORD,
+        ))
+        .await;
+        let r = p.client().get(origin.url("/skew")).send().await.unwrap();
+        let (status, body) = (r.status(), r.text().await.unwrap());
+        assert_eq!(status, 502, "{body}");
+        assert!(
+            body.contains("clock skew"),
+            "preauth {preauth}: {body}\n{}",
+            kdc.log()
+        );
+        assert!(body.contains("fix the time"), "{body}");
+        p.shutdown().await;
+    }
+    assert_eq!(origin.hits(), 0);
 }
 
 /// cuttle as a child process with trace logging in JSON.

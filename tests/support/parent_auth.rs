@@ -209,17 +209,37 @@ fn sbin(name: &str) -> PathBuf {
         })
 }
 
+fn faketime() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/faketime");
+    assert!(
+        p.is_file(),
+        "faketime not found: run scripts/test.sh (package faketime)"
+    );
+    p
+}
+
 /// A throwaway MIT KDC for the realm [`REALM`] on 127.0.0.1, with the principals
 /// `build` (password [`USER_PASSWORD`]), `robot` (random key, in [`Kdc::robot_keytab`]) and
 /// `HTTP/localhost` (in [`Kdc::squid_keytab`]).
 pub struct Kdc {
     pub port: u16,
     child: Option<Child>,
+    /// A `faketime` offset for the KDC's clock (e.g. `+1h`), to test clock skew.
+    clock_offset: Option<String>,
     dir: tempfile::TempDir,
 }
 
 impl Kdc {
     pub fn start() -> Kdc {
+        Self::start_inner(None)
+    }
+
+    /// A KDC whose clock is `offset` (faketime syntax, e.g. `+1h`) away from this machine's.
+    pub fn start_skewed(offset: &str) -> Kdc {
+        Self::start_inner(Some(offset.to_string()))
+    }
+
+    fn start_inner(clock_offset: Option<String>) -> Kdc {
         let dir = tempfile::Builder::new()
             .prefix("cuttle-kdc-")
             .tempdir()
@@ -229,6 +249,7 @@ impl Kdc {
         let mut kdc = Kdc {
             port: 0,
             child: None,
+            clock_offset,
             dir,
         };
         let mut last = String::new();
@@ -342,7 +363,18 @@ impl Kdc {
         reason = "runs before the test's servers exist, or while the KDC is all a test waits for"
     )]
     fn spawn(&mut self) -> Result<(), String> {
-        let mut c = self.command("krb5kdc");
+        let mut c = match &self.clock_offset {
+            None => self.command("krb5kdc"),
+            Some(offset) => {
+                let mut c = Command::new(faketime());
+                c.env("KRB5_CONFIG", self.krb5_conf())
+                    .env("KRB5_KDC_PROFILE", self.path("kdc.conf"))
+                    .stdin(Stdio::null())
+                    .args(["-f", offset])
+                    .arg(sbin("krb5kdc"));
+                c
+            }
+        };
         c.args(["-n", "-r", REALM])
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -387,7 +387,7 @@ impl Client {
             }
             KRB_AP_ERR_SKEW => {
                 let secs = from_ktime(&e.0.stime.0)
-                    .map(|kdc| (OffsetDateTime::now_utc() - kdc).whole_seconds())
+                    .map(|kdc| (OffsetDateTime::now_utc() - kdc).whole_seconds().abs())
                     .unwrap_or(0);
                 KerberosError::ClockSkew { secs }
             }
@@ -636,7 +636,7 @@ impl Client {
         let now = OffsetDateTime::now_utc();
         let skew = (now - auth_time).whole_seconds();
         if skew.unsigned_abs() > MAX_SKEW.as_secs() {
-            return Err(KerberosError::ClockSkew { secs: skew });
+            return Err(KerberosError::ClockSkew { secs: skew.abs() });
         }
         let start = match part.start_time.0.as_ref() {
             Some(t) => from_ktime(&t.0)?,
