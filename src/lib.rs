@@ -7,9 +7,11 @@
 //! (`GET http://host/...`) go to [`forward::handle`], which strips hop-by-hop headers
 //! ([`http::headers`]), picks a route ([`upstream::Route`]: direct, or a `CACHE_PEER`
 //! parent with failover) and streams the exchange through a pooled client
-//! ([`forward::client`]). Every exchange ends in one access-log record ([`telemetry`]).
-//! Configuration is merged from flags, environment and a TOML file and validated once
-//! ([`config`]); [`app`] wires it together and owns graceful shutdown.
+//! ([`forward::client`]; plain http to a parent goes over [`upstream::proxied`]). A parent
+//! that wants Basic, NTLM or Kerberos is answered by [`upstream::auth`], once per
+//! connection for NTLM and Kerberos. Every exchange ends in one access-log record
+//! ([`telemetry`]). Configuration is merged from flags, environment and a TOML file and
+//! validated once ([`config`]); [`app`] wires it together and owns graceful shutdown.
 
 pub mod access;
 pub mod admin;

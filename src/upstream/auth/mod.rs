@@ -387,7 +387,8 @@ impl ParentAuth {
         }
     }
 
-    /// Forgets a learned "no authentication needed" when the parent starts asking.
+    /// Forgets the learned scheme (`auto` only) after the parent refused a connection it had
+    /// accepted: the next connection learns again from its 407.
     pub fn forget(&self) {
         if self.choice == Choice::Auto {
             self.learned.store(LEARNED_UNKNOWN, Ordering::Relaxed);
