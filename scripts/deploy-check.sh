@@ -491,7 +491,7 @@ for f in "$WORK"/out/helm-*.yaml; do
     helm-nodeport) args+=(--auth --node-port 31280) ;;
     helm-existing-secrets) args+=(--auth) ;;
     helm-large) args+=(--replicas 3) ;;
-    helm-intercept) args+=(--expect-intercept registry.npmjs.org) ;;
+    helm-intercept) args+=(--expect-intercept registry.example.org) ;;
   esac
   policy "$f" --label "$name" "${args[@]}"
 done
