@@ -213,11 +213,7 @@ async fn send_on_route(
                     continue;
                 };
                 rec.hierarchy = format!("FIRSTUP_PARENT/{}", peer.name);
-                let mut req = out.request(slot.attempt());
-                if let Some(auth) = &peer.config.auth {
-                    req.headers_mut()
-                        .insert(header::PROXY_AUTHORIZATION, auth.clone());
-                }
+                let req = out.request(slot.attempt());
                 match tokio::time::timeout(read, client.request(req)).await {
                     Ok(Ok(r)) if r.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
                         return Err(ProxyError::ParentAuthRejected {
