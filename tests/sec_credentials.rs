@@ -495,3 +495,91 @@ async fn client_credentials_are_never_forwarded_direct() {
     tls.assert_clean("/direct-https");
     p.shutdown().await;
 }
+
+// ---- 7. Content-Length beside Transfer-Encoding -------------------------------------------------
+
+/// An origin answering every request with `Content-Length: 5` and a chunked body of ten
+/// bytes (RFC 9112 §6.3 item 3: the Transfer-Encoding wins; the length must go).
+async fn conflicting_framing_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let resp = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\
+                                    Cache-Control: max-age=600\r\nContent-Length: 5\r\n\
+                                    Transfer-Encoding: chunked\r\n\r\n\
+                                    a\r\n0123456789\r\n0\r\n\r\n";
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Checks one response through cuttle: no `Content-Length: 5`, the whole ten-byte body.
+async fn assert_whole_body(r: reqwest::Response, what: &str) {
+    assert_eq!(r.status(), 200, "{what}");
+    let cl = r.headers().get("content-length").cloned();
+    assert!(
+        cl.as_ref().is_none_or(|v| v == "10"),
+        "{what}: the origin's Content-Length was forwarded: {cl:?}"
+    );
+    let body = r.bytes().await.unwrap_or_default();
+    assert_eq!(&body[..], b"0123456789", "{what}");
+}
+
+#[tokio::test]
+async fn content_length_beside_transfer_encoding_is_dropped() {
+    let (addr, task) = conflicting_framing_origin().await;
+    let p = TestProxy::start(opts()).await;
+    let c = p.client();
+
+    // The forward path (POST is never cached).
+    let r = c
+        .post(format!("http://{addr}/forwarded"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_whole_body(r, "forwarded").await;
+    // The cache: stored on the miss, then served from the store.
+    let url = format!("http://{addr}/cached");
+    let r = c.get(&url).send().await.unwrap();
+    assert_whole_body(r, "cache miss").await;
+    let miss = p.log_with("/cached").await;
+    assert!(miss.contains("TCP_MISS/200"), "{miss}");
+    // The entry is committed just after the client has the last byte: a request in between
+    // follows the fill (TCP_CF_MISS), from the same stored headers.
+    let mut served = Vec::new();
+    for _ in 0..20 {
+        let r = c.get(&url).send().await.unwrap();
+        assert_whole_body(r, "from the cache").await;
+        let line = p.log_with("/cached").await;
+        let hit = line.contains("HIT/200");
+        served.push(line);
+        if hit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served.last().unwrap().contains("HIT/200"), "{served:#?}");
+    task.abort();
+    p.shutdown().await;
+}

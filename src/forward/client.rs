@@ -275,7 +275,7 @@ impl tower_service::Service<Uri> for ParentConnector {
 
 /// A pooled client to the next hop. Requests leave cuttle only through [`Self::request`],
 /// which gives each the proxy credentials its connection calls for (see
-/// [`proxy_credentials`]).
+/// [`proxy_credentials`]) and fixes the response's framing headers before anyone reads them.
 pub struct UpstreamClient<C> {
     inner: Client<C, Body>,
     /// The parent's precomputed `Proxy-Authorization`, for a client through a parent.
@@ -292,7 +292,9 @@ where
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         let (uri, headers) = (req.uri().clone(), req.headers_mut());
         proxy_credentials(headers, &uri, self.parent_auth.as_ref());
-        self.inner.request(req).await
+        let mut resp = self.inner.request(req).await?;
+        crate::http::headers::drop_length_beside_transfer_coding(resp.headers_mut());
+        Ok(resp)
     }
 }
 

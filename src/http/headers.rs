@@ -84,6 +84,21 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Removes a received `Content-Length` that sits beside a `Transfer-Encoding`; returns
+/// whether it did.
+///
+/// RFC 9112 §6.3 item 3: "If a message is received with both a Transfer-Encoding and a
+/// Content-Length header field, the Transfer-Encoding overrides the Content-Length. [...] An
+/// intermediary that chooses to forward the message MUST first remove the received
+/// Content-Length field and process the Transfer-Encoding (as described below) prior to
+/// forwarding the message downstream." hyper frames the body by the Transfer-Encoding but
+/// leaves the length in the headers, where it would be forwarded (and stored) as the length
+/// of a body it does not describe.
+pub fn drop_length_beside_transfer_coding(headers: &mut HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.remove(header::CONTENT_LENGTH).is_some()
+}
+
 /// Appends cuttle to `Via` (RFC 9110 §7.6.3: "A proxy MUST send an appropriate Via header
 /// field ... in each message that it forwards"), keeping earlier hops in order.
 pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
@@ -110,6 +125,22 @@ pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_beside_transfer_encoding_goes() {
+        let mut h = map(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
+        assert!(drop_length_beside_transfer_coding(&mut h));
+        assert!(!h.contains_key("content-length"));
+        assert_eq!(h["transfer-encoding"], "chunked");
+        // A coding hyper reads to EOF overrides the length just the same.
+        let mut h = map(&[("content-length", "5"), ("transfer-encoding", "gzip")]);
+        assert!(drop_length_beside_transfer_coding(&mut h));
+        assert!(!h.contains_key("content-length"));
+        // Alone, the length is the framing and stays.
+        let mut h = map(&[("content-length", "5")]);
+        assert!(!drop_length_beside_transfer_coding(&mut h));
+        assert_eq!(h["content-length"], "5");
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
