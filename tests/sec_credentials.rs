@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -581,5 +582,123 @@ async fn content_length_beside_transfer_encoding_is_dropped() {
     }
     assert!(served.last().unwrap().contains("HIT/200"), "{served:#?}");
     task.abort();
+    p.shutdown().await;
+}
+
+// ---- 13. malformed client request bodies are the client's error --------------------------------
+
+/// An origin echoing the request body (it reads the whole body before answering).
+async fn echo_origin() -> Origin {
+    Origin::start(|req| async move {
+        match req.into_body().collect().await {
+            Ok(b) => respond(200, b.to_bytes()),
+            Err(_) => respond(500, "origin could not read the body"),
+        }
+    })
+    .await
+}
+
+/// Sends a POST with `te` as its Transfer-Encoding lines and `body` as is; returns the head.
+async fn post_raw(p: &TestProxy, origin: &Origin, te: &[&str], body: &str) -> String {
+    let mut req = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\n",
+        origin.url("/upload"),
+        origin.addr
+    );
+    for t in te {
+        req.push_str(&format!("Transfer-Encoding: {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    ask(p.addr, &req).await.0
+}
+
+fn assert_client_error(head: &str, what: &str) {
+    assert!(head.starts_with("HTTP/1.1 400"), "{what}: {head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-cuttle-error: err_invalid_req"),
+        "{what}: {head}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_request_bodies_are_400_not_502() {
+    let origin = echo_origin().await;
+    let mut o = opts();
+    o.log_format = Some("json".into());
+    let p = TestProxy::start(o).await;
+
+    // Sanity: a well-formed chunked body goes through.
+    let head = post_raw(&p, &origin, &["chunked"], "5\r\nhello\r\n0\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let line = p.log_with("/upload").await;
+    assert!(line.contains(r#""status":200"#), "{line}");
+
+    let trailers: String = (0..5000).map(|i| format!("X-T-{i}: v\r\n")).collect();
+    let cases = [
+        (
+            "chunk-size overflow",
+            "FFFFFFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n".to_string(),
+        ),
+        ("bad chunk framing", "5\r\nhelloXX\r\n0\r\n\r\n".to_string()),
+        (
+            "5000 trailers",
+            format!("5\r\nhello\r\n0\r\n{trailers}\r\n"),
+        ),
+    ];
+    for (what, body) in cases {
+        let head = post_raw(&p, &origin, &["chunked"], &body).await;
+        assert_client_error(&head, what);
+        let line = p.log_with("/upload").await;
+        for field in [
+            r#""status":400"#,
+            r#""result":"NONE_NONE""#,
+            r#""error":"ERR_INVALID_REQ""#,
+        ] {
+            assert!(line.contains(field), "{what}: logged as {line}");
+        }
+    }
+    p.shutdown().await;
+}
+
+/// The same through a parent: the body error reaches cuttle through the parent client, and is
+/// still the client's.
+#[tokio::test]
+async fn malformed_request_body_via_parent_is_400() {
+    let squid = SquidParent::start(PARENT_USER, PARENT_PASS).await;
+    let origin = echo_origin().await;
+    let mut o = opts();
+    o.cache_peer = Some(squid.cache_peer());
+    let p = TestProxy::start(o).await;
+    let head = post_raw(&p, &origin, &["chunked"], "5\r\nhelloXX\r\n0\r\n\r\n").await;
+    assert_client_error(&head, "bad chunk framing via the parent");
+    let line = p.log_with("/upload").await;
+    assert!(line.contains("NONE_NONE/400"), "{line}");
+    p.shutdown().await;
+}
+
+/// RFC 9112 §6.1/§6.3: only a lone `chunked` is a valid request transfer coding here; a
+/// coding list ending in `chunked` (on one line or split over several) is refused with 400
+/// before anything reaches the origin.
+#[tokio::test]
+async fn transfer_codings_other_than_a_lone_chunked_are_refused() {
+    let origin = echo_origin().await;
+    let p = TestProxy::start(opts()).await;
+    let body = "5\r\nhello\r\n0\r\n\r\n";
+    for te in [
+        &["identity, chunked"][..],
+        &["identity", "chunked"][..],
+        &["gzip, chunked"][..],
+        &["chunked", "chunked"][..],
+        &["chunked, chunked"][..],
+    ] {
+        let head = post_raw(&p, &origin, te, body).await;
+        assert_client_error(&head, &format!("{te:?}"));
+    }
+    assert_eq!(origin.hits(), 0, "a refused request reached the origin");
+    // A lone chunked, any case, goes through.
+    let head = post_raw(&p, &origin, &["Chunked"], body).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     p.shutdown().await;
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -17,7 +18,9 @@ use hyper_util::rt::TokioIo;
 use crate::app::State;
 use crate::error::{ProxyError, chain, find_in_chain};
 use crate::http::body::{Body, BodyEnd, CountingBody, IdleTimeoutBody, ReplaySlot, boxed};
-use crate::http::headers::{append_via, strip_hop_by_hop, upgrade_protocol};
+use crate::http::headers::{
+    append_via, request_transfer_coding_ok, strip_hop_by_hop, upgrade_protocol,
+};
 use crate::http::target::{self, Target};
 use crate::server::dispatch::ConnCtx;
 use crate::telemetry::AccessRecord;
@@ -51,6 +54,11 @@ pub async fn handle(
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
     rec.result = "TCP_MISS";
+    if !request_transfer_coding_ok(req.headers()) {
+        return Err(ProxyError::ClientBadRequest(
+            "Transfer-Encoding must be a lone `chunked`".into(),
+        ));
+    }
     let target = target::absolute(req.uri())?;
     state.dynamic().policy.check_destination(&target, false)?;
 
@@ -93,7 +101,8 @@ pub async fn handle(
         out.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
-    let resp = send(&state, &target, &out, boxed(body), rec).await?;
+    let body = boxed(body.map_err(client_body_error));
+    let resp = send(&state, &target, &out, body, rec).await?;
     if unsafe_method
         && let Some(cache) = &state.cache
         && (resp.status().is_success() || resp.status().is_redirection())
@@ -101,6 +110,14 @@ pub async fn handle(
         invalidate_after_unsafe(cache, &target, &out, resp.headers()).await;
     }
     respond(state, ctx, resp, client_upgrade, rec)
+}
+
+/// A failure reading the client's request body (bad chunk framing, too many trailers, the
+/// client going away) is the client's error, 400, whatever the upstream exchange it was
+/// feeding makes of it: hyper-util returns it inside its own error, where
+/// [`map_client_error`] finds it.
+fn client_body_error(e: hyper::Error) -> ProxyError {
+    ProxyError::ClientBadRequest(format!("reading the request body: {}", chain(&e)))
 }
 
 /// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and the
