@@ -80,7 +80,7 @@ pub async fn handle(
     };
 
     if let Some(cache) = state.cache.clone() {
-        if out.method == Method::from_bytes(b"PURGE").unwrap_or(Method::GET)
+        if is_purge(&out.method)
             && cache
                 .settings
                 .purge_allow
@@ -110,6 +110,14 @@ pub async fn handle(
         invalidate_after_unsafe(cache, &target, &out, resp.headers()).await;
     }
     respond(state, ctx, resp, client_upgrade, rec)
+}
+
+/// Squid's `PURGE` method, compared by name: a method built at run time could only fall
+/// back to some other method if building it failed.
+const PURGE: &str = "PURGE";
+
+fn is_purge(method: &Method) -> bool {
+    method.as_str() == PURGE
 }
 
 /// A failure reading the client's request body (bad chunk framing, too many trailers, the
@@ -369,4 +377,19 @@ fn head_size(parts: &http::response::Parts) -> u64 {
         .map(|(k, v): (&header::HeaderName, &HeaderValue)| k.as_str().len() + v.len() + 4)
         .sum();
     (headers + 19) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_is_recognised_by_name_only() {
+        assert!(is_purge(&Method::from_bytes(b"PURGE").unwrap()));
+        for m in [Method::GET, Method::HEAD, Method::DELETE] {
+            assert!(!is_purge(&m), "{m}");
+        }
+        // Methods are case-sensitive (RFC 9110 §9.1).
+        assert!(!is_purge(&Method::from_bytes(b"purge").unwrap()));
+    }
 }
