@@ -8,7 +8,8 @@
 //! Connection lifetimes and memory: intercepted TLS connections get the listener's limits
 //! (header size, header-read timeout, keep-alive idle timeout, drain at shutdown; HTTP/2
 //! limits too), idle CONNECT tunnels stay small enough for `--max-connections` to fit the
-//! pod's memory limit (measured on the real binary).
+//! pod's memory limit (measured on the real binary), and interception mints certificates
+//! only for the name the client asked the proxy for, at a bounded rate.
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -110,6 +111,26 @@ async fn closed_by_proxy<S: tokio::io::AsyncRead + Unpin>(s: &mut S, what: &str)
             Ok(Ok(_)) => continue,
         }
     }
+}
+
+async fn minted(p: &TestProxy) -> u64 {
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", p.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cuttle_certificates_minted_total "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -332,6 +353,89 @@ async fn intercepted_connections_are_drained_at_shutdown() {
         .expect("shutdown waited for an idle intercepted connection")
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+// ---------------------------------------------------------------------------------------
+// Certificates: only for the name asked for, at a bounded rate.
+
+/// A CONNECT to a name fixes the certificate's name: a ClientHello naming another host is
+/// refused and nothing is minted for it; the CONNECT's own name works.
+#[tokio::test]
+async fn sni_other_than_the_connect_name_is_refused_without_minting() {
+    let origin = artifact_origin().await;
+    let p = TestProxy::start(intercepting(&origin)).await;
+    let roots = proxy_roots(&p).await;
+    let target = format!("localhost:{}", origin.addr.port());
+    for sni in ["other.example.test", "evil.localhost"] {
+        let r = tls_via(p.addr, &target, sni, &roots, &[b"http/1.1"]).await;
+        assert!(r.is_err(), "handshake with SNI {sni} succeeded");
+        let line = p.log_with("CONNECT").await;
+        assert!(line.contains("TCP_BUMP_ABORTED"), "{line}");
+    }
+    assert_eq!(
+        minted(&p).await,
+        0,
+        "a certificate was minted for a foreign SNI"
+    );
+    let mut tls = tls_via(p.addr, &target, "LocalHost", &roots, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut out)).await;
+    assert!(String::from_utf8_lossy(&out).ends_with("artifact at /ok"));
+    assert_eq!(minted(&p).await, 1);
+    p.shutdown().await;
+}
+
+/// Minting new certificates is rate-limited: 200 distinct intercepted names as fast as a
+/// client can ask get at most the burst plus the refill for the time taken; names already
+/// minted keep working while new ones are refused.
+#[tokio::test]
+async fn minting_rate_is_bounded() {
+    use cuttle::mitm::issuer::{MINT_BURST, MINT_PER_SECOND};
+    let origin = artifact_origin().await;
+    let mut o = intercepting(&origin);
+    o.intercept = Some(vec!["*.example.test".into()]);
+    let p = TestProxy::start(o).await;
+    let roots = Arc::new(proxy_roots(&p).await);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    for i in 0..200 {
+        let (addr, roots, sem) = (p.addr, roots.clone(), sem.clone());
+        tasks.spawn(async move {
+            let _permit = sem.acquire_owned().await.unwrap();
+            let name = format!("h{i}.example.test");
+            tls_via(addr, &format!("{name}:443"), &name, &roots, &[b"http/1.1"])
+                .await
+                .ok()
+                .map(|_| name)
+        });
+    }
+    let mut served = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Some(name) = r.unwrap() {
+            served.push(name);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let allowed = MINT_BURST as f64 + MINT_PER_SECOND as f64 * elapsed + 1.0;
+    let minted_now = minted(&p).await;
+    let ok = served.len();
+    assert!(
+        (minted_now as f64) <= allowed && (ok as f64) <= allowed,
+        "{minted_now} minted ({ok} handshakes) in {elapsed:.1}s; at most {allowed:.0} allowed"
+    );
+    assert!((1..200).contains(&ok), "{ok} of 200 handshakes succeeded");
+    // A name already minted needs no new certificate.
+    let name = &served[0];
+    tls_via(p.addr, &format!("{name}:443"), name, &roots, &[b"http/1.1"])
+        .await
+        .unwrap();
+    p.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 //! An intercepted CONNECT: answer 200, terminate the client's TLS with a certificate minted
-//! for the host (the SNI name, or the CONNECT host), then serve HTTP/1.1 or HTTP/2 (by ALPN)
+//! for the CONNECT's host name (a ClientHello naming another host is refused; only for a
+//! CONNECT to an address does the SNI name decide), then serve HTTP/1.1 or HTTP/2 (by ALPN)
 //! on the decrypted stream with the listener's limits ([`crate::server::conn`]). Every inner
 //! request becomes an absolute `https://` request that re-enters `forward::handle` exactly
 //! like plain HTTP: cached, coalesced, logged, counted. cuttle then speaks TLS to the origin
@@ -38,8 +39,34 @@ fn client_rejected_certificate(e: &std::io::Error) -> bool {
     .any(|k| text.replace(' ', "").contains(k))
 }
 
-/// Completes the client side on `io` (after the 200): ClientHello, a certificate for its SNI
-/// (or `target`'s host), handshake, each step within `limit`. `Err` carries the
+/// The host name the certificate for an intercepted CONNECT to `connect_host` is minted for,
+/// given the ClientHello's server name (RFC 6066 §3: a DNS name, never an address). The
+/// CONNECT chose the destination, so a name there is the name: a ClientHello naming another
+/// host is refused (else any client could have any name minted). Only a CONNECT to an
+/// address leaves the name to the ClientHello, and then only a name that is intercepted.
+pub fn certificate_host<'a>(
+    connect_host: &'a str,
+    sni: Option<&'a str>,
+    intercepted: impl Fn(&str) -> bool,
+) -> Result<&'a str, String> {
+    let same = |a: &str, b: &str| {
+        a.trim_end_matches('.')
+            .eq_ignore_ascii_case(b.trim_end_matches('.'))
+    };
+    match sni.filter(|s| !s.is_empty()) {
+        None => Ok(connect_host),
+        Some(name) if same(name, connect_host) => Ok(connect_host),
+        Some(name) if connect_host.parse::<std::net::IpAddr>().is_ok() && intercepted(name) => {
+            Ok(name)
+        }
+        Some(name) => Err(format!(
+            "the TLS server name {name} differs from the CONNECT host {connect_host}"
+        )),
+    }
+}
+
+/// Completes the client side on `io` (after the 200): ClientHello, a certificate for the
+/// name [`certificate_host`] allows, handshake, each step within `limit`. `Err` carries the
 /// error label for the log (if any); the reason has been logged.
 async fn accept<IO>(
     io: IO,
@@ -60,11 +87,16 @@ where
         }
         Err(_) => return Err(None),
     };
-    let cert_host = start
-        .client_hello()
-        .server_name()
-        .filter(|s| !s.is_empty())
-        .map_or_else(|| target.host.clone(), str::to_string);
+    let dynamic = state.dynamic();
+    let sni = start.client_hello().server_name().map(str::to_string);
+    let cert_host = match certificate_host(&target.host, sni.as_deref(), |n| dynamic.intercepts(n))
+    {
+        Ok(h) => h.to_string(),
+        Err(why) => {
+            tracing::warn!(host = %target.host, "refused an intercepted TLS handshake: {why}");
+            return Err(Some("ERR_SECURE_ACCEPT_FAIL"));
+        }
+    };
     let config = issuer.config_for(&cert_host).await.map_err(|e| {
         tracing::warn!(host = %cert_host, error = %e, "cannot mint a certificate");
         Some("ERR_SECURE_ACCEPT_FAIL")
@@ -377,5 +409,38 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Rewind<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_name_fixes_the_certificate_name() {
+        let listed = |n: &str| n.ends_with(".example.test");
+        let h = |connect, sni| certificate_host(connect, sni, listed);
+        assert_eq!(h("a.example.test", None), Ok("a.example.test"));
+        assert_eq!(h("a.example.test", Some("")), Ok("a.example.test"));
+        assert_eq!(
+            h("a.example.test", Some("A.Example.Test.")),
+            Ok("a.example.test")
+        );
+        // Another name, even an intercepted one, is refused.
+        assert!(h("a.example.test", Some("b.example.test")).is_err());
+        assert!(h("a.example.test", Some("elsewhere.test")).is_err());
+    }
+
+    #[test]
+    fn for_an_address_only_an_intercepted_sni_decides() {
+        let listed = |n: &str| n.ends_with(".example.test");
+        let h = |connect, sni| certificate_host(connect, sni, listed);
+        assert_eq!(h("192.0.2.7", Some("a.example.test")), Ok("a.example.test"));
+        assert_eq!(
+            h("2001:db8::7", Some("a.example.test")),
+            Ok("a.example.test")
+        );
+        assert_eq!(h("192.0.2.7", None), Ok("192.0.2.7"));
+        assert!(h("192.0.2.7", Some("elsewhere.test")).is_err());
     }
 }
