@@ -308,7 +308,8 @@ impl Options {
             tunnel_idle: dur(
                 "tunnel-idle-timeout",
                 self.tunnel_idle_timeout,
-                Duration::from_secs(3600),
+                // Why five minutes: README, "Timeouts and limits".
+                Duration::from_secs(300),
             ),
             header_read: dur(
                 "header-read-timeout",

@@ -1,17 +1,16 @@
 //! Accepting client connections: binding (IPv6 sockets are v6-only so `0.0.0.0` and `[::]`
 //! can both be listened on), the connection limit (over it: a polite 503, then close), the
-//! per-connection HTTP/1 server with its header limits, and draining at shutdown.
+//! connection served as HTTP/1.1 by [`super::conn`] (header limits, timeouts, drain).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::conn::Protocol;
 use super::dispatch::{self, ConnCtx};
 use crate::app::State;
 use crate::telemetry::AccessRecord;
@@ -76,31 +75,8 @@ async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<State
     let _open = state.metrics.connection();
     let peer = ctx.peer;
     let svc_state = state.clone();
-    let svc = service_fn(move |req| {
-        let state = svc_state.clone();
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(dispatch::handle(state, ctx, req).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.timeouts.header_read)
-        .max_buf_size(state.config.max_header_size)
-        // max_buf_size alone is soft (a read may fill the buffer's spare capacity past it);
-        // this is the exact limit on the parsed head.
-        .max_header_size(state.config.max_header_size)
-        .keep_alive(true);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = state.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
-    };
+    let handler = move |req| dispatch::handle(svc_state.clone(), ctx.clone(), req);
+    let result = super::conn::serve(TokioIo::new(stream), Protocol::Http1, &state, handler).await;
     if let Err(e) = result {
         if e.is_parse() || e.is_parse_too_large() {
             let mut rec = AccessRecord::new(peer, "NONE", "error:invalid-request".into());
