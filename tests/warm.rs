@@ -227,6 +227,8 @@ async fn npm_package_lock_yarn_and_pnpm() {
     let b = artifact("@s/b");
     let c = artifact("c");
     let d = artifact("d");
+    let e = artifact("e");
+    store.put("/e/-/e-5.0.0.tgz", "application/octet-stream", e.clone());
     store.put("/a/-/a-1.0.0.tgz", "application/octet-stream", a.clone());
     store.put("/@s/b/-/b-2.0.0.tgz", "application/octet-stream", b.clone());
     store.put("/c/-/c-3.0.0.tgz", "application/octet-stream", c.clone());
@@ -240,9 +242,11 @@ async fn npm_package_lock_yarn_and_pnpm() {
         &format!(
             r#"{{"name":"app","lockfileVersion":3,"packages":{{"":{{"name":"app"}},
               "node_modules/a":{{"version":"1.0.0","resolved":"{base}/a/-/a-1.0.0.tgz","integrity":"{}"}},
-              "node_modules/@s/b":{{"version":"2.0.0","resolved":"{base}/@s/b/-/b-2.0.0.tgz","integrity":"{}"}}}}}}"#,
+              "node_modules/@s/b":{{"version":"2.0.0","resolved":"{base}/@s/b/-/b-2.0.0.tgz","integrity":"{}"}},
+              "node_modules/e":{{"version":"5.0.0","integrity":"{}"}}}}}}"#,
             sri512(&a),
-            sri512(&b)
+            sri512(&b),
+            sri512(&e)
         ),
     );
     let yarn = write(
@@ -274,9 +278,11 @@ async fn npm_package_lock_yarn_and_pnpm() {
         "--npm-registry".into(),
         format!("{base}/"),
     ];
-    // a and @s/b appear in two lockfiles each: fetched once.
-    warm_twice(&p, &args, 4).await;
+    // a and @s/b appear in two lockfiles each: fetched once. e has no `resolved` (npm's
+    // omit-lockfile-registry-resolved): its URL comes from --npm-registry.
+    warm_twice(&p, &args, 5).await;
     for path in [
+        "/e/-/e-5.0.0.tgz",
         "/a/-/a-1.0.0.tgz",
         "/@s/b/-/b-2.0.0.tgz",
         "/c/-/c-3.0.0.tgz",
@@ -612,6 +618,72 @@ async fn unusable_arguments_exit_2_naming_the_problem() {
     let r = run(c).await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("give --proxy URL"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_credentials_in_the_url_and_never_in_the_output() {
+    let store = Store::default();
+    let origin = store.start().await;
+    let a = artifact("behind-auth");
+    store.put("/a/-/a-1.0.0.tgz", "application/octet-stream", a.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let lock = write(
+        dir.path(),
+        "package-lock.json",
+        &format!(
+            r#"{{"lockfileVersion":3,"packages":{{"node_modules/a":{{"resolved":"{}","integrity":"{}"}}}}}}"#,
+            origin.url("/a/-/a-1.0.0.tgz"),
+            sri512(&a)
+        ),
+    );
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("builder:{}\n", bcrypt::hash("s3cret-Pw", 4).unwrap()),
+    )
+    .unwrap();
+    let mut o = opts();
+    o.auth_file = Some(htpasswd);
+    let p = TestProxy::start(o).await;
+    let with = |pass: &str| format!("http://builder:{pass}@{}", p.addr);
+    let mut c = warm();
+    c.args([
+        "--proxy",
+        &with("s3cret-Pw"),
+        "--progress",
+        "plain",
+        "--retries",
+        "0",
+    ])
+    .arg(&lock);
+    let r = run(c).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("1 fetched (1 stored by cuttle)"),
+        "{}",
+        r.stdout
+    );
+    // A wrong password: the failure names the status, and no output carries the password.
+    let mut c = warm();
+    c.args([
+        "--proxy",
+        &with("Wr0ng-Pw"),
+        "--progress",
+        "plain",
+        "--retries",
+        "0",
+    ])
+    .arg(&lock);
+    let r = run(c).await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("FAILED a: HTTP 407"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("Wr0ng") && !r.stdout.contains("Wr0ng"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    p.shutdown().await;
 }
 
 // ---- https and mirrors ------------------------------------------------------------------

@@ -197,4 +197,32 @@ mod tests {
         assert_eq!(hash_zip(buf).unwrap(), want);
         assert!(hash_zip(std::io::Cursor::new(b"not a zip".to_vec())).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, ..Default::default() })]
+
+        /// A module zip comes from the network: damaged ones are errors, not panics.
+        #[test]
+        fn no_zip_bytes_panic(junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+                              at in proptest::prelude::any::<usize>()) {
+            let _ = hash_zip(std::io::Cursor::new(junk.clone()));
+            // A real zip with bytes overwritten somewhere.
+            let mut buf = std::io::Cursor::new(Vec::new());
+            {
+                let mut w = zip::ZipWriter::new(&mut buf);
+                let o = zip::write::SimpleFileOptions::default();
+                w.start_file("m@v1/a", o).unwrap();
+                w.write_all(b"hello hello hello").unwrap();
+                w.finish().unwrap();
+            }
+            let mut z = buf.into_inner();
+            let start = at % z.len();
+            for (i, b) in junk.iter().take(8).enumerate() {
+                if let Some(x) = z.get_mut(start + i) {
+                    *x = *b;
+                }
+            }
+            let _ = hash_zip(std::io::Cursor::new(z));
+        }
+    }
 }

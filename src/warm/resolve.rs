@@ -39,8 +39,9 @@ pub fn missing(items: &[Item], idx: &Indexes) -> Vec<String> {
     for i in items {
         match i {
             Item::Npm { .. } if idx.npm_registry.is_none() => note(
-                "pnpm-lock.yaml names packages by version only: give --npm-registry URL (the \
-                 registry the lockfile was made against)",
+                "the npm lockfile names packages by version only (pnpm-lock.yaml, or \
+                 package-lock.json without `resolved`): give --npm-registry URL (the registry \
+                 the lockfile was made against)",
             ),
             Item::Python { index: None, .. } if idx.pypi_index.is_none() => note(
                 "the Python lockfile gives no file URLs: give --pypi-index URL (the simple API \
@@ -441,5 +442,19 @@ mod tests {
         let m = missing(&items, &Indexes::default());
         assert_eq!(m.len(), 1);
         assert!(m[0].contains("--npm-registry"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, ..Default::default() })]
+
+        /// Index pages come from the network: no body makes the parser panic.
+        #[test]
+        fn no_simple_page_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+                                 text in "(<a href=[\"']?[a-z:/.#=0-9%]{0,30}[\"']?>[a-z.]{0,10}</a>){0,5}") {
+            for ct in ["application/vnd.pypi.simple.v1+json", "text/html"] {
+                let _ = parse_simple("http://registry.example.org/simple/a/", ct, &body);
+                let _ = parse_simple("http://registry.example.org/simple/a/", ct, text.as_bytes());
+            }
+        }
     }
 }

@@ -257,6 +257,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
 
     fn map() -> UrlMap {
         UrlMap::new([
@@ -334,5 +336,103 @@ mod tests {
         );
         assert_eq!(m.map_reference("a.whl", None), None);
         assert_eq!(m.map_reference("mailto:x@example.org", base.as_ref()), None);
+    }
+
+    fn cut_run(r: &mut dyn Rewrite, input: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for c in cuts {
+            r.push(&input[at..c], &mut out);
+            at = c;
+        }
+        r.push(&input[at..], &mut out);
+        r.finish(&mut out);
+        out
+    }
+
+    fn all_rewriters(map: &Arc<UrlMap>) -> Vec<Box<dyn Rewrite>> {
+        vec![
+            npm::packument(map.clone()),
+            cargo::config_json(map.clone()),
+            pypi::simple_page(
+                map.clone(),
+                pypi::Format::Json,
+                Some("https://r.example.org/s/"),
+            ),
+            pypi::simple_page(
+                map.clone(),
+                pypi::Format::Html,
+                Some("https://r.example.org/s/"),
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever the bytes and however they are cut: no panic, and with nothing to map the
+        /// output is the input.
+        #[test]
+        fn unmapped_documents_pass_through_byte_for_byte(
+            input in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..1500),
+                "[{}\\[\\]\":,\\\\a-z0-9<>!='/ #?.-]{0,600}".prop_map(String::into_bytes),
+            ],
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let map = Arc::new(UrlMap::new([("https://never.example.org/", "http://m/")]).unwrap());
+            for mut r in all_rewriters(&map) {
+                prop_assert_eq!(&cut_run(&mut *r, &input, &cuts), &input);
+            }
+        }
+
+        /// With URLs that do map, the output does not depend on where the chunks are cut.
+        #[test]
+        fn output_is_independent_of_chunking(
+            body in "[{}\\[\\]\":,a-z<>='/ -]{0,200}",
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let map = Arc::new(UrlMap::new([("https://r.example.org/", "http://m/")]).unwrap());
+            let doc = format!(
+                r#"{{"versions":{{"1":{{"dist":{{"tarball":"https://r.example.org/a"}}}}}},"files":[{{"url":"https://r.example.org/b"}}],"dl":"https://r.example.org/c",<a href="https://r.example.org/d">{body}"#
+            );
+            for (mut whole, mut cut) in all_rewriters(&map).into_iter().zip(all_rewriters(&map)) {
+                let one = rewrite_all(&mut *whole, doc.as_bytes());
+                prop_assert_eq!(cut_run(&mut *cut, doc.as_bytes(), &cuts), one);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn rewrite_body_streams_frames_and_keeps_trailers() {
+        use http_body_util::{BodyExt, StreamBody};
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-t", http::HeaderValue::from_static("1"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"{\"dl\":\"https://r.exa"))),
+            Ok(Frame::data(Bytes::from_static(
+                b"mple.org/x\",\"api\":\"https://r.example.org",
+            ))),
+            Ok(Frame::data(Bytes::from_static(b"\"}"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let map = Arc::new(UrlMap::new([("https://r.example.org/", "http://m/")]).unwrap());
+        let body = RewriteBody::new(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            cargo::config_json(map),
+        );
+        let got = body.collect().await.unwrap();
+        assert_eq!(
+            got.trailers()
+                .and_then(|t| t.get("x-t"))
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            &got.to_bytes()[..],
+            br#"{"dl":"http://m/x","api":"http://m"}"#
+        );
     }
 }

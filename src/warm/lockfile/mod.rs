@@ -200,4 +200,21 @@ mod tests {
         assert!(!is_http("file:../a"));
         assert!(!is_http("http"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, ..Default::default() })]
+
+        /// Lockfiles are outside input: whatever the text, an error or items, never a panic.
+        #[test]
+        fn no_lockfile_text_panics(
+            text in proptest::prop_oneof![
+                ".{0,400}",
+                "([a-z@/_.\"{}\\[\\]:=#, -]{0,20}(\n  |\n|\\\n)){0,30}",
+            ]
+        ) {
+            for k in Kind::NAMES.split(", ").filter_map(Kind::from_name) {
+                let _ = parse(k, &text);
+            }
+        }
+    }
 }

@@ -23,11 +23,34 @@ pub fn package_lock(text: &str) -> Result<Parsed, String> {
     let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let mut out = Parsed::default();
     let mut seen = HashSet::new();
+    let v1 = doc.get("packages").is_none();
     let mut add = |out: &mut Parsed, key: &str, p: &Value| -> Result<(), String> {
         if p.get("link").and_then(Value::as_bool) == Some(true) {
             return Ok(());
         }
         let Some(url) = p.get("resolved").and_then(Value::as_str) else {
+            // npm with `omit-lockfile-registry-resolved` records registry packages by
+            // version alone: the URL is derived from the registry, as for pnpm.
+            let version = p.get("version").and_then(Value::as_str);
+            let bundled = p.get("inBundle").and_then(Value::as_bool) == Some(true);
+            let installed = v1 || key.contains("node_modules/");
+            if let (Some(v), false, true) = (version, bundled, installed) {
+                if v.contains([':', '/']) {
+                    out.notes.push(format!("{key}: not fetched ({v})"));
+                    return Ok(());
+                }
+                let name = p
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| package_name(key));
+                if seen.insert(format!("{name}@{v}")) {
+                    out.items.push(Item::Npm {
+                        name: name.to_string(),
+                        version: v.to_string(),
+                        digests: digests(p.get("integrity").and_then(Value::as_str), key)?,
+                    });
+                }
+            }
             return Ok(());
         };
         if !is_http(url) {
@@ -268,18 +291,34 @@ mod tests {
               "node_modules/a/node_modules/@s/b":{{"resolved":"https://registry.example.org/@s/b/-/b-2.0.0.tgz"}},
               "node_modules/c":{{"resolved":"git+ssh://git@example.org/c.git"}},
               "packages/d":{{"link":true,"resolved":"packages/d"}},
-              "node_modules/bundled":{{"inBundle":true}}
+              "node_modules/bundled":{{"inBundle":true,"version":"1.0.0"}},
+              "node_modules/@s/noresolved":{{"version":"3.0.0","integrity":"{0}"}},
+              "node_modules/alias":{{"name":"real","version":"4.0.0"}},
+              "node_modules/gitdep":{{"version":"git+ssh://git@example.org/g.git#abc"}},
+              "packages/workspace":{{"version":"0.0.1"}}
             }}}}"#,
             sri(b"a")
         );
         let p = package_lock(&v3).unwrap();
-        assert_eq!(p.items.len(), 2);
-        let Item::Url { label, digests, .. } = &p.items[1] else {
-            panic!()
-        };
-        assert_eq!(label, "@s/b");
-        assert!(digests.is_empty());
-        assert_eq!(p.notes.len(), 1);
+        assert_eq!(p.items.len(), 4, "{p:?}");
+        assert!(
+            p.items
+                .iter()
+                .any(|i| matches!(i, Item::Npm { name, version, digests }
+            if name == "@s/noresolved" && version == "3.0.0" && digests.len() == 1))
+        );
+        assert!(
+            p.items
+                .iter()
+                .any(|i| matches!(i, Item::Npm { name, .. } if name == "real"))
+        );
+        assert!(
+            p.items
+                .iter()
+                .any(|i| matches!(i, Item::Url { label, digests, .. }
+            if label == "@s/b" && digests.is_empty()))
+        );
+        assert_eq!(p.notes.len(), 2, "{:?}", p.notes);
         let v1 = r#"{"lockfileVersion":1,"dependencies":{"a":{"resolved":"http://registry.example.org/a.tgz",
             "dependencies":{"b":{"resolved":"http://registry.example.org/b.tgz"}}}}}"#;
         assert_eq!(package_lock(v1).unwrap().items.len(), 2);
