@@ -62,6 +62,8 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Fetch every artifact that lockfiles pin through a running cuttle, checking digests.
+    Warm(cuttle::warm::Args),
     /// The interception CA: create one, or print its certificate for clients.
     Ca {
         #[command(subcommand)]
@@ -116,6 +118,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(a)) => (true, a),
         Some(Command::Status(a)) => return client(a, ClientCall::Status),
         Some(Command::Ca { command }) => return ca(command),
+        Some(Command::Warm(a)) => return cuttle::warm::main(a),
         Some(Command::Cache { command }) => {
             return match command {
                 CacheCommand::Stats(a) => client(a, ClientCall::CacheStats),
