@@ -100,8 +100,7 @@ impl Admin {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
     }
 
@@ -265,9 +264,17 @@ impl Admin {
                     )
                 }
             },
-            (&Method::POST, "/api/purge") => self.purge(&req).await,
+            (&Method::POST, "/api/purge") => {
+                let query = req.uri().query().map(str::to_string);
+                if let Err(r) = read_small_body(req).await {
+                    return r;
+                }
+                self.purge(query.as_deref()).await
+            }
             (&Method::POST, "/api/reload") => {
-                let _ = req.into_body().collect().await;
+                if let Err(r) = read_small_body(req).await {
+                    return r;
+                }
                 match self.reload() {
                     Ok(()) => json_response(StatusCode::OK, &json!({"reloaded": true})),
                     Err(problems) => json_response(
@@ -280,11 +287,11 @@ impl Admin {
         }
     }
 
-    async fn purge(&self, req: &Request<Incoming>) -> Response<Body> {
+    async fn purge(&self, query: Option<&str>) -> Response<Body> {
         let Some(cache) = &self.state.cache else {
             return text(StatusCode::CONFLICT, "the cache is off\n");
         };
-        let url = req.uri().query().and_then(|q| {
+        let url = query.and_then(|q| {
             q.split('&')
                 .filter_map(|kv| kv.split_once('='))
                 .find(|(k, _)| *k == "url")
@@ -325,6 +332,47 @@ impl Admin {
 fn is_status_page(method: &Method, path: &str) -> bool {
     // The CA certificate is public by nature: clients fetch it to trust cuttle.
     *method == Method::GET && matches!(path, "/" | "/index.html" | "/ca.pem")
+}
+
+/// The largest request body the admin API reads. Its requests carry their arguments in the
+/// URL; a body is read (and dropped) only so the connection can be reused.
+pub const MAX_ADMIN_BODY: usize = 4096;
+
+/// Reads and drops a request body of at most [`MAX_ADMIN_BODY`] bytes; a larger one gets 413
+/// (at once when `Content-Length` says so) and is not read further.
+async fn read_small_body(req: Request<Incoming>) -> Result<(), Response<Body>> {
+    let too_large = || {
+        let mut r = text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("admin requests take no body (at most {MAX_ADMIN_BODY} bytes)\n"),
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let declared = crate::http::headers::content_length(req.headers());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(text(StatusCode::BAD_REQUEST, "could not read the body\n")),
+    }
+}
+
+/// The credentials of `Authorization: Bearer <token>`. RFC 9110 §11.1: "It uses a
+/// case-insensitive token to identify the authentication scheme", so `bearer` and `BEARER`
+/// are the same scheme; the token itself is compared exactly.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -389,5 +437,21 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The client side: accepting connections ([`listener`]) and routing each request
-//! ([`dispatch`]).
+//! ([`dispatch`]), and the connection limits ([`limits`]).
 
 pub mod dispatch;
+pub mod limits;
 pub mod listener;
