@@ -171,7 +171,11 @@ impl TestProxy {
     }
 
     /// A proxy whose configuration is `base` merged with the TOML `file`, re-read on reload.
-    pub async fn start_reloadable(base: Options, file: std::path::PathBuf) -> TestProxy {
+    pub async fn start_reloadable(mut base: Options, file: std::path::PathBuf) -> TestProxy {
+        // Reloads must keep the loopback allowance the start gets (see start_inner).
+        if base.allow_dest.is_none() {
+            base.allow_dest = Some(LOOPBACK.iter().map(|s| s.to_string()).collect());
+        }
         let o = Options::from_file(&file).unwrap().or(base.clone());
         let reloader: cuttle::admin::Reloader =
             Arc::new(move || cuttle::config::load(&base, Some(&file)));
