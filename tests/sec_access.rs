@@ -345,6 +345,40 @@ fn own_non_loopback_address() -> IpAddr {
     panic!("this test needs a network interface with a non-loopback address");
 }
 
+/// With the proxy listening on a wildcard address (`0.0.0.0:3128` in a pod), the pod's own
+/// address on that port is the proxy itself, before and after DNS alike.
+#[tokio::test]
+async fn the_pods_own_address_on_the_proxy_port_is_a_loop() {
+    let own = own_non_loopback_address();
+    let cfg = opts().validate().unwrap();
+    let policy = cuttle::access::Policy::new(
+        &cfg,
+        vec![
+            "0.0.0.0:3128".parse().unwrap(),
+            "[::]:3128".parse().unwrap(),
+            "0.0.0.0:9128".parse().unwrap(),
+        ],
+    );
+    for port in [3128, 9128] {
+        let t = cuttle::http::target::Target {
+            host: own.to_string(),
+            port,
+        };
+        let e = policy.check_destination(&t, true).unwrap_err();
+        assert!(e.to_string().contains("forwarding loop"), "{e}");
+        let e = policy
+            .check_address(SocketAddr::new(own, port))
+            .unwrap_err();
+        assert!(e.to_string().contains("forwarding loop"), "{e}");
+    }
+    // Other ports of the pod are not the proxy.
+    let t = cuttle::http::target::Target {
+        host: own.to_string(),
+        port: 8080,
+    };
+    assert!(policy.check_destination(&t, true).is_ok());
+}
+
 /// A connection from the pod's own address to its proxy port is the proxy talking to
 /// itself (through its pod address, or a Service that keeps the source address): refused
 /// at once, naming the rule, before it takes a connection slot.
@@ -375,6 +409,21 @@ async fn a_connection_from_the_proxys_own_address_is_a_loop() {
         metrics.contains(r#"cuttle_access_denied_total{reason="loop"} 1"#),
         "{metrics}"
     );
+    p.shutdown().await;
+
+    // The same for the admin port on the pod address (the image listens on 0.0.0.0:9128).
+    let mut o = opts();
+    o.admin_listen = Some(SocketAddr::new(own, 0).to_string());
+    let p = TestProxy::start(o).await;
+    let admin = p.proxy().admin_addr().unwrap();
+    let (head, body) = exchange_from(
+        &own.to_string(),
+        admin,
+        "GET /api/stats HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}{body}");
+    assert!(body.contains("forwarding loop"), "{body}");
     p.shutdown().await;
 }
 

@@ -403,13 +403,26 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     r
 }
 
+const OWN_ADDRESS: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\
+X-Cuttle-Error: ERR_ACCESS_DENIED\r\nConnection: close\r\nContent-Length: 96\r\n\r\n\
+ERR_ACCESS_DENIED: connection from this proxy's own address to its admin port (forwarding loop)\n";
+
+async fn refuse_own(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(OWN_ADDRESS).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 /// Serves the admin port until `stop` fires.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -417,6 +430,15 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
                 }
             },
         };
+        // The proxy itself, sent here by a client through the pod address or a Service that
+        // keeps the source address: the admin API is not for proxy clients.
+        if let Ok(local) = stream.local_addr()
+            && crate::access::ip_guard::is_self_connection(peer, local)
+        {
+            tracing::warn!(client = %peer, "admin connection from this proxy's own address refused (a proxy client aimed at the admin port)");
+            tokio::spawn(refuse_own(stream));
+            continue;
+        }
         let admin = admin.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
