@@ -197,13 +197,15 @@ log "origin on $ORIGIN"
 start_cuttle() {
   local inst=$1
   shift
-  CUTTLE_CACHE_DIR=$TMP/$inst-cache "$CUTTLE_BIN" --listen 127.0.0.1:0 --admin-listen off "$@" \
+  # The origin is on loopback, which cuttle refuses unless --allow-dest lists it.
+  CUTTLE_CACHE_DIR=$TMP/$inst-cache "$CUTTLE_BIN" --listen 127.0.0.1:0 --admin-listen off \
+    --allow-dest 127.0.0.0/8 "$@" \
     >"$TMP/$inst-access.log" 2>"$TMP/$inst.err" &
   PID[$inst]=$!
   PIDS+=("${PID[$inst]}")
   ADDR[$inst]=$(wait_for_addr "$TMP/$inst.err" "${PID[$inst]}" "$inst")
   wait_ready "$ORIGIN" "${ADDR[$inst]}" "$inst"
-  echo "cuttle --listen 127.0.0.1:0 --admin-listen off${*:+ $*}" >"$RAW/$inst.cmdline"
+  echo "cuttle --listen 127.0.0.1:0 --admin-listen off --allow-dest 127.0.0.0/8${*:+ $*}" >"$RAW/$inst.cmdline"
   log "$inst on ${ADDR[$inst]} (pid ${PID[$inst]})"
 }
 

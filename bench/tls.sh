@@ -100,7 +100,8 @@ ORIGIN_PORT=$(wait_for "$TMP/origin.out" '127\.0\.0\.1:[0-9]+' | cut -d: -f2)
 # --- two cuttles: one intercepting localhost, one plain (blind CONNECT tunnel) ---
 start_cuttle() { # name args...
   local name=$1; shift
-  "$CUTTLE_BIN" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+  # The origin is on loopback, which cuttle refuses unless --allow-dest lists it.
+  "$CUTTLE_BIN" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --allow-dest 127.0.0.0/8,::1 \
     --cache-dir "$TMP/$name-cache" "$@" >"$TMP/$name.log" 2>"$TMP/$name.err" &
   PIDS+=($!)
   eval "${name}_PID=$!"

@@ -1,6 +1,8 @@
-//! The client side: accepting connections ([`listener`]), serving each one with the limits
+//! The client side: accepting connections ([`listener`]), the connection limits, proxy-wide
+//! and per client address ([`limits`]), serving each connection with the request limits
 //! ([`conn`]) and routing each request ([`dispatch`]).
 
 pub mod conn;
 pub mod dispatch;
+pub mod limits;
 pub mod listener;
