@@ -8,14 +8,13 @@ use support::*;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use cuttle::config::Options;
 use cuttle::http::body::{Body, BoxError, boxed, full};
 use http::{HeaderMap, Response};
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
