@@ -1,5 +1,8 @@
 //! Cache keys. The primary key is the normalised absolute URL (scheme and host lower-cased,
-//! default port dropped, path and query as sent). A stored response that names request
+//! default port dropped, path and query as sent). The host is the one the connection is made
+//! for, trailing dot included: `registry.` is an absolute DNS name while `registry` goes
+//! through the resolver's search list (Kubernetes pods search several domains with
+//! `ndots:5`), so the two can be different hosts and must not share entries. A stored response that names request
 //! headers in `Vary` is one variant of its URL; the variant key hashes the normalised values
 //! of those headers (RFC 9111 §4.1: "field values ... normalized ... e.g. by removing
 //! whitespace"), so `gzip,deflate` and `gzip, deflate` select the same variant.
@@ -28,24 +31,39 @@ impl PrimaryKey {
 
     /// The key of a request URI (`http` or `https`) with its checked target.
     pub fn for_uri(uri: &http::Uri, target: &Target) -> PrimaryKey {
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        Self::sibling(uri, target, pq)
+    }
+
+    /// The key of `path_and_query` on the origin of the request URI `uri` (a relative
+    /// `Location`, say).
+    pub fn sibling(uri: &http::Uri, target: &Target, path_and_query: &str) -> PrimaryKey {
         let https = uri
             .scheme_str()
             .is_some_and(|s| s.eq_ignore_ascii_case("https"));
-        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-        Self::with_scheme(https, target, pq)
+        Self::with_host(
+            https,
+            &connection_host(uri, target),
+            target.port,
+            path_and_query,
+        )
     }
 
     fn with_scheme(https: bool, target: &Target, path_and_query: &str) -> PrimaryKey {
-        let host = if target.host.contains(':') {
-            format!("[{}]", target.host)
+        Self::with_host(https, &target.host, target.port, path_and_query)
+    }
+
+    fn with_host(https: bool, host: &str, port: u16, path_and_query: &str) -> PrimaryKey {
+        let host = if host.contains(':') {
+            format!("[{host}]")
         } else {
-            target.host.clone()
+            host.to_string()
         };
         let (scheme, default_port) = if https { ("https", 443) } else { ("http", 80) };
-        let url = if target.port == default_port {
+        let url = if port == default_port {
             format!("{scheme}://{host}{path_and_query}")
         } else {
-            format!("{scheme}://{host}:{}{path_and_query}", target.port)
+            format!("{scheme}://{host}:{port}{path_and_query}")
         };
         PrimaryKey::from_url(url)
     }
@@ -62,6 +80,28 @@ impl PrimaryKey {
 
     pub fn hex(&self) -> &str {
         &self.hex
+    }
+}
+
+/// The host the upstream connection is made for: the URI's own host (the connectors resolve
+/// or send exactly that), lower-cased, without IPv6 brackets. The checked target's host has
+/// any trailing dot trimmed for access rules; the key must keep it (see the module doc).
+fn connection_host(uri: &http::Uri, target: &Target) -> String {
+    match uri.host() {
+        Some(h) => {
+            let h = h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
+            // A URI whose host is not the checked target's (never for forwarded requests)
+            // keys on the target.
+            if h.trim_end_matches('.') == target.host {
+                h
+            } else {
+                target.host.clone()
+            }
+        }
+        None => target.host.clone(),
     }
 }
 
@@ -199,6 +239,28 @@ mod tests {
         assert_eq!(
             PrimaryKey::new(&t("::1", 81), "/").url(),
             "http://[::1]:81/"
+        );
+    }
+
+    #[test]
+    fn trailing_dot_is_kept_as_the_connection_keeps_it() {
+        let key = |u: &str| {
+            let uri: http::Uri = u.parse().unwrap();
+            let t = crate::http::target::absolute(&uri).unwrap();
+            PrimaryKey::for_uri(&uri, &t).url().to_string()
+        };
+        assert_eq!(key("http://LocalHost:8080/k"), "http://localhost:8080/k");
+        assert_eq!(key("http://LocalHost.:8080/k"), "http://localhost.:8080/k");
+        assert_eq!(
+            key("https://Registry.Example.org./a"),
+            "https://registry.example.org./a"
+        );
+        assert_eq!(key("http://[::1]:81/"), "http://[::1]:81/");
+        let uri: http::Uri = "https://h.example.:8443/a?b".parse().unwrap();
+        let t = crate::http::target::absolute(&uri).unwrap();
+        assert_eq!(
+            PrimaryKey::sibling(&uri, &t, "/c").url(),
+            "https://h.example.:8443/c"
         );
     }
 
