@@ -3,9 +3,10 @@
 //! for, trailing dot included: `registry.` is an absolute DNS name while `registry` goes
 //! through the resolver's search list (Kubernetes pods search several domains with
 //! `ndots:5`), so the two can be different hosts and must not share entries. A stored response that names request
-//! headers in `Vary` is one variant of its URL; the variant key hashes the normalised values
-//! of those headers (RFC 9111 §4.1: "field values ... normalized ... e.g. by removing
-//! whitespace"), so `gzip,deflate` and `gzip, deflate` select the same variant.
+//! headers in `Vary` is one variant of its URL; the variant key holds the values of those
+//! headers, normalised only where the field's definition makes two forms equivalent (RFC 9111
+//! §4.1), so `gzip,deflate` and `GZIP, deflate` select the same variant while
+//! `Bearer AbCdEf` and `Bearer aBcDeF` do not.
 
 use std::fmt;
 
@@ -179,25 +180,117 @@ pub(crate) fn vary_names(h: &HeaderMap) -> (Vec<String>, bool) {
     (names, star)
 }
 
-/// All values of `name`, each list item trimmed, lower-cased and joined with ",".
+/// How two values of a request field compare for `Vary`. RFC 9111 §4.1 allows "adding or
+/// removing whitespace, where allowed in the header field's syntax; combining multiple header
+/// field lines ...; normalizing both header field values in a way that is known to have
+/// identical semantics, according to the header field's specification (e.g., ...
+/// case-normalization, where values are defined to be case-insensitive)".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Equivalence {
+    /// Any field this cache does not know: byte for byte, each line without the optional
+    /// whitespace at its ends (RFC 9110 §5.5: not part of the value).
+    Exact,
+    /// A list of case-insensitive tokens with parameters: content codings (RFC 9110 §8.4.1),
+    /// charsets (§8.3.2), language ranges (RFC 4647 §2), all with `;q=` weights (§12.4.2).
+    Tokens,
+    /// `Accept`: media ranges whose type, subtype and parameter names are case-insensitive
+    /// (RFC 9110 §8.3.1); parameter values are kept as sent.
+    MediaRanges,
+}
+
+fn equivalence(name: &str) -> Equivalence {
+    match name {
+        "accept-encoding" | "accept-charset" | "accept-language" => Equivalence::Tokens,
+        "accept" => Equivalence::MediaRanges,
+        _ => Equivalence::Exact,
+    }
+}
+
+/// Whether the variant key changes the values of `name` (the policy view then needs them
+/// replaced by the normalised form).
+pub(crate) fn is_normalised_field(name: &str) -> bool {
+    equivalence(name) != Equivalence::Exact
+}
+
+/// The values of `name` in `req` in the form two equivalent requests share (see
+/// [`Equivalence`]); `None` when absent. Bytes outside printable ASCII are escaped, so the
+/// form is injective (distinct byte strings never collide) and a valid field value for lists.
 pub(crate) fn normalised(req: &HeaderMap, name: &str) -> Option<String> {
-    let mut items = Vec::new();
-    let mut any = false;
-    for v in req.get_all(name) {
-        any = true;
-        let s = String::from_utf8_lossy(v.as_bytes());
-        items.extend(
-            s.split(',')
-                .map(|i| {
-                    i.split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                        .to_ascii_lowercase()
-                })
-                .filter(|i| !i.is_empty()),
+    let mut values = req.get_all(name).iter().peekable();
+    values.peek()?;
+    let eq = equivalence(name);
+    if eq == Equivalence::Exact {
+        // Lines are kept apart: combining them is only allowed for list-based fields.
+        return Some(
+            values
+                .map(|v| escape(trim_ows(v.as_bytes())))
+                .collect::<Vec<_>>()
+                .join("\n"),
         );
     }
-    any.then(|| items.join(","))
+    let items: Vec<String> = values
+        .flat_map(|v| split_outside_quotes(v.as_bytes(), b','))
+        .filter_map(|item| list_item(item, eq))
+        .collect();
+    Some(items.join(", "))
+}
+
+/// One list member: parameters split off at `;` with the whitespace around `;` and `=` gone
+/// (`OWS ";" OWS` and `BWS "=" BWS`), lower-cased as the field allows.
+fn list_item(item: &[u8], eq: Equivalence) -> Option<String> {
+    let mut pieces = split_outside_quotes(item, b';').into_iter().map(trim_ows);
+    let head = pieces.next().filter(|h| !h.is_empty())?;
+    let mut out = escape(&head.to_ascii_lowercase());
+    for p in pieces.filter(|p| !p.is_empty()) {
+        let (k, v) = match p.iter().position(|&b| b == b'=') {
+            Some(i) => (trim_ows(&p[..i]), Some(trim_ows(&p[i + 1..]))),
+            None => (p, None),
+        };
+        out.push(';');
+        out.push_str(&escape(&k.to_ascii_lowercase()));
+        if let Some(v) = v {
+            out.push('=');
+            let weight = k.eq_ignore_ascii_case(b"q");
+            if eq == Equivalence::Tokens || weight {
+                out.push_str(&escape(&v.to_ascii_lowercase()));
+            } else {
+                out.push_str(&escape(v));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Splits at `sep` except inside quoted strings (RFC 9110 §5.6.4, with `\` escapes).
+fn split_outside_quotes(v: &[u8], sep: u8) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in v.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            out.push(&v[start..i]);
+            start = i + 1;
+        }
+    }
+    out.push(&v[start..]);
+    out
+}
+
+/// Without the optional whitespace (SP, HTAB) at both ends.
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = v.iter().position(|b| !ows(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+fn escape(v: &[u8]) -> String {
+    v.escape_ascii().to_string()
 }
 
 /// One stored response: the hex hash of its URL and its variant id.
@@ -286,6 +379,66 @@ mod tests {
         let none = Variant::of(&vary, &HeaderMap::new());
         assert!(none.matches(&HeaderMap::new()));
         assert_ne!(v.id(), none.id());
+    }
+
+    #[test]
+    fn vary_on_a_case_sensitive_field_is_exact() {
+        let vary = h(&[("vary", "Authorization, Cookie, X-Token")]);
+        let v = Variant::of(
+            &vary,
+            &h(&[
+                ("authorization", "Bearer AbCdEf"),
+                ("cookie", "a=1, b=2"),
+                ("x-token", "t1"),
+                ("x-token", "t2"),
+            ]),
+        );
+        let with = |auth: &str, cookie: &str, tokens: &[&str]| {
+            let mut m = h(&[("authorization", auth), ("cookie", cookie)]);
+            for t in tokens {
+                m.append("x-token", t.parse().unwrap());
+            }
+            v.matches(&m)
+        };
+        assert!(with("Bearer AbCdEf", "a=1, b=2", &["t1", "t2"]));
+        assert!(with(" Bearer AbCdEf ", "a=1, b=2", &["t1", "t2"]));
+        assert!(!with("Bearer aBcDeF", "a=1, b=2", &["t1", "t2"]));
+        assert!(!with("bearer AbCdEf", "a=1, b=2", &["t1", "t2"]));
+        assert!(!with("Bearer AbCdEf", "a=1,b=2", &["t1", "t2"]));
+        assert!(!with("Bearer AbCdEf", "a=1, b=2", &["t1, t2"]));
+        assert!(!with("Bearer AbCdEf", "a=1, b=2", &["t2", "t1"]));
+    }
+
+    #[test]
+    fn list_fields_normalise_whitespace_and_case_only_where_defined() {
+        let n = |name: &str, v: &str| normalised(&h(&[(name, v)]), name).unwrap();
+        assert_eq!(
+            n("accept-encoding", " GZip ;Q=0.5 ,, br"),
+            n("accept-encoding", "gzip;q=0.5, br")
+        );
+        assert_eq!(n("accept-language", "en-GB"), n("accept-language", "en-gb"));
+        assert_eq!(
+            n("accept", "Application/JSON ; Charset=utf-8"),
+            n("accept", "application/json;charset=utf-8")
+        );
+        // A media type parameter's value is not defined as case-insensitive.
+        assert_ne!(
+            n("accept", "application/x; profile=\"A\""),
+            n("accept", "application/x; profile=\"a\"")
+        );
+        // A comma inside a quoted string does not split the list.
+        assert_ne!(
+            n("accept", "a/b; p=\"x, y\""),
+            n("accept", "a/b; p=\"x,y\"")
+        );
+        // Values that are not UTF-8 do not collide.
+        let raw = |b: &[u8]| {
+            let mut m = HeaderMap::new();
+            m.insert("x-k", http::HeaderValue::from_bytes(b).unwrap());
+            normalised(&m, "x-k").unwrap()
+        };
+        assert_ne!(raw(b"\xff"), raw(b"\xfe"));
+        assert_ne!(raw(b"\\xff"), raw(b"\xff"));
     }
 
     #[test]

@@ -168,7 +168,8 @@ fn normalise_dates(h: &mut HeaderMap) {
 /// selected (`gzip,deflate` against a stored `gzip, deflate`).
 fn normalise_vary(req: &http::request::Parts, vary: &[String]) -> http::request::Parts {
     let mut out = req.clone();
-    for name in vary {
+    // Fields compared exactly are left as sent (their normalised form is not a field value).
+    for name in vary.iter().filter(|n| super::key::is_normalised_field(n)) {
         let Ok(n) = header::HeaderName::from_bytes(name.as_bytes()) else {
             continue;
         };
