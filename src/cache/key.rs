@@ -2,11 +2,11 @@
 //! default port dropped, path and query as sent). The host is the one the connection is made
 //! for, trailing dot included: `registry.` is an absolute DNS name while `registry` goes
 //! through the resolver's search list (Kubernetes pods search several domains with
-//! `ndots:5`), so the two can be different hosts and must not share entries. A stored response that names request
-//! headers in `Vary` is one variant of its URL; the variant key holds the values of those
-//! headers, normalised only where the field's definition makes two forms equivalent (RFC 9111
-//! §4.1), so `gzip,deflate` and `GZIP, deflate` select the same variant while
-//! `Bearer AbCdEf` and `Bearer aBcDeF` do not.
+//! `ndots:5`), so the two can be different hosts and must not share entries. A stored
+//! response that names request headers in `Vary` is one variant of its URL; the variant key
+//! holds the values of those headers, normalised only where the field's definition makes two
+//! forms equivalent (RFC 9111 §4.1), so `gzip,deflate` and `GZIP, deflate` select the same
+//! variant while `Bearer AbCdEf` and `Bearer aBcDeF` do not.
 
 use std::fmt;
 
@@ -451,5 +451,37 @@ mod tests {
     fn no_vary_matches_everything() {
         let v = Variant::of(&HeaderMap::new(), &h(&[("accept", "x")]));
         assert!(v.matches(&h(&[("accept", "y")])));
+    }
+
+    proptest::proptest! {
+        /// Two different values of a field compared exactly never share a key.
+        #[test]
+        fn exact_fields_never_collide(
+            a in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            b in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+        ) {
+            let (Ok(va), Ok(vb)) =
+                (http::HeaderValue::from_bytes(&a), http::HeaderValue::from_bytes(&b))
+            else {
+                return Ok(());
+            };
+            let trim = |v: &[u8]| trim_ows(v).to_vec();
+            let (mut ma, mut mb) = (HeaderMap::new(), HeaderMap::new());
+            ma.insert("authorization", va);
+            mb.insert("authorization", vb);
+            let same = normalised(&ma, "authorization") == normalised(&mb, "authorization");
+            proptest::prop_assert_eq!(same, trim(&a) == trim(&b));
+        }
+
+        #[test]
+        fn list_fields_never_panic(v in "[ -~]{0,40}") {
+            let mut m = HeaderMap::new();
+            if let Ok(h) = http::HeaderValue::from_str(&v) {
+                m.insert("accept", h.clone());
+                m.insert("accept-encoding", h);
+                let _ = normalised(&m, "accept");
+                let _ = normalised(&m, "accept-encoding");
+            }
+        }
     }
 }

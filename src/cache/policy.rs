@@ -1386,4 +1386,33 @@ mod tests {
             .unwrap();
         assert!(merged.get("set-cookie").is_none());
     }
+
+    proptest::proptest! {
+        /// Whatever the origin's Age, Cache-Control and Date, building the policy and looking
+        /// it up later never panics (the crate's Duration arithmetic included).
+        #[test]
+        fn response_fields_never_panic(
+            age in "[ -~]{0,24}",
+            cc in "[ -~]{0,40}",
+            date in "[ -~]{0,32}",
+            status in 100u16..600,
+            later in 0u64..(100 * 365 * 86400),
+        ) {
+            let mut h = HeaderMap::new();
+            let fields = [("age", &age), ("cache-control", &cc), ("date", &date)];
+            for (n, v) in fields.into_iter().chain([("expires", &date)]) {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    h.insert(n, v);
+                }
+            }
+            let now = SystemTime::now();
+            let Ok(status) = StatusCode::from_u16(status) else { return Ok(()); };
+            if let Some(p) = StoredPolicy::new(&req(&[]), status, &h, now, None) {
+                let at = now + Duration::from_secs(later);
+                let _ = p.lookup(&req(&[("cache-control", "max-stale")]), at);
+                let _ = p.stale_headers(&h, at);
+                let _ = p.may_serve_on_error(&req(&[]), at, Duration::from_secs(1 << 40));
+            }
+        }
+    }
 }

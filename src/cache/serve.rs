@@ -462,4 +462,23 @@ mod tests {
         add_cache_status(&mut m, "cuttle; fwd=miss; stored");
         assert_eq!(m["cache-status"], "upstream; hit, cuttle; fwd=miss; stored");
     }
+
+    proptest::proptest! {
+        /// Whatever the header, no part is empty or out of bounds and the parts never add up
+        /// to more than the representation (RFC 9110 §14.2 amplification).
+        #[test]
+        fn any_range_header_is_bounded(spec in "[-0-9, ]{0,60}", len in 0u64..500) {
+            let Ok(v) = HeaderValue::from_str(&format!("bytes={spec}")) else {
+                return Ok(());
+            };
+            let mut m = HeaderMap::new();
+            m.insert(header::RANGE, v);
+            if let Ranges::Parts(p) = parse_range(&m, len) {
+                proptest::prop_assert!(p.len() <= MAX_RANGES);
+                proptest::prop_assert!(p.iter().all(|(s, e)| s < e && *e <= len));
+                proptest::prop_assert!(p.windows(2).all(|w| w[0].1 < w[1].0));
+                proptest::prop_assert!(p.iter().map(|(s, e)| e - s).sum::<u64>() <= len);
+            }
+        }
+    }
 }
