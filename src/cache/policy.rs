@@ -98,6 +98,12 @@ pub struct StoredPolicy {
     /// served the entry only after revalidating with its own credentials.
     #[serde(default)]
     credentials: Option<String>,
+    /// False in entries written before the two fields above were recorded: whether such an
+    /// entry answered a request with `Authorization` is unknown (earlier versions stored some
+    /// under artifact rules), so it is revalidated once before any reuse; the 304 (or new
+    /// response) records it properly.
+    #[serde(default)]
+    recorded: bool,
 }
 
 /// What a lookup decided.
@@ -530,6 +536,7 @@ impl StoredPolicy {
             date: Some(date),
             credentialed: credentials.is_some(),
             credentials: credentials.map(|c| fingerprint(&c)),
+            recorded: true,
         })
     }
 
@@ -537,6 +544,9 @@ impl StoredPolicy {
     /// `req`'s own credentials: always for a response to a request without `Authorization`;
     /// for one with, only for the credentials that last fetched or validated it.
     pub fn may_reuse(&self, req: &http::request::Parts) -> bool {
+        if !self.recorded {
+            return false;
+        }
         if !self.credentialed {
             return true;
         }
@@ -1348,6 +1358,33 @@ mod tests {
         let p =
             StoredPolicy::new(&view(&[]), StatusCode::OK, &HeaderMap::new(), now, rule).unwrap();
         assert!(p.lifetime >= Duration::from_secs(365 * 24 * 3600));
+    }
+
+    #[test]
+    fn entries_from_before_credentials_were_recorded_are_revalidated_once() {
+        let now = SystemTime::now();
+        let stored = resp(&[("cache-control", "public, max-age=600"), ("etag", "\"v1\"")]);
+        let p = StoredPolicy::new(&req(&[]), StatusCode::OK, &stored, now, None).unwrap();
+        let mut json = serde_json::to_value(&p).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        for field in ["credentialed", "credentials", "recorded", "date"] {
+            obj.remove(field);
+        }
+        let legacy: StoredPolicy = serde_json::from_value(json).unwrap();
+        assert!(fresh(&legacy, &req(&[]), now).is_none());
+        let later = now + Duration::from_secs(700);
+        assert!(!legacy.may_serve_on_error(&req(&[]), later, Duration::from_secs(86400)));
+        let (p2, _, _) = legacy
+            .after_not_modified(
+                &req(&[]),
+                StatusCode::OK,
+                &stored,
+                &resp(&[("etag", "\"v1\"")]),
+                now,
+                None,
+            )
+            .unwrap();
+        assert!(fresh(&p2, &req(&[]), now).is_some());
     }
 
     #[test]
