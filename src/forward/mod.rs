@@ -147,16 +147,18 @@ async fn invalidate_after_unsafe(
         let Ok(uri) = v.parse::<http::Uri>() else {
             continue;
         };
-        let same_origin = match uri.authority() {
-            None => true,
-            Some(_) => target::absolute(&uri).is_ok_and(|t| t == *target),
+        let key = match uri.authority() {
+            None => uri
+                .path_and_query()
+                .filter(|p| p.as_str().starts_with('/'))
+                .map(|pq| PrimaryKey::sibling(&out.uri, target, pq.as_str())),
+            Some(_) => target::absolute(&uri)
+                .ok()
+                .filter(|t| t == target)
+                .map(|t| PrimaryKey::for_uri(&uri, &t)),
         };
-        if same_origin
-            && let Some(pq) = uri.path_and_query().filter(|p| p.as_str().starts_with('/'))
-        {
-            cache
-                .invalidate(&PrimaryKey::new(target, pq.as_str()))
-                .await;
+        if let Some(key) = key {
+            cache.invalidate(&key).await;
         }
     }
 }
