@@ -139,13 +139,13 @@ case $SCENARIO in
   forward-small) wrk_load /bytes/1024 50 ;;
   forward-large) wrk_load /bytes/1048576 8 ;;
   tunnel-tls)
-    # Eight curls in a loop, each downloading 256 MiB at a time through its own tunnel,
+    # Eight curls in a loop, each downloading 64 MiB at a time through its own tunnel,
     # until the recording is over.
     end=$(($(date +%s) + SECS + 2))
     for i in $(seq 8); do
       (while [[ $(date +%s) -lt $end ]]; do
         curl -sS --tlsv1.3 --cacert "$TMP/origin-ca.pem" -x "http://$CADDR" -o /dev/null \
-          -m $((SECS + 5)) "https://$TLS_ORIGIN/bytes/268435456" || true
+          -m $((SECS + 5)) "https://$TLS_ORIGIN/bytes/67108864" || true
       done) >>"$OUT/load.txt" 2>&1 &
       PIDS+=($!)
     done
