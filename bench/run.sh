@@ -901,6 +901,8 @@ ratio() {
 
 ROWS=()
 HROWS=()
+MROWS=()
+SROWS=()
 # A table row: label, then direct, squid, ats, cuttle values, then which way is better.
 mkrow() {
   echo "$1|$2|$3|$4|$5|$(ratio "$5" "$3")|$(ratio "$5" "$4")|$(ratio "$5" "$2")|$6"
@@ -956,7 +958,6 @@ if want_part hit; then
   done
 fi
 if want_proxies; then
-  MROWS=()
   mrow() { MROWS+=("$(mkrow "$@")"); }
   mrow "VmRSS MiB (idle, before load)" "-" "$(get mem.squid.idle)" "$(get mem.ats.idle)" "$(get mem.cuttle.idle)" lower
   want_part hit && mrow "VmRSS MiB (warm: every hit object cached)" "-" "$(get mem.squid.warm)" "$(get mem.ats.warm)" "$(get mem.cuttle.warm)" lower
@@ -970,7 +971,6 @@ fi
 
 # The issue-11 summary: each figure, the ratio the goal is stated in, the goal, and whether
 # this run met it ("-" when a figure is missing).
-SROWS=()
 # srow <figure> <direct> <squid> <ats> <cuttle> <shown ratio> <goal text> <met: yes/no/->
 srow() { SROWS+=("$1|$2|$3|$4|$5|$6|$7|$8"); }
 met() { # <value> <op> <threshold>
@@ -978,6 +978,8 @@ met() { # <value> <op> <threshold>
     if (v == "-" || v == "") { print "-"; exit }
     ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 <= t + 0); print ok ? "yes" : "no" }'
 }
+# times <ratio> <what>: "1.23× ATS", or "-" without a ratio.
+times() { if [[ $1 == - ]]; then echo -; else echo "$1× $2"; fi; }
 has_size() { local h; for h in "${HIT_SIZES[@]}"; do [[ $h == "$1" ]] && return 0; done; return 1; }
 if want_part hit; then
   for spec in "1024 rps 1.4 hit 1 KiB, req/s" "65536 mbps 1.2 hit 64 KiB, MB/s" \
@@ -987,30 +989,30 @@ if want_part hit; then
     n=hit-$size
     x=$(ratio "$(get "$n.cuttle.$k")" "$(get "$n.ats.$k")")
     srow "$label" "$(get "$n.direct.$k")" "$(get "$n.squid.$k")" "$(get "$n.ats.$k")" "$(get "$n.cuttle.$k")" \
-      "${x}× ATS" "≥ ${goal}× ATS" "$(met "$x" '>=' "$goal")"
+      "$(times "$x" ATS)" "≥ ${goal}× ATS" "$(met "$x" '>=' "$goal")"
   done
 fi
 if want_part forward; then
   for n in 1 "$TUNNEL_PARALLEL"; do
     x=$(ratio "$(get "tunnel$n.cuttle.mbps")" "$(get "tunnel$n.direct.mbps")")
     srow "CONNECT tunnel ×$n (TLS 1.3), MB/s" "$(get "tunnel$n.direct.mbps")" "$(get "tunnel$n.squid.mbps")" \
-      "$(get "tunnel$n.ats.mbps")" "$(get "tunnel$n.cuttle.mbps")" "${x}× direct" "≥ 0.95× direct" "$(met "$x" '>=' 0.95)"
+      "$(get "tunnel$n.ats.mbps")" "$(get "tunnel$n.cuttle.mbps")" "$(times "$x" direct)" "≥ 0.95× direct" "$(met "$x" '>=' 0.95)"
   done
   d=$(awk -v c="$(get ttfb.cuttle.ms)" -v d="$(get ttfb.direct.ms)" \
     'BEGIN { if (c == "-" || d == "-") print "-"; else printf "%+.3f", c - d }')
   srow "TTFB of a 1 MiB miss, ms" "$(get ttfb.direct.ms)" "$(get ttfb.squid.ms)" "$(get ttfb.ats.ms)" \
-    "$(get ttfb.cuttle.ms)" "${d} ms vs direct" "≤ direct + 0.15 ms" "$(met "$d" '<=' 0.15)"
+    "$(get ttfb.cuttle.ms)" "$([[ $d == - ]] && echo - || echo "$d ms vs direct")" "≤ direct + 0.15 ms" "$(met "$d" '<=' 0.15)"
 fi
 if want_proxies; then
   srow "peak RSS over the whole run, MiB" "-" "$(get mem.squid.hwm)" "$(get mem.ats.hwm)" \
     "$(get mem.cuttle.hwm) ($(get mem.cuttle.hwm_net) without the $(get mem.cuttle.tier) MiB memory tier)" \
-    "$(ratio "$(get mem.cuttle.hwm)" "$(get mem.ats.hwm)")× ATS" "≤ 40 (memory tier contents excluded)" \
+    "$(times "$(ratio "$(get mem.cuttle.hwm)" "$(get mem.ats.hwm)")" ATS)" "≤ 40 (memory tier contents excluded)" \
     "$(met "$(get mem.cuttle.hwm_net)" '<=' 40)"
 fi
 if want_part hit && has_size 1024; then
   x=$(ratio "$(get hit-1024.cuttle.req_per_core)" "$(get hit-1024.ats.req_per_core)")
   srow "proxy CPU per 1 KiB hit: req/s per core used" "-" "$(get hit-1024.squid.req_per_core)" \
-    "$(get hit-1024.ats.req_per_core)" "$(get hit-1024.cuttle.req_per_core)" "${x}× ATS" "≥ 2× ATS" "$(met "$x" '>=' 2)"
+    "$(get hit-1024.ats.req_per_core)" "$(get hit-1024.cuttle.req_per_core)" "$(times "$x" ATS)" "≥ 2× ATS" "$(met "$x" '>=' 2)"
 fi
 if want_part intercept; then
   for spec in "65536 rps intercepted HTTPS hit 64 KiB, req/s" "16777216 mbps intercepted HTTPS hit 16 MiB, MB/s"; do
@@ -1018,7 +1020,7 @@ if want_part intercept; then
     t=$(get "tls.$size.tunnel_$k")
     m=$(get "tls.$size.mitm_$k")
     srow "$label (cuttle column; CONNECT tunnel through cuttle to the same origin: $t)" "-" "-" "-" "$m" \
-      "$(ratio "$m" "$t")× tunnel" "-" "-"
+      "$(times "$(ratio "$m" "$t")" tunnel)" "-" "-"
   done
 fi
 
