@@ -195,6 +195,7 @@ descendants() {
 }
 
 # A tiny origin on loopback serving a file with an old Last-Modified (heuristically fresh).
+# cuttle refuses loopback destinations unless --allow-dest lists them (as below).
 ORIGIN_DIR=$(mktemp -d /tmp/cuttle-origin.XXXXXX)
 head -c 200000 /dev/urandom >"$ORIGIN_DIR/artifact.bin"
 touch -d '2020-01-01 00:00:00' "$ORIGIN_DIR/artifact.bin"
@@ -234,7 +235,7 @@ image_run() {
     return
   fi
   "${BUILDAH[@]}" run --isolation chroot --user "$PROOF_UID:0" "$ctr" -- \
-    /cuttle --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >"$out.stdout" 2>"$out.stderr" &
+    /cuttle --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --allow-dest 127.0.0.0/8 >"$out.stdout" 2>"$out.stderr" &
   RUN_PID=$!
   if ! wait_for 15 bash -c "grep -q 'admin=' '$out.stderr'"; then
     fail "image runs as UID $PROOF_UID:0 (no listening line)"
@@ -307,7 +308,7 @@ for d in / /tmp /var/tmp /etc '$PROOF_DIR' '$PROOF_DIR/ro-cache' /root; do
   fi
 done
 echo "write-probe: the cache directory and nothing else" >&2
-exec ${SETPRIV[*]} '$PROOF_DIR/cuttle' --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --cache-dir '$cache' --log-level info
+exec ${SETPRIV[*]} '$PROOF_DIR/cuttle' --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --allow-dest 127.0.0.0/8 --cache-dir '$cache' --log-level info
 EOF
   )
   P_T0=$(date +%s%N)
@@ -491,7 +492,7 @@ for f in "$WORK"/out/helm-*.yaml; do
     helm-nodeport) args+=(--auth --node-port 31280) ;;
     helm-existing-secrets) args+=(--auth) ;;
     helm-large) args+=(--replicas 3) ;;
-    helm-intercept) args+=(--expect-intercept registry.npmjs.org) ;;
+    helm-intercept) args+=(--expect-intercept registry.example.org) ;;
   esac
   policy "$f" --label "$name" "${args[@]}"
 done

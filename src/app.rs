@@ -22,6 +22,7 @@ use crate::forward::client::Clients;
 use crate::metrics::Metrics;
 use crate::mitm::ca::Ca;
 use crate::mitm::issuer::CertIssuer;
+use crate::server::limits::ClientSlots;
 use crate::server::listener;
 use crate::telemetry::AccessLog;
 use crate::upstream::Upstream;
@@ -75,10 +76,14 @@ pub struct State {
     /// Fired when the grace period is over: tunnels still open are closed.
     pub hard_stop: CancellationToken,
     pub conn_limit: Arc<Semaphore>,
+    /// Open connections per client address (`max-connections-per-client`).
+    pub client_slots: Arc<ClientSlots>,
     /// The HTTP cache; `None` when both tiers are off.
     pub cache: Option<Arc<Cache>>,
     /// Bound proxy addresses.
     pub addrs: Vec<SocketAddr>,
+    /// Bound proxy and admin addresses: destinations the proxy never connects to.
+    pub own_addrs: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<LiveStats>,
     /// Mints leaf certificates for intercepted hosts (present when interception is on at
@@ -96,7 +101,7 @@ impl State {
     /// proxies and the direct list, cache rules. Other changes need a restart.
     pub fn reload(&self, new: &ValidConfig) {
         self.dynamic
-            .store(Arc::new(Dynamic::build(new, self.addrs.clone())));
+            .store(Arc::new(Dynamic::build(new, self.own_addrs.clone())));
         if let (Some(cache), Some(settings)) = (&self.cache, &new.cache) {
             cache.set_rules(settings.rules.clone());
         }
@@ -161,7 +166,12 @@ impl Proxy {
             }
             None => None,
         };
-        let dynamic = ArcSwap::from_pointee(Dynamic::build(&config, addrs.clone()));
+        let own_addrs: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .chain(admin_listener.as_ref().map(|(_, a)| *a))
+            .collect();
+        let dynamic = ArcSwap::from_pointee(Dynamic::build(&config, own_addrs.clone()));
         let metrics = Arc::new(Metrics::new());
         let issuer = match (&config.ca, config.intercept.is_empty()) {
             (None, true) => None,
@@ -197,9 +207,11 @@ impl Proxy {
         let state = Arc::new(State {
             cache,
             conn_limit: Arc::new(Semaphore::new(config.max_connections)),
+            client_slots: ClientSlots::new(config.max_connections_per_client),
             config,
             dynamic,
             addrs: addrs.clone(),
+            own_addrs,
             metrics,
             stats,
             issuer,

@@ -23,6 +23,8 @@ pub enum ProxyError {
     ClientOriginForm,
     #[error("proxy authentication required")]
     ClientAuthRequired,
+    #[error("too many failed logins from this address; retry in {retry_after}s")]
+    ClientAuthThrottled { retry_after: u64 },
     #[error("not in cache, and the request said only-if-cached")]
     NotCached,
 
@@ -76,6 +78,7 @@ impl ProxyError {
         match self {
             ClientBadRequest(_) | ClientOriginForm => StatusCode::BAD_REQUEST,
             ClientAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ClientAuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Denied { .. } => StatusCode::FORBIDDEN,
             UpstreamConnectTimeout { .. }
             | NotCached
@@ -98,7 +101,7 @@ impl ProxyError {
         match self {
             ClientBadRequest(_) => "ERR_INVALID_REQ",
             ClientOriginForm => "ERR_INVALID_URL",
-            ClientAuthRequired => "ERR_CACHE_ACCESS_DENIED",
+            ClientAuthRequired | ClientAuthThrottled { .. } => "ERR_CACHE_ACCESS_DENIED",
             NotCached => "ERR_ONLY_IF_CACHED_MISS",
             Denied { .. } => "ERR_ACCESS_DENIED",
             UpstreamDns { .. } => "ERR_DNS_FAIL",
@@ -140,6 +143,9 @@ impl ProxyError {
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 h.insert(header::PROXY_AUTHENTICATE, v);
             }
+        }
+        if let ProxyError::ClientAuthThrottled { retry_after } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         if matches!(
             self,

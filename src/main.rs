@@ -62,6 +62,8 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Fetch every artifact that lockfiles pin through a running cuttle, checking digests.
+    Warm(cuttle::warm::Args),
     /// The interception CA: create one, or print its certificate for clients.
     Ca {
         #[command(subcommand)]
@@ -116,6 +118,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(a)) => (true, a),
         Some(Command::Status(a)) => return client(a, ClientCall::Status),
         Some(Command::Ca { command }) => return ca(command),
+        Some(Command::Warm(a)) => return cuttle::warm::main(a),
         Some(Command::Cache { command }) => {
             return match command {
                 CacheCommand::Stats(a) => client(a, ClientCall::CacheStats),
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    let secret_flags = secret_flags(std::env::args_os());
     let config = match cuttle::config::load(&args.opts, args.config.as_deref()) {
         Ok(c) => c,
         Err(problems) => {
@@ -133,12 +137,18 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
+        for (flag, instead) in &secret_flags {
+            eprintln!("cuttle: warning: {}", secret_flag_warning(flag, instead));
+        }
         print!("{config}");
         return ExitCode::SUCCESS;
     }
     if let Err(e) = cuttle::telemetry::init_tracing(&config.log_level) {
         eprintln!("cuttle: config: {e}");
         return ExitCode::from(2);
+    }
+    for (flag, instead) in &secret_flags {
+        tracing::warn!("{}", secret_flag_warning(flag, instead));
     }
     let reloader: cuttle::admin::Reloader = {
         let (opts, file) = (args.opts.clone(), args.config.clone());
@@ -151,6 +161,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Flags that carry a secret, and the forms that keep it out of the process's command line.
+const SECRET_FLAGS: &[(&str, &str)] = &[
+    (
+        "--admin-token",
+        "CUTTLE_ADMIN_TOKEN_FILE (a mounted Secret) or CUTTLE_ADMIN_TOKEN",
+    ),
+    (
+        "--cache-peer",
+        "CACHE_PEER_FILE (a mounted Secret) or CACHE_PEER",
+    ),
+];
+
+/// The secret-carrying flags present on the command line (`--flag value` or `--flag=value`),
+/// with the forms to use instead. The command line of every process is readable by every
+/// user of the host (`/proc/<pid>/cmdline`, `ps`), the environment only by the process's
+/// owner.
+fn secret_flags(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<(&'static str, &'static str)> {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    SECRET_FLAGS
+        .iter()
+        .filter(|(flag, _)| {
+            args.iter().any(|a| {
+                let a = a.to_string_lossy();
+                a == *flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('='))
+            })
+        })
+        .copied()
+        .collect()
+}
+
+fn secret_flag_warning(flag: &str, instead: &str) -> String {
+    format!(
+        "{flag} was given on the command line, where any process on this host can read it \
+         (/proc/<pid>/cmdline, ps); use {instead} instead"
+    )
 }
 
 #[allow(clippy::print_stderr, clippy::print_stdout)]
@@ -340,5 +389,20 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn secret_flags_are_found() {
+        let f = |v: &[&str]| -> Vec<&str> {
+            secret_flags(v.iter().map(std::ffi::OsString::from))
+                .into_iter()
+                .map(|(flag, _)| flag)
+                .collect()
+        };
+        assert_eq!(f(&["cuttle", "--admin-token", "x"]), ["--admin-token"]);
+        assert_eq!(f(&["cuttle", "--cache-peer=u:p:h:1"]), ["--cache-peer"]);
+        assert!(f(&["cuttle", "--cache-peer-file", "/s/peer"]).is_empty());
+        assert!(f(&["cuttle", "--admin-token-file", "/s/t"]).is_empty());
+        assert!(f(&["cuttle"]).is_empty());
     }
 }

@@ -770,6 +770,9 @@ impl Bin {
                 .arg("127.0.0.1:0")
                 .arg("--admin-listen")
                 .arg("off")
+                // The test origins are on loopback, which cuttle refuses unless allowed.
+                .arg("--allow-dest")
+                .arg("127.0.0.0/8")
                 .arg("--cache-dir")
                 .arg(&dir)
                 .stdout(Stdio::null())

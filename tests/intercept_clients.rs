@@ -322,7 +322,7 @@ async fn nth_log(p: &TestProxy, needle: &str, n: usize) -> String {
 
 /// The built-in `npm-packument` rule (revalidate on every use) only matches `registry.*`
 /// hosts; the same rule for this test origin on `localhost`, so the packument behaves as
-/// registry.npmjs.org's does through cuttle.
+/// the public npm registry's does through cuttle.
 fn packument_rule() -> cuttle::cache::rules::RuleConfig {
     cuttle::cache::rules::RuleConfig {
         name: Some("test-npm-packument".into()),
@@ -335,7 +335,7 @@ fn packument_rule() -> cuttle::cache::rules::RuleConfig {
 
 /// npm through interception. What "served from cache" means for npm: the packument is mutable
 /// metadata (a new version may appear at any time), so cuttle revalidates it with the origin
-/// on every use, as it does for registry.npmjs.org; the origin answers 304 and the body comes
+/// on every use, as it does for the public npm registry; the origin answers 304 and the body comes
 /// from the cache. The tarball is immutable and never goes back to the origin. npm itself,
 /// with an empty npm cache, sends no conditionals and no `Cache-Control` of its own.
 #[tokio::test]
@@ -359,7 +359,7 @@ async fn npm_install_is_served_from_cache_and_offline() {
             },
         }},
     });
-    // Cache headers as registry.npmjs.org sends them.
+    // Cache headers as the public npm registry sends them.
     reg.put(
         &packument_path,
         "application/json",

@@ -404,10 +404,10 @@ def helm(args: argparse.Namespace) -> None:
         },
     }
     if args.ca_dir:
-        # With a CA made by `cuttle ca init --intercept registry.npmjs.org,pypi.org,...`.
+        # With a CA made by `cuttle ca init --intercept registry.example.org,pypi.example.org,...`.
         scenarios["intercept"] = {
-            "interception": {"enabled": True, "hosts": ["registry.npmjs.org", "pypi.org"],
-                             "noIntercept": ["pypi.org"], "existingSecret": "cuttle-ca"},
+            "interception": {"enabled": True, "hosts": ["registry.example.org", "pypi.example.org"],
+                             "noIntercept": ["pypi.example.org"], "existingSecret": "cuttle-ca"},
         }
         ca_files = {n: (Path(args.ca_dir) / n).read_text() for n in ("ca.pem", "ca-key.pem")}
     with hp.Chart.load(chart) as ch:
@@ -441,7 +441,7 @@ def helm(args: argparse.Namespace) -> None:
             "NodePort without authentication": ({"nodePort": {"enabled": True}}, "render"),
             "auth on without users": ({"auth": {"enabled": True}}, "render"),
             "grace period below the drain": ({"terminationGracePeriodSeconds": 20}, "render"),
-            "interception without a CA Secret": ({"interception": {"enabled": True, "hosts": ["pypi.org"]}}, "render"),
+            "interception without a CA Secret": ({"interception": {"enabled": True, "hosts": ["pypi.example.org"]}}, "render"),
         }
         for name, (values, stage) in refusals.items():
             try:

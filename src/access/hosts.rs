@@ -111,13 +111,34 @@ fn parse_pattern(text: &str) -> Option<HostPattern> {
     })
 }
 
-/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are treated as the IPv4 address they carry,
-/// so a rule written for IPv4 cannot be bypassed through a dual-stack socket.
+/// An IPv6 address that carries an IPv4 address is treated as that IPv4 address, so that a
+/// rule written for IPv4 (loopback, link-local, a deny-dest CIDR) cannot be bypassed by
+/// spelling the address in IPv6:
+/// - IPv4-mapped `::ffff:a.b.c.d` (RFC 4291 §2.5.5.2), which a dual-stack socket connects to
+///   the IPv4 address itself;
+/// - IPv4-compatible `::a.b.c.d` (RFC 4291 §2.5.5.1, deprecated), except `::` and `::1`,
+///   which are the IPv6 unspecified and loopback addresses;
+/// - the NAT64 well-known prefix `64:ff9b::/96` (RFC 6052 §2.1), which a NAT64 gateway
+///   translates to the IPv4 address in the last 32 bits.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
     }
+    let s = v6.segments();
+    let embedded = || {
+        let o = v6.octets();
+        IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+    };
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return embedded();
+    }
+    if s[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
+        return embedded();
+    }
+    ip
 }
 
 /// Allowed ports for CONNECT: any, or a list of ports and ranges.
@@ -216,6 +237,23 @@ mod tests {
     fn mapped_ipv4_is_canonical() {
         let l = HostList::parse(&["169.254.0.0/16"]).unwrap();
         assert!(l.matches("::ffff:169.254.169.254"));
+    }
+
+    #[test]
+    fn ipv4_embedded_in_ipv6_is_canonical() {
+        let c = |s: &str| canonical_ip(s.parse().unwrap()).to_string();
+        assert_eq!(c("::ffff:127.0.0.1"), "127.0.0.1");
+        assert_eq!(c("::ffff:7f00:1"), "127.0.0.1");
+        assert_eq!(c("::127.0.0.1"), "127.0.0.1");
+        assert_eq!(c("64:ff9b::7f00:1"), "127.0.0.1");
+        assert_eq!(c("64:ff9b::169.254.169.254"), "169.254.169.254");
+        // The IPv6 loopback and unspecified addresses stay what they are.
+        assert_eq!(c("::1"), "::1");
+        assert_eq!(c("::"), "::");
+        // Other IPv6 addresses are untouched (64:ff9b:1::/48 is not the well-known prefix).
+        assert_eq!(c("2001:db8::7f00:1"), "2001:db8::7f00:1");
+        assert_eq!(c("64:ff9b:1::7f00:1"), "64:ff9b:1::7f00:1");
+        assert_eq!(c("10.0.0.1"), "10.0.0.1");
     }
 
     #[test]

@@ -37,7 +37,8 @@ fn denied(reason: &'static str, rule: impl Into<String>) -> ProxyError {
 }
 
 impl Policy {
-    /// `own` are the proxy's bound listening addresses (to refuse loops).
+    /// `own` are the proxy's bound listening addresses and the admin port's (to refuse
+    /// loops, and requests to the admin API through the proxy).
     pub fn new(cfg: &ValidConfig, own: Vec<SocketAddr>) -> Self {
         Self {
             allow_client: cfg.allow_client.clone(),
@@ -46,7 +47,7 @@ impl Policy {
             allow_domain: cfg.allow_domain.clone(),
             deny_domain: cfg.deny_domain.clone(),
             connect_ports: cfg.connect_ports.clone(),
-            guard: IpGuard::new(cfg.deny_dest.clone(), own),
+            guard: IpGuard::new(cfg.deny_dest.clone(), cfg.allow_dest.clone(), own),
         }
     }
 
@@ -62,14 +63,16 @@ impl Policy {
         }
     }
 
-    /// With authentication on, the user name; `ClientAuthRequired` when missing or wrong.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<String>, ProxyError> {
+    /// With authentication on, the user name; `ClientAuthRequired` when missing or wrong,
+    /// `ClientAuthThrottled` when `client` has failed too often lately.
+    pub async fn authenticate(
+        &self,
+        client: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<Option<String>, ProxyError> {
         match &self.users {
             None => Ok(None),
-            Some(users) => match users.authenticate(headers).await {
-                Some(u) => Ok(Some(u)),
-                None => Err(ProxyError::ClientAuthRequired),
-            },
+            Some(users) => users.authenticate(client, headers).await.map(Some),
         }
     }
 
@@ -98,6 +101,14 @@ impl Policy {
         }
         if let Some(ip) = t.ip() {
             self.check_address(SocketAddr::new(ip, t.port))?;
+        } else if is_localhost_name(&t.host) {
+            // Checked before any lookup: with a parent the name is never resolved here.
+            for ip in [
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+            ] {
+                self.check_address(SocketAddr::new(ip, t.port))?;
+            }
         }
         Ok(())
     }
@@ -107,5 +118,27 @@ impl Policy {
         self.guard
             .check(addr)
             .map_err(|(reason, rule)| denied(reason, rule))
+    }
+}
+
+/// RFC 6761 §6.3: `localhost` and every name under `.localhost` are the loopback addresses,
+/// whatever a resolver (or a parent proxy's resolver) would say.
+pub fn is_localhost_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    h == "localhost" || (h.ends_with(".localhost") && h.len() > ".localhost".len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_names() {
+        assert!(is_localhost_name("localhost"));
+        assert!(is_localhost_name("LocalHost."));
+        assert!(is_localhost_name("admin.localhost"));
+        assert!(!is_localhost_name("localhost.example"));
+        assert!(!is_localhost_name("notlocalhost"));
+        assert!(!is_localhost_name(".localhost"));
     }
 }

@@ -100,8 +100,7 @@ impl Admin {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
     }
 
@@ -265,9 +264,17 @@ impl Admin {
                     )
                 }
             },
-            (&Method::POST, "/api/purge") => self.purge(&req).await,
+            (&Method::POST, "/api/purge") => {
+                let query = req.uri().query().map(str::to_string);
+                if let Err(r) = read_small_body(req).await {
+                    return r;
+                }
+                self.purge(query.as_deref()).await
+            }
             (&Method::POST, "/api/reload") => {
-                let _ = req.into_body().collect().await;
+                if let Err(r) = read_small_body(req).await {
+                    return r;
+                }
                 match self.reload() {
                     Ok(()) => json_response(StatusCode::OK, &json!({"reloaded": true})),
                     Err(problems) => json_response(
@@ -280,11 +287,11 @@ impl Admin {
         }
     }
 
-    async fn purge(&self, req: &Request<Incoming>) -> Response<Body> {
+    async fn purge(&self, query: Option<&str>) -> Response<Body> {
         let Some(cache) = &self.state.cache else {
             return text(StatusCode::CONFLICT, "the cache is off\n");
         };
-        let url = req.uri().query().and_then(|q| {
+        let url = query.and_then(|q| {
             q.split('&')
                 .filter_map(|kv| kv.split_once('='))
                 .find(|(k, _)| *k == "url")
@@ -327,6 +334,47 @@ fn is_status_page(method: &Method, path: &str) -> bool {
     *method == Method::GET && matches!(path, "/" | "/index.html" | "/ca.pem")
 }
 
+/// The largest request body the admin API reads. Its requests carry their arguments in the
+/// URL; a body is read (and dropped) only so the connection can be reused.
+pub const MAX_ADMIN_BODY: usize = 4096;
+
+/// Reads and drops a request body of at most [`MAX_ADMIN_BODY`] bytes; a larger one gets 413
+/// (at once when `Content-Length` says so) and is not read further.
+async fn read_small_body(req: Request<Incoming>) -> Result<(), Response<Body>> {
+    let too_large = || {
+        let mut r = text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("admin requests take no body (at most {MAX_ADMIN_BODY} bytes)\n"),
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let declared = crate::http::headers::content_length(req.headers());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(text(StatusCode::BAD_REQUEST, "could not read the body\n")),
+    }
+}
+
+/// The credentials of `Authorization: Bearer <token>`. RFC 9110 §11.1: "It uses a
+/// case-insensitive token to identify the authentication scheme", so `bearer` and `BEARER`
+/// are the same scheme; the token itself is compared exactly.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -355,13 +403,26 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     r
 }
 
+const OWN_ADDRESS: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\
+X-Cuttle-Error: ERR_ACCESS_DENIED\r\nConnection: close\r\nContent-Length: 96\r\n\r\n\
+ERR_ACCESS_DENIED: connection from this proxy's own address to its admin port (forwarding loop)\n";
+
+async fn refuse_own(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(OWN_ADDRESS).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 /// Serves the admin port until `stop` fires.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -369,6 +430,15 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
                 }
             },
         };
+        // The proxy itself, sent here by a client through the pod address or a Service that
+        // keeps the source address: the admin API is not for proxy clients.
+        if let Ok(local) = stream.local_addr()
+            && crate::access::ip_guard::is_self_connection(peer, local)
+        {
+            tracing::warn!(client = %peer, "admin connection from this proxy's own address refused (a proxy client aimed at the admin port)");
+            tokio::spawn(refuse_own(stream));
+            continue;
+        }
         let admin = admin.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -389,5 +459,21 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }

@@ -82,6 +82,13 @@ pub fn host_of(url: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
+/// A logged URL without its query string (and fragment): URLs carry tokens there
+/// (`?token=`, signed download links), and the status page is shown to more people than
+/// the access log.
+pub fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
 impl LiveStats {
     pub fn observe(&self, rec: &AccessRecord) {
         let now = now_secs();
@@ -157,7 +164,7 @@ impl LiveStats {
                 t: now,
                 label,
                 status: rec.status,
-                url: rec.url.clone(),
+                url: without_query(&rec.url).to_string(),
                 message: rec.error_message.clone().unwrap_or_default(),
             });
             s.errors.truncate(MAX_ERRORS);
@@ -239,6 +246,24 @@ mod tests {
         assert_eq!(host_of("http://[::1]:81/"), "::1");
         assert_eq!(host_of("registry.example:443"), "registry.example");
         assert_eq!(host_of("error:invalid-request"), "error");
+    }
+
+    #[test]
+    fn errors_show_the_path_only() {
+        assert_eq!(without_query("http://a/p?token=s3cret"), "http://a/p");
+        assert_eq!(without_query("http://a/p#x"), "http://a/p");
+        assert_eq!(without_query("a:443"), "a:443");
+        let st = LiveStats::default();
+        let mut r = AccessRecord::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "GET",
+            "http://a/dl?token=s3cret".into(),
+        );
+        r.error = Some("ERR_CONNECT_FAIL");
+        st.observe(&r);
+        let s = st.snapshot();
+        assert_eq!(s.errors[0].url, "http://a/dl");
+        assert!(!serde_json::to_string(&s).unwrap().contains("s3cret"));
     }
 
     #[test]

@@ -477,7 +477,7 @@ impl Disk {
     /// Counts a write error; a full disk is logged once and makes room.
     fn write_failed(&self, e: io::Error) -> io::Error {
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-        if e.raw_os_error() == Some(28) {
+        if is_disk_full(&e) {
             if !self.full_warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "cache disk is full: proxying uncached while old entries are evicted"
@@ -524,6 +524,16 @@ impl Disk {
     pub fn capacity(&self) -> u64 {
         self.max_bytes
     }
+}
+
+/// Whether a write failed for want of space: a full filesystem, or a quota (container
+/// volumes often have one) that is full; either way evicting makes room. By kind, not by a
+/// platform's errno number.
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Reads the trailer that follows the body and compares it with the running checksum.
@@ -631,5 +641,24 @@ impl Drop for DiskWriter {
             // A partial entry never leaves tmp/; removing it is all that is left to do.
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_known_by_its_kind() {
+        assert!(is_disk_full(&io::Error::from(io::ErrorKind::StorageFull)));
+        assert!(is_disk_full(&io::Error::new(
+            io::ErrorKind::QuotaExceeded,
+            "volume quota"
+        )));
+        // ENOSPC as the OS reports it.
+        assert!(is_disk_full(&io::Error::from_raw_os_error(28)));
+        assert!(!is_disk_full(&io::Error::from(
+            io::ErrorKind::PermissionDenied
+        )));
     }
 }

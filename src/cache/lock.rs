@@ -1,7 +1,8 @@
 //! Request coalescing (after pingora's `lock.rs`): the first miss for a URL becomes the
 //! leader and gets a [`Permit`]; later misses for the same URL follow it and wait for its
-//! outcome: a fill to read from as it streams, or word that the response is not cacheable (or
-//! failed), in which case each follower goes upstream itself. Dropping a permit without
+//! outcome: a fill to read from as it streams, word that the upstream failed (followers that
+//! may be served a stale entry are, like the leader), or word that the response is not
+//! cacheable, in which case each follower goes upstream itself. Dropping a permit without
 //! resolving it counts as a failure, so followers are never left waiting (RAII).
 
 use std::collections::HashMap;
@@ -18,6 +19,9 @@ pub enum Outcome {
     Fill(Arc<Fill>),
     /// The response was not stored (uncacheable, an error, a 304...): go upstream yourself.
     Uncached,
+    /// The upstream failed (no answer, or an error status where the stored entry was served
+    /// stale instead): serve the stored entry stale if it may be, else go upstream yourself.
+    Failed,
 }
 
 type Slot = watch::Sender<Option<Outcome>>;

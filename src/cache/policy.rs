@@ -1,10 +1,24 @@
-//! RFC 9111 decisions, through `http-cache-semantics` (`shared: true`), with its RFC 7234
-//! leftovers corrected: no `Warning` header is ever produced (RFC 9111 §5.5 obsoletes it),
-//! `Date` is written in IMF-fixdate (RFC 9110 §5.6.7), and dates the origin sent in the
-//! obsolete RFC 850 or asctime forms are normalised before the crate sees them. Artifact rules
-//! ([`super::rules`]) are applied here by rewriting the freshness the policy is built from, and
-//! the RFC 5861 extensions (`stale-while-revalidate`, `stale-if-error`) are read here too.
+//! RFC 9111 decisions, through `http-cache-semantics` (`shared: true`), with what the crate gets
+//! wrong for RFC 9111 corrected here:
+//! - no `Warning` header is ever produced (RFC 9111 §5.5 obsoletes it);
+//! - a stored response keeps the origin's `Date` (RFC 9110 §6.6.1), in IMF-fixdate
+//!   (RFC 9110 §5.6.7), and dates in the obsolete RFC 850 or asctime forms are normalised
+//!   before the crate sees them;
+//! - `Cache-Control` directive names are case-insensitive (RFC 9111 §5.2), `Age` is read by
+//!   its first member (§5.1), `proxy-revalidate`, `s-maxage` and `no-cache` forbid serving
+//!   stale even to a client that sends `max-stale` (§4.2.4);
+//! - every final status the cache understands is storable with explicit freshness (§3), not
+//!   only the crate's short list;
+//! - a response to a request with `Authorization` (§3.5) is stored only when it says `public`,
+//!   `s-maxage` or `must-revalidate`, no artifact rule overrides that, and it is revalidated
+//!   for each request with other credentials; `Set-Cookie` is never stored, so no client is
+//!   served another's cookie.
+//!
+//! Artifact rules ([`super::rules`]) are applied here by rewriting the freshness the policy is
+//! built from, and the RFC 5861 extensions (`stale-while-revalidate`, `stale-if-error`) are
+//! read here too.
 
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 #[cfg(test)]
@@ -22,6 +36,32 @@ const REQUEST_HOP: [&str; 4] = [
     "connection",
     "te",
 ];
+
+/// Response fields meant for the one client a response was sent to: never stored, so never
+/// served to another client from the cache (RFC 6265 §8: cookies carry session state).
+const PER_CLIENT: [&str; 2] = ["set-cookie", "set-cookie2"];
+
+/// Statuses `http-cache-semantics` stores (its `UNDERSTOOD_STATUSES`).
+const CRATE_UNDERSTOOD: [u16; 14] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
+
+/// RFC 9111 §3: a cache stores a response only if "the response status code is final" and
+/// understood by the cache. These are the final statuses RFC 9110 §15 defines (206 and 304
+/// are never stored as responses of their own), except the authentication challenges 401 and
+/// 407 and the refusal 403: they answer the credentials a request carried, which are not part
+/// of the key, so a stored one would refuse clients that have the right credentials.
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=205 | 300..=305 | 307 | 308 | 400 | 402 | 404..=406 | 408..=417 | 421 | 422 | 426
+            | 500..=505
+    )
+}
+
+/// The greatest `Age` taken into account (RFC 9111 §1.2.2: an overflowing delta-seconds "MUST
+/// [be considered] to be 2147483648"); it also keeps the crate's age arithmetic from overflowing.
+const MAX_AGE_VALUE: u64 = 1 << 31;
 
 /// The policy of one stored response plus what `http-cache-semantics` does not know.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -46,6 +86,24 @@ pub struct StoredPolicy {
     /// [`policy_view`]); fresh answers carry the original.
     #[serde(default)]
     origin_cache_control: Option<String>,
+    /// The `Date` answers from the cache carry: the origin's (RFC 9110 §6.6.1), or when the
+    /// response was received if it had none. `None` in entries written before it was kept.
+    #[serde(default)]
+    date: Option<String>,
+    /// The response was obtained by a request with `Authorization` (RFC 9111 §3.5).
+    #[serde(default)]
+    credentialed: bool,
+    /// For a credentialed entry: the keyed fingerprint of the `Authorization` of the request
+    /// that last fetched or validated it (`None`: a request without one). Another request is
+    /// served the entry only after revalidating with its own credentials.
+    #[serde(default)]
+    credentials: Option<String>,
+    /// False in entries written before the two fields above were recorded: whether such an
+    /// entry answered a request with `Authorization` is unknown (earlier versions stored some
+    /// under artifact rules), so it is revalidated once before any reuse; the 304 (or new
+    /// response) records it properly.
+    #[serde(default)]
+    recorded: bool,
 }
 
 /// What a lookup decided.
@@ -58,7 +116,9 @@ pub enum Freshness {
 }
 
 /// The request as the policy sees it: absolute URI, `Host`, no hop-by-hop fields, `Vary`'d
-/// fields normalised, and the client's reload directives dropped when the rule says so.
+/// fields normalised, `Cache-Control`/`Pragma` directive names lower-cased, and the client's
+/// reload directives dropped when the rule says so (never for a request with credentials:
+/// artifact rules do not apply to those).
 pub fn request_view(
     method: &Method,
     uri: &Uri,
@@ -73,6 +133,9 @@ pub fn request_view(
     if let Ok(v) = HeaderValue::from_str(authority) {
         h.insert(header::HOST, v);
     }
+    lowercase_directive_names(&mut h, header::CACHE_CONTROL);
+    lowercase_directive_names(&mut h, header::PRAGMA);
+    let rule = rule.filter(|_| !h.contains_key(header::AUTHORIZATION));
     if rule.is_some_and(|r| r.ignore_client_no_cache) {
         h.remove(header::PRAGMA);
         let kept: Vec<String> = h
@@ -100,11 +163,66 @@ pub fn request_view(
     req.into_parts().0
 }
 
+/// Removes the fields meant for one client only ([`PER_CLIENT`]) from fields to be stored or
+/// served from the cache.
+pub fn strip_per_client(h: &mut HeaderMap) {
+    for n in PER_CLIENT {
+        h.remove(n);
+    }
+}
+
+/// The fields of `h` meant for the client it was sent to (its `Set-Cookie`).
+pub fn per_client_fields(h: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
+    h.iter()
+        .filter(|(n, _)| PER_CLIENT.contains(&n.as_str()))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
 fn response(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
     let mut r = http::Response::new(());
     *r.status_mut() = status;
     *r.headers_mut() = headers;
     r.into_parts().0
+}
+
+/// RFC 9111 §5.2: "Cache directives are identified by a token, to be compared
+/// case-insensitively" (the crate compares them as sent). Pragma's `no-cache` likewise.
+fn lowercase_directive_names(h: &mut HeaderMap, name: header::HeaderName) {
+    let lines: Vec<HeaderValue> = h.get_all(&name).iter().cloned().collect();
+    if lines.is_empty() {
+        return;
+    }
+    let mut changed = false;
+    let mut out = Vec::with_capacity(lines.len());
+    for line in lines {
+        let Ok(s) = line.to_str() else {
+            out.push(line);
+            continue;
+        };
+        let rewritten = s
+            .split(',')
+            .map(|d| match d.split_once('=') {
+                Some((k, v)) => format!("{}={v}", k.to_ascii_lowercase()),
+                None => d.to_ascii_lowercase(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        if rewritten == s {
+            out.push(line);
+        } else if let Ok(v) = HeaderValue::from_str(&rewritten) {
+            changed = true;
+            out.push(v);
+        } else {
+            out.push(line);
+        }
+    }
+    if changed {
+        h.remove(&name);
+        for v in out {
+            h.append(&name, v);
+        }
+    }
 }
 
 /// Response `Cache-Control` directives, lower-cased, with their values.
@@ -134,6 +252,23 @@ fn seconds(dirs: &[(String, Option<String>)], name: &str) -> Option<Duration> {
         .find(|(k, _)| k == name)
         .and_then(|(_, v)| v.as_deref()?.parse::<u64>().ok())
         .map(Duration::from_secs)
+}
+
+/// RFC 9111 §5.1: "a cache encountering a message with a list-based Age field value SHOULD use
+/// the first member of the field value, discarding subsequent ones. If the field value (after
+/// discarding additional members ...) is invalid ..., a cache SHOULD ignore the field." Several
+/// field lines are one list (RFC 9110 §5.3).
+fn age_value(h: &HeaderMap) -> Option<u64> {
+    let first = h.get(header::AGE)?.to_str().ok()?;
+    let member = first.split(',').next()?.trim();
+    if member.is_empty() || !member.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        member
+            .parse::<u64>()
+            .map_or(MAX_AGE_VALUE, |a| a.min(MAX_AGE_VALUE)),
+    )
 }
 
 /// Rewrites obsolete date formats as IMF-fixdate; drops dates that cannot be parsed
@@ -168,7 +303,8 @@ fn normalise_dates(h: &mut HeaderMap) {
 /// selected (`gzip,deflate` against a stored `gzip, deflate`).
 fn normalise_vary(req: &http::request::Parts, vary: &[String]) -> http::request::Parts {
     let mut out = req.clone();
-    for name in vary {
+    // Fields compared exactly are left as sent (their normalised form is not a field value).
+    for name in vary.iter().filter(|n| super::key::is_normalised_field(n)) {
         let Ok(n) = header::HeaderName::from_bytes(name.as_bytes()) else {
             continue;
         };
@@ -181,22 +317,84 @@ fn normalise_vary(req: &http::request::Parts, vary: &[String]) -> http::request:
     out
 }
 
-/// The response fields as `http-cache-semantics` is given them. It treats `proxy-revalidate`
-/// as zero freshness in a shared cache, but RFC 9111 §5.2.2.8 makes it `must-revalidate` for
-/// shared caches (it only matters once the response is stale): the policy gets that instead.
-/// Returns the original `Cache-Control` when it was edited.
-fn policy_view(h: &mut HeaderMap) -> Option<String> {
-    let dirs = directives(h);
-    if !dirs.iter().any(|(k, _)| k == "proxy-revalidate") {
-        return None;
+/// The request as the crate stores it (it is written to disk with the entry): only what its
+/// decisions read -- `Host`, the request's `Cache-Control`/`Pragma`, the `Vary`'d fields --
+/// and whether `Authorization` was present, never the credentials themselves (nor cookies).
+fn stored_request(req: &http::request::Parts, vary: &[String]) -> http::request::Parts {
+    let mut out = req.clone();
+    let keep =
+        |n: &str| matches!(n, "host" | "cache-control" | "pragma") || vary.iter().any(|v| v == n);
+    let names: Vec<header::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| !keep(n.as_str()))
+        .cloned()
+        .collect();
+    for n in names {
+        out.headers.remove(&n);
     }
-    let original = h
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let has_must = dirs.iter().any(|(k, _)| k == "must-revalidate");
+    if req.headers.contains_key(header::AUTHORIZATION) && !keep("authorization") {
+        out.headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("[credentials]"),
+        );
+    }
+    out
+}
+
+/// The `Authorization` of a request (every line), if any.
+fn authorization(req: &http::request::Parts) -> Option<Vec<u8>> {
+    let mut lines = req.headers.get_all(header::AUTHORIZATION).iter().peekable();
+    lines.peek()?;
+    Some(lines.map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b'\n'))
+}
+
+/// A fingerprint of credentials that tells two requests' credentials apart without keeping
+/// them: HMAC-SHA256 under a key made at start and never written anywhere, so entries on disk
+/// hold nothing that can be tested against guessed passwords (after a restart their
+/// fingerprints match nothing and credentialed entries are revalidated). Empty when no key
+/// could be made (then credentials never match).
+fn fingerprint(credentials: &[u8]) -> String {
+    static KEY: OnceLock<Option<ring::hmac::Key>> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new()).ok()
+    });
+    match key {
+        Some(k) => hex::encode(ring::hmac::sign(k, credentials).as_ref()),
+        None => String::new(),
+    }
+}
+
+/// The response fields as `http-cache-semantics` is given them:
+/// - directive names lower-cased (RFC 9111 §5.2; the crate matches them as sent);
+/// - `proxy-revalidate`: the crate treats it as zero freshness in a shared cache, but RFC 9111
+///   §5.2.2.8 makes it `must-revalidate` for shared caches (it only matters once stale);
+/// - `s-maxage` (§5.2.2.10: it "also implies the semantics of proxy-revalidate") and
+///   `no-cache` (§5.2.2.4: never used "without successful validation") get `must-revalidate`
+///   too: the crate would otherwise serve them stale to a client sending `max-stale`;
+/// - `Age` by its first member ([`age_value`]);
+/// - no `Set-Cookie` (never stored); a response that set one is revalidated on every use
+///   unless it says `public` or `immutable` or an immutable artifact rule applies (the crate's
+///   own rule, kept: a page that sets a session is likely personal).
+///
+/// Returns the original `Cache-Control` when it was edited.
+fn policy_view(h: &mut HeaderMap, immutable_rule: bool) -> Option<String> {
+    let dirs = directives(h);
+    let has = |n: &str| dirs.iter().any(|(k, _)| k == n);
+    let cookie = PER_CLIENT.iter().any(|n| h.contains_key(*n));
+    strip_per_client(h);
+    match age_value(h) {
+        Some(a) => {
+            h.insert(header::AGE, HeaderValue::from(a));
+        }
+        None => {
+            h.remove(header::AGE);
+        }
+    }
+    lowercase_directive_names(h, header::PRAGMA);
+    let add_no_cache = cookie && !has("public") && !has("immutable") && !immutable_rule;
+    let add_must = !has("must-revalidate")
+        && (has("proxy-revalidate") || has("s-maxage") || has("no-cache") || add_no_cache);
     let edited: Vec<String> = dirs
         .iter()
         .filter(|(k, _)| k != "proxy-revalidate")
@@ -204,13 +402,26 @@ fn policy_view(h: &mut HeaderMap) -> Option<String> {
             Some(v) => format!("{k}={v}"),
             None => k.clone(),
         })
-        .chain((!has_must).then(|| "must-revalidate".to_string()))
+        .chain(add_no_cache.then(|| "no-cache".to_string()))
+        .chain(add_must.then(|| "must-revalidate".to_string()))
         .collect();
+    let original = h
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let edited = edited.join(", ");
+    if edited == original {
+        return None;
+    }
     h.remove(header::CACHE_CONTROL);
-    if let Ok(v) = HeaderValue::from_str(&edited.join(", ")) {
+    if !edited.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&edited)
+    {
         h.insert(header::CACHE_CONTROL, v);
     }
-    Some(original)
+    (!original.is_empty()).then_some(original)
 }
 
 impl StoredPolicy {
@@ -222,22 +433,54 @@ impl StoredPolicy {
         response_time: SystemTime,
         rule: Option<&Rule>,
     ) -> Option<StoredPolicy> {
+        let credentials = authorization(req);
+        // Artifact rules never apply to credentialed requests: their freshness would override
+        // RFC 9111 §3.5.
+        let rule = rule.filter(|_| credentials.is_none());
         let mut h = headers.clone();
         h.remove("warning");
         normalise_dates(&mut h);
+        let dirs = directives(&h);
+        let has = |n: &str| dirs.iter().any(|(k, _)| k == n);
+        // RFC 9111 §3.5: "A shared cache MUST NOT use a cached response to a request with an
+        // Authorization header field ... unless ... a response directive that allows such
+        // responses to be stored is present": must-revalidate, public, s-maxage.
+        if credentials.is_some() && !(has("public") || has("s-maxage") || has("must-revalidate")) {
+            return None;
+        }
+        if !understood(status) {
+            return None;
+        }
+        // A final status the crate does not know is stored with explicit freshness (§3: "the
+        // response ... contains ... a max-age response directive ... s-maxage ... Expires");
+        // the crate is given 200 in its place (explicit freshness wins over its heuristics,
+        // and the entry keeps the real status).
+        let explicit = has("max-age") || has("s-maxage") || h.contains_key(header::EXPIRES);
+        let crate_status = if CRATE_UNDERSTOOD.contains(&status.as_u16()) {
+            status
+        } else if explicit {
+            StatusCode::OK
+        } else {
+            return None;
+        };
+        let date = h
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| httpdate::fmt_http_date(response_time));
         let opts = CacheOptions {
             shared: true,
             ..CacheOptions::default()
         };
         let (vary, _) = super::key::vary_names(&h);
-        let req = &normalise_vary(req, &vary);
-        let dirs = directives(&h);
+        let req = &stored_request(&normalise_vary(req, &vary), &vary);
+        let immutable = rule.is_some_and(|r| r.is_immutable());
         let mut viewed = h.clone();
-        let origin_cache_control = policy_view(&mut viewed);
-        let first = CachePolicy::new_options(req, &response(status, viewed), response_time, opts);
-        let has = |n: &str| dirs.iter().any(|(k, _)| k == n);
+        let origin_cache_control = policy_view(&mut viewed, immutable);
+        let first =
+            CachePolicy::new_options(req, &response(crate_status, viewed), response_time, opts);
         let mut storable = first.is_storable();
-        if !storable && rule.is_some_and(|r| r.is_immutable()) {
+        if !storable && immutable {
             // Immutable artifacts are stored unless the origin forbids storing outright.
             storable = !has("no-store") && !has("private") && status == StatusCode::OK;
         }
@@ -250,7 +493,6 @@ impl StoredPolicy {
         let (policy, lifetime, no_stale) = match rule {
             Some(r) => {
                 let lifetime = r.clamp(origin_lifetime);
-                let immutable = r.is_immutable();
                 let kept: Vec<String> = dirs
                     .iter()
                     .filter(|(k, _)| {
@@ -273,8 +515,9 @@ impl StoredPolicy {
                 if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
                     h.insert(header::CACHE_CONTROL, v);
                 }
-                policy_view(&mut h);
-                let p = CachePolicy::new_options(req, &response(status, h), response_time, opts);
+                policy_view(&mut h, immutable);
+                let p =
+                    CachePolicy::new_options(req, &response(crate_status, h), response_time, opts);
                 (p, lifetime, no_stale_directives && !immutable)
             }
             None => (first, origin_lifetime, no_stale_directives),
@@ -290,16 +533,42 @@ impl StoredPolicy {
             rule: rule.map(|r| r.name.clone()),
             vary,
             origin_cache_control,
+            date: Some(date),
+            credentialed: credentials.is_some(),
+            credentials: credentials.map(|c| fingerprint(&c)),
+            recorded: true,
         })
+    }
+
+    /// Whether the stored response may be reused for `req` without contacting the origin with
+    /// `req`'s own credentials: always for a response to a request without `Authorization`;
+    /// for one with, only for the credentials that last fetched or validated it.
+    pub fn may_reuse(&self, req: &http::request::Parts) -> bool {
+        if !self.recorded {
+            return false;
+        }
+        if !self.credentialed {
+            return true;
+        }
+        match (authorization(req), &self.credentials) {
+            (None, None) => true,
+            (Some(a), Some(fp)) => !fp.is_empty() && fingerprint(&a) == *fp,
+            _ => false,
+        }
     }
 
     /// Decides whether the stored response answers `req` now.
     pub fn lookup(&self, req: &http::request::Parts, now: SystemTime) -> Freshness {
-        match self
-            .policy
-            .before_request(&normalise_vary(req, &self.vary), now)
-        {
-            BeforeRequest::Fresh(parts) => {
+        let mut view = normalise_vary(req, &self.vary);
+        let reuse = self.may_reuse(req);
+        if !reuse {
+            // Revalidate with this request's credentials: the crate builds the conditional
+            // request when told the client wants no stored answer without validation.
+            view.headers
+                .append(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        match self.policy.before_request(&view, now) {
+            BeforeRequest::Fresh(parts) if reuse => {
                 let mut h = parts.headers;
                 if let Some(v) = self
                     .origin_cache_control
@@ -308,14 +577,22 @@ impl StoredPolicy {
                 {
                     h.insert(header::CACHE_CONTROL, v);
                 }
-                Freshness::Fresh(fix_response_headers(h, now))
+                Freshness::Fresh(self.fix_response_headers(h, now))
             }
+            // Not reached (a request with `no-cache` is never fresh); unconditional if it were.
+            BeforeRequest::Fresh(_) => Freshness::Stale(req.headers.clone()),
             BeforeRequest::Stale { request, .. } => {
-                // The request goes upstream with the client's own values of the Vary'd fields.
+                // The request goes upstream with the client's own values of the Vary'd fields
+                // (and its own Cache-Control).
                 let mut h = request.headers;
-                for name in &self.vary {
-                    h.remove(name.as_str());
-                    for v in req.headers.get_all(name.as_str()) {
+                let client_fields = self
+                    .vary
+                    .iter()
+                    .map(String::as_str)
+                    .chain((!reuse).then_some("cache-control"));
+                for name in client_fields {
+                    h.remove(name);
+                    for v in req.headers.get_all(name) {
                         if let Ok(n) = header::HeaderName::from_bytes(name.as_bytes()) {
                             h.append(n, v.clone());
                         }
@@ -327,13 +604,13 @@ impl StoredPolicy {
     }
 
     /// The headers to send with a stored response served without contacting the origin
-    /// (stale serving): the stored fields with `Age` and `Date` brought up to date.
+    /// (stale serving): the stored fields with `Age` brought up to date.
     pub fn stale_headers(&self, stored: &HeaderMap, now: SystemTime) -> HeaderMap {
         let mut h = stored.clone();
         if let Ok(v) = HeaderValue::from_str(&self.policy.age(now).as_secs().to_string()) {
             h.insert(header::AGE, v);
         }
-        fix_response_headers(h, now)
+        self.fix_response_headers(h, now)
     }
 
     /// How long past its freshness the entry is at `now` (zero while fresh).
@@ -345,25 +622,36 @@ impl StoredPolicy {
         self.policy.age(now)
     }
 
-    /// RFC 5861 §3: may be served while a background revalidation runs.
-    pub fn may_serve_while_revalidating(&self, now: SystemTime) -> bool {
-        !self.no_stale && self.swr.is_some_and(|w| self.staleness(now) <= w)
+    /// RFC 5861 §3: may be served to `req` while a background revalidation runs.
+    pub fn may_serve_while_revalidating(
+        &self,
+        req: &http::request::Parts,
+        now: SystemTime,
+    ) -> bool {
+        self.may_reuse(req) && !self.no_stale && self.swr.is_some_and(|w| self.staleness(now) <= w)
     }
 
-    /// RFC 5861 §4 and `--serve-stale-on-error`: may be served when the origin fails.
-    pub fn may_serve_on_error(&self, now: SystemTime, default_window: Duration) -> bool {
-        if self.no_stale {
+    /// RFC 5861 §4 and `--serve-stale-on-error`: may be served to `req` when the origin fails.
+    pub fn may_serve_on_error(
+        &self,
+        req: &http::request::Parts,
+        now: SystemTime,
+        default_window: Duration,
+    ) -> bool {
+        if self.no_stale || !self.may_reuse(req) {
             return false;
         }
         self.staleness(now) <= self.sie.unwrap_or_default().max(default_window)
     }
 
     /// Merges a 304 into the stored response (RFC 9111 §4.3.4) and re-derives the policy
-    /// (artifact rules included). `stored` are the entry's fields. `None` when the 304 does not
-    /// match the stored response.
+    /// (artifact rules included). `status` and `stored` are the entry's status and fields.
+    /// `None` when the 304 does not match the stored response. The merged fields hold nothing
+    /// meant for one client only (the 304's `Set-Cookie` is for the client that asked).
     pub fn after_not_modified(
         &self,
         req: &http::request::Parts,
+        status: StatusCode,
         stored: &HeaderMap,
         not_modified: &HeaderMap,
         now: SystemTime,
@@ -380,7 +668,8 @@ impl StoredPolicy {
                 }
             }
         }
-        policy_view(&mut nm);
+        strip_per_client(&mut nm);
+        policy_view(&mut nm, false);
         let resp = response(StatusCode::NOT_MODIFIED, nm);
         match self
             .policy
@@ -403,6 +692,7 @@ impl StoredPolicy {
                 }
                 h.remove(header::AGE);
                 h.remove("warning");
+                strip_per_client(&mut h);
                 match not_modified.get(header::DATE) {
                     Some(d) => {
                         h.insert(header::DATE, d.clone());
@@ -411,21 +701,38 @@ impl StoredPolicy {
                         h.remove(header::DATE);
                     }
                 }
-                let status = parts.status;
-                StoredPolicy::new(req, status, &h, now, rule).map(|p| (p, status, h))
+                // An entry fetched without credentials stays one: the 304 to a credentialed
+                // request vouches for the same representation. A credentialed entry stays
+                // credentialed, now bound to the credentials that validated it.
+                let mut entry_req = req.clone();
+                if !self.credentialed {
+                    entry_req.headers.remove(header::AUTHORIZATION);
+                }
+                let mut p = StoredPolicy::new(&entry_req, status, &h, now, rule)?;
+                if self.credentialed && !p.credentialed {
+                    p.credentialed = true;
+                    p.credentials = None;
+                }
+                Some((p, status, h))
             }
             AfterResponse::Modified(..) => None,
         }
     }
-}
 
-/// No `Warning` (obsolete), `Date` in IMF-fixdate.
-fn fix_response_headers(mut h: HeaderMap, now: SystemTime) -> HeaderMap {
-    h.remove("warning");
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
-        h.insert(header::DATE, v);
+    /// No `Warning` (obsolete), the stored `Date` (RFC 9110 §6.6.1: the origin's time; `Age`
+    /// carries the time since), nothing meant for another client.
+    fn fix_response_headers(&self, mut h: HeaderMap, now: SystemTime) -> HeaderMap {
+        h.remove("warning");
+        strip_per_client(&mut h);
+        let date = self
+            .date
+            .clone()
+            .unwrap_or_else(|| httpdate::fmt_http_date(now));
+        if let Ok(v) = HeaderValue::from_str(&date) {
+            h.insert(header::DATE, v);
+        }
+        h
     }
-    h
 }
 
 #[cfg(test)]
@@ -540,16 +847,32 @@ mod tests {
             )
             .is_some()
         );
-        assert!(
+        // RFC 9111 §3: a final status the cache understands is stored with explicit
+        // freshness, not without (500 is not cacheable by default).
+        let status = |s: u16, h: &[(&str, &str)]| {
             StoredPolicy::new(
                 &req(&[]),
-                StatusCode::from_u16(500).unwrap(),
-                &resp(&[("cache-control", "max-age=60")]),
+                StatusCode::from_u16(s).unwrap(),
+                &resp(h),
                 now,
-                None
+                None,
             )
-            .is_none()
-        );
+        };
+        for s in [400, 500, 502, 503, 504] {
+            assert!(
+                status(s, &[("cache-control", "max-age=60")]).is_some(),
+                "{s}"
+            );
+            assert!(status(s, &[]).is_none(), "{s}");
+        }
+        assert!(status(503, &[("expires", &httpdate::fmt_http_date(now))]).is_some());
+        assert!(status(404, &[]).is_some(), "cacheable by default");
+        for s in [103, 206, 299, 401, 403, 407, 418, 599] {
+            assert!(
+                status(s, &[("cache-control", "max-age=60")]).is_none(),
+                "{s}"
+            );
+        }
     }
 
     #[test]
@@ -660,7 +983,7 @@ mod tests {
         let nm = resp(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
         let stored = resp(&[("etag", "\"v1\"")]);
         let (p2, status, h) = p
-            .after_not_modified(&req(&[]), &stored, &nm, now, None)
+            .after_not_modified(&req(&[]), StatusCode::OK, &stored, &nm, now, None)
             .unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(p2.lifetime, Duration::from_secs(60));
@@ -668,7 +991,7 @@ mod tests {
         // A different validator does not match.
         let other = resp(&[("etag", "\"v2\"")]);
         assert!(
-            p.after_not_modified(&req(&[]), &stored, &other, now, None)
+            p.after_not_modified(&req(&[]), StatusCode::OK, &stored, &other, now, None)
                 .is_none()
         );
     }
@@ -681,7 +1004,7 @@ mod tests {
         let p = StoredPolicy::new(&req(&[]), StatusCode::OK, &stored, now, None).unwrap();
         let nm = resp(&[("cache-control", "max-age=60")]);
         let (p2, _, h) = p
-            .after_not_modified(&req(&[]), &stored, &nm, now, None)
+            .after_not_modified(&req(&[]), StatusCode::OK, &stored, &nm, now, None)
             .unwrap();
         assert_eq!(p2.lifetime, Duration::from_secs(60));
         assert_eq!(h["last-modified"], lm);
@@ -750,10 +1073,10 @@ mod tests {
         )
         .unwrap();
         let at = |s| now + Duration::from_secs(s);
-        assert!(p.may_serve_while_revalidating(at(30)));
-        assert!(!p.may_serve_while_revalidating(at(50)));
-        assert!(p.may_serve_on_error(at(60), Duration::from_secs(7 * 86400)));
-        assert!(!p.may_serve_on_error(at(100), Duration::ZERO));
+        assert!(p.may_serve_while_revalidating(&req(&[]), at(30)));
+        assert!(!p.may_serve_while_revalidating(&req(&[]), at(50)));
+        assert!(p.may_serve_on_error(&req(&[]), at(60), Duration::from_secs(7 * 86400)));
+        assert!(!p.may_serve_on_error(&req(&[]), at(100), Duration::ZERO));
         let strict = StoredPolicy::new(
             &req(&[]),
             StatusCode::OK,
@@ -762,6 +1085,371 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(!strict.may_serve_on_error(at(11), Duration::from_secs(86400)));
+        assert!(!strict.may_serve_on_error(&req(&[]), at(11), Duration::from_secs(86400)));
+    }
+
+    fn fresh(p: &StoredPolicy, r: &http::request::Parts, now: SystemTime) -> Option<HeaderMap> {
+        match p.lookup(r, now) {
+            Freshness::Fresh(h) => Some(h),
+            Freshness::Stale(_) => None,
+        }
+    }
+
+    #[test]
+    fn age_is_read_by_its_first_member() {
+        let now = SystemTime::now();
+        let with_age = |age: &str| {
+            StoredPolicy::new(
+                &req(&[]),
+                StatusCode::OK,
+                &resp(&[("cache-control", "max-age=3600"), ("age", age)]),
+                now,
+                None,
+            )
+            .unwrap()
+        };
+        assert!(fresh(&with_age("7200, 0"), &req(&[]), now).is_none());
+        assert!(fresh(&with_age("0, 7200"), &req(&[]), now).is_some());
+        assert!(fresh(&with_age("100"), &req(&[]), now).is_some());
+        // Invalid: ignored.
+        assert!(fresh(&with_age("-5"), &req(&[]), now).is_some());
+        assert!(fresh(&with_age("soon, 7200"), &req(&[]), now).is_some());
+        // Too large for the arithmetic: capped, stale, no overflow.
+        let huge = with_age("99999999999999999999999");
+        assert!(fresh(&huge, &req(&[]), now).is_none());
+        assert_eq!(huge.age(now), Duration::from_secs(MAX_AGE_VALUE));
+    }
+
+    #[test]
+    fn directive_names_are_case_insensitive() {
+        let now = SystemTime::now();
+        let p = |cc: &str| {
+            StoredPolicy::new(
+                &req(&[]),
+                StatusCode::OK,
+                &resp(&[("cache-control", cc)]),
+                now,
+                None,
+            )
+        };
+        assert!(p("No-Store, max-age=60").is_none());
+        assert!(p("PRIVATE, max-age=60").is_none());
+        let nc = p("Max-Age=60, No-Cache").unwrap();
+        assert!(fresh(&nc, &req(&[]), now).is_none());
+        assert!(nc.no_stale);
+        let ok = p("Max-Age=60").unwrap();
+        assert_eq!(ok.lifetime, Duration::from_secs(60));
+        let h = fresh(&ok, &req(&[]), now).unwrap();
+        assert_eq!(
+            h["cache-control"], "Max-Age=60",
+            "served as the origin wrote it"
+        );
+        assert!(fresh(&ok, &req(&[("cache-control", "No-Cache")]), now).is_none());
+        assert!(fresh(&ok, &req(&[("pragma", "No-Cache")]), now).is_none());
+    }
+
+    #[test]
+    fn no_cache_and_s_maxage_are_not_served_stale_to_max_stale() {
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(120);
+        let max_stale = req(&[("cache-control", "max-stale=3600")]);
+        for cc in [
+            "max-age=60, no-cache",
+            "s-maxage=60",
+            "max-age=60, proxy-revalidate",
+        ] {
+            let p = StoredPolicy::new(
+                &req(&[]),
+                StatusCode::OK,
+                &resp(&[("cache-control", cc)]),
+                now,
+                None,
+            )
+            .unwrap();
+            assert!(fresh(&p, &max_stale, later).is_none(), "{cc}");
+        }
+        // Control: without them the client may take a stale answer.
+        let p = StoredPolicy::new(
+            &req(&[]),
+            StatusCode::OK,
+            &resp(&[("cache-control", "max-age=60")]),
+            now,
+            None,
+        )
+        .unwrap();
+        assert!(fresh(&p, &max_stale, later).is_some());
+    }
+
+    #[test]
+    fn cached_answers_keep_the_origin_date() {
+        let t0 = SystemTime::now() - Duration::from_secs(50);
+        let date = httpdate::fmt_http_date(t0);
+        let now = SystemTime::now();
+        let stored = resp(&[
+            ("cache-control", "max-age=600, stale-if-error=600"),
+            ("date", &date),
+        ]);
+        let p = StoredPolicy::new(&req(&[]), StatusCode::OK, &stored, now, None).unwrap();
+        let later = now + Duration::from_secs(30);
+        assert_eq!(fresh(&p, &req(&[]), later).unwrap()["date"], date.as_str());
+        assert_eq!(p.stale_headers(&stored, later)["date"], date.as_str());
+        // An obsolete form is served in IMF-fixdate; none at all: when it was received.
+        let p = StoredPolicy::new(
+            &req(&[]),
+            StatusCode::OK,
+            &resp(&[
+                ("cache-control", "max-age=600"),
+                ("date", "Sunday, 06-Nov-94 08:49:37 GMT"),
+            ]),
+            now,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            fresh(&p, &req(&[]), later).unwrap()["date"],
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        let p = StoredPolicy::new(
+            &req(&[]),
+            StatusCode::OK,
+            &resp(&[("cache-control", "max-age=600")]),
+            now,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            fresh(&p, &req(&[]), later).unwrap()["date"],
+            httpdate::fmt_http_date(now).as_str()
+        );
+    }
+
+    #[test]
+    fn a_stand_in_status_is_kept_through_a_304() {
+        let now = SystemTime::now();
+        let stored = resp(&[("cache-control", "max-age=0"), ("etag", "\"e\"")]);
+        let p = StoredPolicy::new(
+            &req(&[]),
+            StatusCode::SERVICE_UNAVAILABLE,
+            &stored,
+            now,
+            None,
+        )
+        .unwrap();
+        let nm = resp(&[("cache-control", "max-age=60"), ("etag", "\"e\"")]);
+        let (p2, status, _) = p
+            .after_not_modified(
+                &req(&[]),
+                StatusCode::SERVICE_UNAVAILABLE,
+                &stored,
+                &nm,
+                now,
+                None,
+            )
+            .unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(p2.lifetime, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn credentialed_responses() {
+        let now = SystemTime::now();
+        let alice = req(&[("authorization", "Bearer alice-s3cret")]);
+        let bob = req(&[("authorization", "Bearer bob")]);
+        let anon = req(&[]);
+        let stored = resp(&[
+            (
+                "cache-control",
+                "public, max-age=600, stale-if-error=600, stale-while-revalidate=600",
+            ),
+            ("etag", "\"v1\""),
+        ]);
+        let p = StoredPolicy::new(&alice, StatusCode::OK, &stored, now, None).unwrap();
+        assert!(fresh(&p, &alice, now).is_some());
+        for other in [&bob, &anon] {
+            match p.lookup(other, now) {
+                Freshness::Stale(h) => {
+                    assert_eq!(h["if-none-match"], "\"v1\"");
+                    assert_eq!(
+                        h.get("authorization"),
+                        other.headers.get("authorization"),
+                        "revalidated with the client's own credentials"
+                    );
+                    assert!(h.get("cache-control").is_none());
+                }
+                Freshness::Fresh(_) => panic!("served to other credentials"),
+            }
+            let later = now + Duration::from_secs(700);
+            assert!(!p.may_serve_on_error(other, later, Duration::from_secs(86400)));
+            assert!(!p.may_serve_while_revalidating(other, later));
+        }
+        let later = now + Duration::from_secs(700);
+        assert!(p.may_serve_on_error(&alice, later, Duration::ZERO));
+        // Nothing of the credentials is kept (the policy is written to disk).
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("alice-s3cret"), "{json}");
+
+        // Validated by bob: now bob's, and still not anonymous.
+        let nm = resp(&[("etag", "\"v1\"")]);
+        let (pb, _, _) = p
+            .after_not_modified(&bob, StatusCode::OK, &stored, &nm, now, None)
+            .unwrap();
+        assert!(fresh(&pb, &bob, now).is_some());
+        assert!(fresh(&pb, &alice, now).is_none());
+        assert!(fresh(&pb, &anon, now).is_none());
+        // Validated without credentials: served to requests without them.
+        let (pa, _, _) = p
+            .after_not_modified(&anon, StatusCode::OK, &stored, &nm, now, None)
+            .unwrap();
+        assert!(fresh(&pa, &anon, now).is_some());
+        assert!(fresh(&pa, &alice, now).is_none());
+
+        // An entry fetched without credentials serves everyone.
+        let open = StoredPolicy::new(&anon, StatusCode::OK, &stored, now, None).unwrap();
+        assert!(fresh(&open, &alice, now).is_some());
+        // ... and stays so when a credentialed request validates it.
+        let (po, _, _) = open
+            .after_not_modified(&alice, StatusCode::OK, &stored, &nm, now, None)
+            .unwrap();
+        assert!(fresh(&po, &anon, now).is_some());
+    }
+
+    #[test]
+    fn artifact_rules_never_apply_to_credentialed_requests() {
+        let rules = Rules::default();
+        let rule = rules.classify("http://h/-/a-1.0.0.tgz");
+        assert!(rule.is_some());
+        let view = |h: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in h {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            request_view(
+                &Method::GET,
+                &"http://h/-/a-1.0.0.tgz".parse().unwrap(),
+                "h",
+                &m,
+                rule,
+            )
+        };
+        let now = SystemTime::now();
+        let authed = view(&[
+            ("authorization", "Basic dTpw"),
+            ("cache-control", "no-cache"),
+        ]);
+        assert_eq!(
+            authed.headers["cache-control"], "no-cache",
+            "client reload kept"
+        );
+        assert!(StoredPolicy::new(&authed, StatusCode::OK, &HeaderMap::new(), now, rule).is_none());
+        let p = StoredPolicy::new(
+            &authed,
+            StatusCode::OK,
+            &resp(&[("cache-control", "public, max-age=60")]),
+            now,
+            rule,
+        )
+        .unwrap();
+        assert_eq!(p.lifetime, Duration::from_secs(60));
+        assert!(p.rule.is_none());
+        // Control: without credentials the rule applies.
+        let p =
+            StoredPolicy::new(&view(&[]), StatusCode::OK, &HeaderMap::new(), now, rule).unwrap();
+        assert!(p.lifetime >= Duration::from_secs(365 * 24 * 3600));
+    }
+
+    #[test]
+    fn entries_from_before_credentials_were_recorded_are_revalidated_once() {
+        let now = SystemTime::now();
+        let stored = resp(&[("cache-control", "public, max-age=600"), ("etag", "\"v1\"")]);
+        let p = StoredPolicy::new(&req(&[]), StatusCode::OK, &stored, now, None).unwrap();
+        let mut json = serde_json::to_value(&p).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        for field in ["credentialed", "credentials", "recorded", "date"] {
+            obj.remove(field);
+        }
+        let legacy: StoredPolicy = serde_json::from_value(json).unwrap();
+        assert!(fresh(&legacy, &req(&[]), now).is_none());
+        let later = now + Duration::from_secs(700);
+        assert!(!legacy.may_serve_on_error(&req(&[]), later, Duration::from_secs(86400)));
+        let (p2, _, _) = legacy
+            .after_not_modified(
+                &req(&[]),
+                StatusCode::OK,
+                &stored,
+                &resp(&[("etag", "\"v1\"")]),
+                now,
+                None,
+            )
+            .unwrap();
+        assert!(fresh(&p2, &req(&[]), now).is_some());
+    }
+
+    #[test]
+    fn set_cookie_is_never_served_from_the_cache() {
+        let now = SystemTime::now();
+        let stored = resp(&[
+            ("cache-control", "public, max-age=600"),
+            ("set-cookie", "sid=1"),
+        ]);
+        let p = StoredPolicy::new(&req(&[]), StatusCode::OK, &stored, now, None).unwrap();
+        let h = fresh(&p, &req(&[]), now).unwrap();
+        assert!(h.get("set-cookie").is_none());
+        assert!(p.stale_headers(&stored, now).get("set-cookie").is_none());
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("sid=1"), "{json}");
+        // Without `public` a response that set a cookie is revalidated on every use.
+        let p = StoredPolicy::new(
+            &req(&[]),
+            StatusCode::OK,
+            &resp(&[("cache-control", "max-age=600"), ("set-cookie", "sid=1")]),
+            now,
+            None,
+        )
+        .unwrap();
+        assert!(fresh(&p, &req(&[]), now).is_none());
+        // A 304's cookie is not merged into the entry.
+        let (_, _, merged) = p
+            .after_not_modified(
+                &req(&[]),
+                StatusCode::OK,
+                &stored,
+                &resp(&[("set-cookie", "sid=2")]),
+                now,
+                None,
+            )
+            .unwrap();
+        assert!(merged.get("set-cookie").is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever the origin's Age, Cache-Control and Date, building the policy and looking
+        /// it up later never panics (the crate's Duration arithmetic included).
+        #[test]
+        fn response_fields_never_panic(
+            age in "[ -~]{0,24}",
+            cc in "[ -~]{0,40}",
+            date in "[ -~]{0,32}",
+            status in 100u16..600,
+            later in 0u64..(100 * 365 * 86400),
+        ) {
+            let mut h = HeaderMap::new();
+            let fields = [("age", &age), ("cache-control", &cc), ("date", &date)];
+            for (n, v) in fields.into_iter().chain([("expires", &date)]) {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    h.insert(n, v);
+                }
+            }
+            let now = SystemTime::now();
+            let Ok(status) = StatusCode::from_u16(status) else { return Ok(()); };
+            if let Some(p) = StoredPolicy::new(&req(&[]), status, &h, now, None) {
+                let at = now + Duration::from_secs(later);
+                let _ = p.lookup(&req(&[("cache-control", "max-stale")]), at);
+                let _ = p.stale_headers(&h, at);
+                let _ = p.may_serve_on_error(&req(&[]), at, Duration::from_secs(1 << 40));
+            }
+        }
     }
 }

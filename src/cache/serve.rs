@@ -11,20 +11,24 @@ use http_body_util::BodyExt;
 
 use crate::http::body::{Body, boxed, empty, full};
 
-/// Most ranges honoured in one request; more is treated as a plain GET (RFC 9110 §14.2
-/// allows ignoring Range).
+/// Most range-specs honoured in one request; more is treated as a plain GET (RFC 9110 §14.2:
+/// "A server that supports range requests MAY ignore or reject a Range header field that
+/// contains ... a set of many small ranges").
 const MAX_RANGES: usize = 16;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ranges {
     /// No (usable) Range: send the whole representation.
     Full,
-    /// Half-open byte ranges `[start, end)`.
+    /// Half-open byte ranges `[start, end)`, each non-empty, ascending and disjoint.
     Parts(Vec<(u64, u64)>),
     Unsatisfiable,
 }
 
-/// Parses `Range: bytes=...` against a representation of `len` bytes.
+/// Parses `Range: bytes=...` against a representation of `len` bytes. Overlapping and
+/// adjacent ranges are coalesced (RFC 9110 §14.2: "... excluding those ranges that were ...
+/// coalesced into other ranges"), so the answer is never larger than the representation plus
+/// the part headers of at most [`MAX_RANGES`] parts.
 pub fn parse_range(h: &HeaderMap, len: u64) -> Ranges {
     let Some(v) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ranges::Full;
@@ -32,9 +36,26 @@ pub fn parse_range(h: &HeaderMap, len: u64) -> Ranges {
     let Some(spec) = v.trim().strip_prefix("bytes=") else {
         return Ranges::Full;
     };
+    if spec.split(',').filter(|r| !r.trim().is_empty()).count() > MAX_RANGES {
+        return Ranges::Full;
+    }
+    // RFC 9110 §14.1.1: "If the selected representation has zero length, the only
+    // satisfiable form of range-spec is a suffix-range with a non-zero suffix-length" -- and
+    // no Content-Range can describe a part of nothing: send the (empty) whole.
+    let has_suffix = spec.split(',').any(|r| {
+        r.trim()
+            .strip_prefix('-')
+            .is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+    });
+    if len == 0 && has_suffix {
+        return Ranges::Full;
+    }
     let mut parts = Vec::new();
     for r in spec.split(',') {
         let r = r.trim();
+        if r.is_empty() {
+            continue;
+        }
         let Some((a, b)) = r.split_once('-') else {
             return Ranges::Full;
         };
@@ -44,7 +65,7 @@ pub fn parse_range(h: &HeaderMap, len: u64) -> Ranges {
             let Ok(n) = b.parse::<u64>() else {
                 return Ranges::Full;
             };
-            if n == 0 {
+            if n == 0 || len == 0 {
                 continue;
             }
             (len.saturating_sub(n), len)
@@ -73,10 +94,20 @@ pub fn parse_range(h: &HeaderMap, len: u64) -> Ranges {
     if parts.is_empty() {
         return Ranges::Unsatisfiable;
     }
-    if parts.len() > MAX_RANGES {
-        return Ranges::Full;
+    Ranges::Parts(coalesce(parts))
+}
+
+/// Sorts ranges and merges those that overlap or touch.
+fn coalesce(mut parts: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    parts.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(parts.len());
+    for (s, e) in parts {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
     }
-    Ranges::Parts(parts)
+    out
 }
 
 fn etags(v: &str) -> impl Iterator<Item = &str> {
@@ -349,6 +380,44 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_ranges_are_coalesced() {
+        let r = |s: &str| parse_range(&h(&[("range", s)]), 100);
+        let sixteen = format!("bytes={}", vec!["0-"; 16].join(","));
+        assert_eq!(r(&sixteen), Ranges::Parts(vec![(0, 100)]));
+        assert_eq!(
+            r("bytes=50-59,0-9,5-14,15-19,-10"),
+            Ranges::Parts(vec![(0, 20), (50, 60), (90, 100)])
+        );
+        let seventeen = format!("bytes={}", vec!["0-0"; 17].join(","));
+        assert_eq!(r(&seventeen), Ranges::Full);
+    }
+
+    #[test]
+    fn ranges_of_an_empty_representation() {
+        let r = |s: &str| parse_range(&h(&[("range", s)]), 0);
+        assert_eq!(r("bytes=-5"), Ranges::Full);
+        assert_eq!(r("bytes=0-"), Ranges::Unsatisfiable);
+        assert_eq!(r("bytes=-0"), Ranges::Unsatisfiable);
+    }
+
+    /// Every part `answer` writes is a valid `first-last` (no `e - 1` underflow).
+    #[test]
+    fn parts_are_never_empty() {
+        for len in [0u64, 1, 2, 100] {
+            for spec in ["-1", "-5", "0-", "0-0", "1-", "-0", "0-,0-", "-1,-1,0-0"] {
+                if let Ranges::Parts(p) =
+                    parse_range(&h(&[("range", &format!("bytes={spec}"))]), len)
+                {
+                    assert!(
+                        p.iter().all(|(s, e)| s < e && *e <= len),
+                        "{spec} on {len}: {p:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn conditionals() {
         let stored = h(&[
             ("etag", "\"abc\""),
@@ -392,5 +461,24 @@ mod tests {
         let mut m = h(&[("cache-status", "upstream; hit")]);
         add_cache_status(&mut m, "cuttle; fwd=miss; stored");
         assert_eq!(m["cache-status"], "upstream; hit, cuttle; fwd=miss; stored");
+    }
+
+    proptest::proptest! {
+        /// Whatever the header, no part is empty or out of bounds and the parts never add up
+        /// to more than the representation (RFC 9110 §14.2 amplification).
+        #[test]
+        fn any_range_header_is_bounded(spec in "[-0-9, ]{0,60}", len in 0u64..500) {
+            let Ok(v) = HeaderValue::from_str(&format!("bytes={spec}")) else {
+                return Ok(());
+            };
+            let mut m = HeaderMap::new();
+            m.insert(header::RANGE, v);
+            if let Ranges::Parts(p) = parse_range(&m, len) {
+                proptest::prop_assert!(p.len() <= MAX_RANGES);
+                proptest::prop_assert!(p.iter().all(|(s, e)| s < e && *e <= len));
+                proptest::prop_assert!(p.windows(2).all(|w| w[0].1 < w[1].0));
+                proptest::prop_assert!(p.iter().map(|(s, e)| e - s).sum::<u64>() <= len);
+            }
+        }
     }
 }

@@ -70,7 +70,8 @@ pub struct Options {
     #[arg(long, env = "CUTTLE_DIRECT", value_delimiter = ',')]
     pub direct: Option<Vec<String>>,
 
-    /// Ports CONNECT may reach: `any` (default) or a list such as 443,8443,9000-9100.
+    /// Ports CONNECT may reach: `any` (default, as the Squid image allowed) or a list such as
+    /// 443,8443,9000-9100 (stricter: tunnels only to HTTPS-like ports).
     #[arg(long, env = "CUTTLE_CONNECT_PORTS", value_delimiter = ',')]
     pub connect_ports: Option<Vec<String>>,
 
@@ -87,10 +88,15 @@ pub struct Options {
     #[arg(long, env = "CUTTLE_AUTH_REALM")]
     pub auth_realm: Option<String>,
 
-    /// Destination networks that are never reached (checked after DNS too). Default:
-    /// link-local 169.254.0.0/16 and fe80::/10 (cloud metadata).
+    /// Destination networks never reached (checked after DNS too), in addition to the
+    /// built-in ones: loopback, 0.0.0.0/8, ::, link-local (cloud metadata).
     #[arg(long, env = "CUTTLE_DENY_DEST", value_delimiter = ',')]
     pub deny_dest: Option<Vec<String>>,
+
+    /// Built-in denied destination networks to allow after all, e.g. 127.0.0.0/8,::1 for
+    /// origins on the proxy's own host. The proxy's own ports stay refused.
+    #[arg(long, env = "CUTTLE_ALLOW_DEST", value_delimiter = ',')]
+    pub allow_dest: Option<Vec<String>>,
 
     /// If set, only these destination hosts are allowed (host patterns).
     #[arg(long, env = "CUTTLE_ALLOW_DOMAIN", value_delimiter = ',')]
@@ -143,6 +149,10 @@ pub struct Options {
     /// Most client connections served at once; more are refused with 503.
     #[arg(long, env = "CUTTLE_MAX_CONNECTIONS")]
     pub max_connections: Option<u64>,
+
+    /// Most connections one client address may have open at once; more are refused with 503.
+    #[arg(long, env = "CUTTLE_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: Option<u64>,
 
     /// Access log format on stdout: squid (native) or json.
     #[arg(long, env = "CUTTLE_LOG_FORMAT")]
@@ -228,6 +238,12 @@ pub struct Options {
     pub cache_rule: Option<Vec<crate::cache::rules::RuleConfig>>,
 }
 
+/// Far above what one build pod opens (npm, Maven, cargo and pip use from a handful to a
+/// few dozen connections; a node's pods behind one NAT address a few hundred), far below
+/// `--max-connections`: one address, or a tunnel loop through a Service, cannot take the
+/// whole proxy.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u64 = 1000;
+
 macro_rules! merge_fields {
     ($hi:expr, $lo:expr, $($f:ident),+) => {
         Options { $($f: $hi.$f.or($lo.$f)),+ }
@@ -256,6 +272,7 @@ impl Options {
             auth_file,
             auth_realm,
             deny_dest,
+            allow_dest,
             allow_domain,
             deny_domain,
             connect_timeout,
@@ -269,6 +286,7 @@ impl Options {
             shutdown_grace,
             max_header_size,
             max_connections,
+            max_connections_per_client,
             log_format,
             log_level,
             cache_dir,
@@ -346,7 +364,8 @@ impl Options {
             tunnel_idle: dur(
                 "tunnel-idle-timeout",
                 self.tunnel_idle_timeout,
-                Duration::from_secs(3600),
+                // Why five minutes: README, "Timeouts and limits".
+                Duration::from_secs(300),
             ),
             header_read: dur(
                 "header-read-timeout",
@@ -468,11 +487,8 @@ impl Options {
                 "100.64.0.0/10",
             ],
         );
-        let deny_dest = nets(
-            "deny-dest",
-            self.deny_dest,
-            &["169.254.0.0/16", "fe80::/10"],
-        );
+        let deny_dest = nets("deny-dest", self.deny_dest, &[]);
+        let allow_dest = nets("allow-dest", self.allow_dest, &[]);
         let purge_allow = nets("purge-allow", self.purge_allow, &[]);
 
         let users = match &self.auth_file {
@@ -493,6 +509,12 @@ impl Options {
         let max_connections = self.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
             errs.push("max-connections: must be at least 1".into());
+        }
+        let max_connections_per_client = self
+            .max_connections_per_client
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_CLIENT);
+        if max_connections_per_client == 0 {
+            errs.push("max-connections-per-client: must be at least 1".into());
         }
         let log_format = match self.log_format.as_deref().map(str::trim) {
             None | Some("squid") => LogFormat::Squid,
@@ -639,6 +661,7 @@ impl Options {
             connect_ports,
             allow_client,
             deny_dest,
+            allow_dest,
             allow_domain,
             deny_domain,
             users,
@@ -646,6 +669,7 @@ impl Options {
             timeouts,
             max_header_size: max_header_size.min(usize::MAX as u64) as usize,
             max_connections: max_connections.min(usize::MAX as u64) as usize,
+            max_connections_per_client: max_connections_per_client.min(usize::MAX as u64) as usize,
             log_format,
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
         })
@@ -711,7 +735,10 @@ pub struct ValidConfig {
     pub direct: HostList,
     pub connect_ports: PortSet,
     pub allow_client: Vec<IpNet>,
+    /// Denied in addition to the built-in networks ([`crate::access::ip_guard::BUILTIN_DENY`]).
     pub deny_dest: Vec<IpNet>,
+    /// Built-in denied networks allowed after all.
+    pub allow_dest: Vec<IpNet>,
     pub allow_domain: HostList,
     pub deny_domain: HostList,
     pub users: Option<Users>,
@@ -719,6 +746,7 @@ pub struct ValidConfig {
     pub timeouts: Timeouts,
     pub max_header_size: usize,
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     /// `None` when both cache tiers are off.
@@ -789,12 +817,24 @@ impl fmt::Display for ValidConfig {
                     .collect::<Vec<_>>()
             )
         )?;
+        // The effective list: the built-in networks, then the configured ones.
         writeln!(
             f,
             "deny-dest = {}",
             list(
+                &crate::access::ip_guard::builtin_deny()
+                    .iter()
+                    .chain(&self.deny_dest)
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+            )
+        )?;
+        writeln!(
+            f,
+            "allow-dest = {}",
+            list(
                 &self
-                    .deny_dest
+                    .allow_dest
                     .iter()
                     .map(|n| n.to_string())
                     .collect::<Vec<_>>()
@@ -818,6 +858,11 @@ impl fmt::Display for ValidConfig {
         writeln!(f, "shutdown-grace = {}", secs(t.shutdown_grace))?;
         writeln!(f, "max-header-size = {}", self.max_header_size)?;
         writeln!(f, "max-connections = {}", self.max_connections)?;
+        writeln!(
+            f,
+            "max-connections-per-client = {}",
+            self.max_connections_per_client
+        )?;
         writeln!(
             f,
             "log-format = \"{}\"",

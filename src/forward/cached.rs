@@ -17,7 +17,9 @@ use crate::cache::fill::{Fill, FillState};
 use crate::cache::key::{PrimaryKey, Variant};
 use crate::cache::lock::{Acquired, Outcome, Permit};
 use crate::cache::meta::Meta;
-use crate::cache::policy::{Freshness, StoredPolicy, request_view};
+use crate::cache::policy::{
+    Freshness, StoredPolicy, per_client_fields, request_view, strip_per_client,
+};
 use crate::cache::rules::Rule;
 use crate::cache::serve::{self, Source};
 use crate::cache::{Cache, Stored};
@@ -123,7 +125,7 @@ pub(super) async fn handle(
                     return Err(ProxyError::NotCached);
                 }
                 let policy = &stored.meta().policy;
-                if policy.may_serve_while_revalidating(now) {
+                if policy.may_serve_while_revalidating(&c.view, now) {
                     c.revalidate_in_background(stored.meta().clone(), reval);
                     cache
                         .stats
@@ -158,10 +160,11 @@ pub(super) async fn handle(
 
 impl Ctx<'_> {
     fn serve_on_error(&self, stored: &Stored) -> bool {
-        stored
-            .meta()
-            .policy
-            .may_serve_on_error(SystemTime::now(), self.cache.settings.serve_stale_on_error)
+        stored.meta().policy.may_serve_on_error(
+            &self.view,
+            SystemTime::now(),
+            self.cache.settings.serve_stale_on_error,
+        )
     }
 
     /// Revalidates a stale entry (one request per URL; others wait for the outcome).
@@ -201,6 +204,7 @@ impl Ctx<'_> {
             Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
                 let merged = stored.meta().policy.after_not_modified(
                     &self.view,
+                    stored.meta().status(),
                     &stored.meta().headers,
                     resp.headers(),
                     now,
@@ -213,12 +217,16 @@ impl Ctx<'_> {
                         self.cache.refresh(meta.clone());
                         drop(permit);
                         let stored = stored.with_meta(meta.clone());
-                        let h = match meta.policy.lookup(&self.view, SystemTime::now()) {
+                        let mut h = match meta.policy.lookup(&self.view, SystemTime::now()) {
                             Freshness::Fresh(h) => h,
                             Freshness::Stale(_) => {
                                 meta.policy.stale_headers(&meta.headers, SystemTime::now())
                             }
                         };
+                        // The 304's own cookie is for this client (and never stored).
+                        for (n, v) in per_client_fields(resp.headers()) {
+                            h.append(n, v);
+                        }
                         Ok(self.serve_stored(
                             &stored,
                             h,
@@ -237,15 +245,24 @@ impl Ctx<'_> {
             Ok(resp) if resp.status().is_server_error() && self.serve_on_error(&stored) => {
                 let status = resp.status().as_u16();
                 drop(resp);
-                drop(permit);
+                // Requests waiting for this revalidation are served stale too, where allowed.
+                permit.resolve(Outcome::Failed);
                 Ok(self.serve_stale(&stored, &format!("origin answered {status}"), rec))
             }
-            Ok(resp) => self.store_or_pass(resp, permit, false, modified, rec).await,
-            Err(e) if self.serve_on_error(&stored) => {
-                drop(permit);
-                Ok(self.serve_stale(&stored, e.label(), rec))
+            Ok(resp) if denied(resp.status()) => {
+                // The stored response is no longer to be served to anyone without asking.
+                self.cache.invalidate(&self.primary).await;
+                self.store_or_pass(resp, permit, false, modified, rec).await
             }
-            Err(e) => Err(e),
+            Ok(resp) => self.store_or_pass(resp, permit, false, modified, rec).await,
+            Err(e) => {
+                permit.resolve(Outcome::Failed);
+                if self.serve_on_error(&stored) {
+                    Ok(self.serve_stale(&stored, e.label(), rec))
+                } else {
+                    Err(e)
+                }
+            }
         }
     }
 
@@ -289,11 +306,19 @@ impl Ctx<'_> {
             let mut rec = AccessRecord::new(([0, 0, 0, 0], 0).into(), "GET", String::new());
             let now = SystemTime::now();
             let Ok(resp) = send(&state, &target, &req, empty(), &mut rec).await else {
+                permit.resolve(Outcome::Failed);
                 return;
             };
+            let primary = PrimaryKey::from_url(old.url.clone());
+            if denied(resp.status()) {
+                // Left in place, the entry would go on being served stale.
+                cache.invalidate(&primary).await;
+                return;
+            }
             if resp.status() == StatusCode::NOT_MODIFIED {
                 if let Some((policy, status, headers)) = old.policy.after_not_modified(
                     &view,
+                    old.status(),
                     &old.headers,
                     resp.headers(),
                     now,
@@ -315,7 +340,7 @@ impl Ctx<'_> {
             if parts.status.is_server_error() || !cache.can_store(content_length(&headers)) {
                 return;
             }
-            let primary = PrimaryKey::from_url(old.url.clone());
+            strip_per_client(&mut headers);
             let meta = Arc::new(Meta::new(&primary, variant, parts.status, headers, policy));
             cache
                 .fill(
@@ -337,11 +362,15 @@ impl Ctx<'_> {
             .stats
             .coalesced
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match f.wait(self.state.config.timeouts.read).await {
-            // A request that arrives once the fill is complete (its entry not yet findable)
-            // is a plain reuse, so the response must be fresh for it (RFC 9111 §4.2).
+        let outcome = f.wait(self.state.config.timeouts.read).await;
+        match outcome {
+            // A waiter joins only a fill whose response could be served to it: the same
+            // variant, and credentials that may reuse it (RFC 9111 §3.5). A request that
+            // arrives once the fill is complete (its entry not yet findable) is a plain reuse,
+            // so the response must be fresh for it (RFC 9111 §4.2).
             Outcome::Fill(fill)
                 if fill.meta.variant.matches(&self.out.headers)
+                    && fill.meta.policy.may_reuse(&self.view)
                     && fill.joinable()
                     && (fill.state() == FillState::Receiving
                         || matches!(
@@ -352,15 +381,50 @@ impl Ctx<'_> {
                 rec.hierarchy = "HIER_NONE/-".into();
                 Ok(self.serve_fill(&fill, "TCP_CF_MISS", "fwd=miss; collapsed", rec))
             }
-            _ => {
-                if let Some(stored) = self.cache.lookup(&self.primary, &self.out.headers).await
-                    && let Freshness::Fresh(h) =
+            outcome => {
+                let stored = self.cache.lookup(&self.primary, &self.out.headers).await;
+                if let Some(stored) = &stored {
+                    if let Freshness::Fresh(h) =
                         stored.meta().policy.lookup(&self.view, SystemTime::now())
-                {
-                    return Ok(self.serve_stored(&stored, h, "TCP_CF_HIT", "hit; collapsed", rec));
+                    {
+                        return Ok(self.serve_stored(
+                            stored,
+                            h,
+                            "TCP_CF_HIT",
+                            "hit; collapsed",
+                            rec,
+                        ));
+                    }
+                    // The revalidation this request waited for failed: it gets what the
+                    // request that made it got, where the entry may be served stale to it.
+                    if matches!(outcome, Outcome::Failed) && self.serve_on_error(stored) {
+                        return Ok(self.serve_stale(stored, "revalidation failed", rec));
+                    }
                 }
-                self.pass(self.out, rec).await
+                self.pass_or_stale(stored.as_ref(), rec).await
             }
+        }
+    }
+
+    /// Forwards the client's request as is; when that fails (no answer, or 5xx) and the
+    /// stored entry may be served stale to this client, serves it instead.
+    async fn pass_or_stale(
+        &self,
+        stored: Option<&Stored>,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Some(stored) = stored else {
+            return self.pass(self.out, rec).await;
+        };
+        match send(self.state, self.target, self.out, empty(), rec).await {
+            Ok(resp) if resp.status().is_server_error() && self.serve_on_error(stored) => {
+                let status = resp.status().as_u16();
+                drop(resp);
+                Ok(self.serve_stale(stored, &format!("origin answered {status}"), rec))
+            }
+            Ok(resp) => respond(self.state.clone(), self.conn, resp, None, rec),
+            Err(e) if self.serve_on_error(stored) => Ok(self.serve_stale(stored, e.label(), rec)),
+            Err(e) => Err(e),
         }
     }
 
@@ -429,6 +493,10 @@ impl Ctx<'_> {
         };
         note_hop(&resp, rec);
         let variant = variant_for(&headers, &self.out.headers, self.rule.as_ref());
+        // This client gets the response as the origin sent it; the entry (and every request
+        // that joins the fill) gets it without the fields meant for this client only.
+        let own = headers.clone();
+        strip_per_client(&mut headers);
         let meta = Arc::new(Meta::new(&self.primary, variant, status, headers, policy));
         let (_, body) = resp.into_parts();
         let fill = self
@@ -439,7 +507,7 @@ impl Ctx<'_> {
                 permit,
             )
             .await;
-        Ok(self.serve_fill(&fill, code, "fwd=miss; stored", rec))
+        Ok(self.serve_fill_as(&fill, own, code, "fwd=miss; stored", rec))
     }
 
     /// Forwards the client's request as is, without the cache.
@@ -459,12 +527,24 @@ impl Ctx<'_> {
         status_entry: &str,
         rec: &mut AccessRecord,
     ) -> Response<Body> {
-        let meta = &fill.meta;
+        self.serve_fill_as(fill, fill.meta.headers.clone(), code, status_entry, rec)
+    }
+
+    /// Serves a fill with `headers` (the stored ones, or the origin's for the client whose
+    /// request started the fill).
+    fn serve_fill_as(
+        &self,
+        fill: &Arc<Fill>,
+        headers: HeaderMap,
+        code: &'static str,
+        status_entry: &str,
+        rec: &mut AccessRecord,
+    ) -> Response<Body> {
         let resp = serve::answer(
             &self.out.method,
             &self.out.headers,
-            meta.status(),
-            meta.headers.clone(),
+            fill.meta.status(),
+            headers,
             fill as &dyn Source,
         );
         finish(self.state, resp, code, status_entry, rec)
@@ -503,6 +583,11 @@ fn refreshed(old: &Meta, status: StatusCode, headers: HeaderMap, policy: StoredP
             .map_or(0, |d| d.as_secs()),
         ..old.clone()
     }
+}
+
+/// RFC 9110 §15.5.2/§15.5.4: the origin now refuses the request the entry would answer.
+fn denied(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
 }
 
 fn note_hop(resp: &Response<Incoming>, rec: &mut AccessRecord) {

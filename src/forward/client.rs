@@ -1,7 +1,8 @@
 //! Pooled upstream HTTP clients: one for direct connections and one per parent peer (each
 //! peer's pool holds only connections to that peer, and they are marked proxied so hyper-util
-//! sends absolute-form requests). Connectors report where a response came from through
-//! [`Hop`] in the response extensions, for the access log.
+//! sends absolute-form requests). [`UpstreamClient`] is the only way a request leaves for the
+//! next hop: it decides which proxy credentials travel with it. Connectors report where a
+//! response came from through [`Hop`] in the response extensions, for the access log.
 
 use std::future::Future;
 use std::io;
@@ -10,9 +11,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::{Connect, Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -181,6 +184,45 @@ impl tower_service::Service<Uri> for DirectConnector {
     }
 }
 
+/// How a request reaches its origin through a parent. The connector opens the connection
+/// this says and [`proxy_credentials`] decides from it which credentials the request carries,
+/// so the two cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParentLeg {
+    /// The request goes to the parent in absolute form: the parent reads it.
+    Forwarded,
+    /// The parent only relays bytes (CONNECT); the request inside is read by the origin.
+    Tunnelled,
+}
+
+/// `https` origins are reached through a CONNECT tunnel (cuttle speaks TLS to the origin
+/// inside it); anything else is sent to the parent itself.
+pub(crate) fn parent_leg(uri: &Uri) -> ParentLeg {
+    if uri.scheme_str() == Some("https") {
+        ParentLeg::Tunnelled
+    } else {
+        ParentLeg::Forwarded
+    }
+}
+
+/// Sets the request's `Proxy-Authorization` for the connection it is about to take.
+///
+/// RFC 9110 §11.7.2: "Unlike Authorization, the Proxy-Authorization header field applies only
+/// to the next inbound proxy that demanded authentication using the Proxy-Authenticate field.
+/// When multiple proxies are used in a chain, the Proxy-Authorization header field is consumed
+/// by the first inbound proxy that was expecting to receive credentials." So whatever the
+/// request carries (the client's credentials were for cuttle) is removed, and the parent's are
+/// added only when the parent itself reads the request. A tunnelled request is read by the
+/// origin: the parent had its credentials on the CONNECT.
+fn proxy_credentials(headers: &mut HeaderMap, uri: &Uri, parent_auth: Option<&HeaderValue>) {
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if let Some(auth) = parent_auth
+        && parent_leg(uri) == ParentLeg::Forwarded
+    {
+        headers.insert(header::PROXY_AUTHORIZATION, auth.clone());
+    }
+}
+
 /// Connects to one parent peer: plain requests are sent to it in absolute form; for `https`
 /// origins it is asked to tunnel (CONNECT) and cuttle speaks TLS to the origin inside.
 #[derive(Clone)]
@@ -204,9 +246,9 @@ impl tower_service::Service<Uri> for ParentConnector {
         let timeouts = self.timeouts.clone();
         let tls = self.tls.clone();
         Box::pin(async move {
-            let (target, https) = target_of(&dst);
+            let (target, _) = target_of(&dst);
             let hop = Hop(format!("FIRSTUP_PARENT/{}", peer.name).into());
-            if https {
+            if parent_leg(&dst) == ParentLeg::Tunnelled {
                 let (stream, early) = peer.open_tunnel(&target, &timeouts).await?;
                 if !early.is_empty() {
                     return Err(ProxyError::ParentProtocol {
@@ -231,13 +273,39 @@ impl tower_service::Service<Uri> for ParentConnector {
     }
 }
 
-pub type DirectClient = Client<DirectConnector, Body>;
+/// A pooled client to the next hop. Requests leave cuttle only through [`Self::request`],
+/// which gives each the proxy credentials its connection calls for (see
+/// [`proxy_credentials`]) and fixes the response's framing headers before anyone reads them.
+pub struct UpstreamClient<C> {
+    inner: Client<C, Body>,
+    /// The parent's precomputed `Proxy-Authorization`, for a client through a parent.
+    parent_auth: Option<HeaderValue>,
+}
+
+impl<C> UpstreamClient<C>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    pub async fn request(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        let (uri, headers) = (req.uri().clone(), req.headers_mut());
+        proxy_credentials(headers, &uri, self.parent_auth.as_ref());
+        let mut resp = self.inner.request(req).await?;
+        crate::http::headers::drop_length_beside_transfer_coding(resp.headers_mut());
+        Ok(resp)
+    }
+}
+
+pub type DirectClient = UpstreamClient<DirectConnector>;
 
 /// The clients for one parent: `https` origins through a CONNECT tunnel (authenticated on
 /// the CONNECT, never inside the tunnel) with TLS to the origin inside, pooled per origin;
-/// plain `http` in absolute form over the parent's own authenticated connection pool.
+/// plain `http` in absolute form over the parent's own pool of authenticated connections
+/// ([`crate::upstream::proxied`]), which sets the parent's credentials itself.
 pub struct ParentClient {
-    pub tunnelled: Client<ParentConnector, Body>,
+    pub tunnelled: UpstreamClient<ParentConnector>,
     pub proxied: Arc<crate::upstream::proxied::ProxiedClient>,
 }
 
@@ -263,20 +331,28 @@ impl Clients {
                 .set_host(true);
             b
         };
-        let direct = builder().build(DirectConnector {
-            policy,
-            timeout: cfg.timeouts.connect,
-            tls: tls.clone(),
-        });
+        let direct = UpstreamClient {
+            inner: builder().build(DirectConnector {
+                policy,
+                timeout: cfg.timeouts.connect,
+                tls: tls.clone(),
+            }),
+            parent_auth: None,
+        };
         let parents = peers
             .iter()
             .map(|p| {
                 let c = ParentClient {
-                    tunnelled: builder().build(ParentConnector {
-                        peer: p.clone(),
-                        timeouts: cfg.timeouts.clone(),
-                        tls: tls.clone(),
-                    }),
+                    tunnelled: UpstreamClient {
+                        inner: builder().build(ParentConnector {
+                            peer: p.clone(),
+                            timeouts: cfg.timeouts.clone(),
+                            tls: tls.clone(),
+                        }),
+                        // Only https goes this way: its requests are read by the origin and
+                        // carry no parent credentials (the CONNECT had them).
+                        parent_auth: None,
+                    },
                     proxied: crate::upstream::proxied::ProxiedClient::new(
                         p.clone(),
                         cfg.timeouts.clone(),
@@ -293,5 +369,62 @@ impl Clients {
             .iter()
             .find(|(p, _)| Arc::ptr_eq(p, peer))
             .map(|(_, c)| c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = "Basic cGFyZW50OnNlY3JldA==";
+    const CLIENT: &str = "Basic Y2xpZW50OnNlY3JldA==";
+
+    /// The headers a request to `uri` leaves with, having arrived with the client's
+    /// credentials.
+    fn credentials_for(uri: &str, parent: Option<&str>) -> Option<String> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static(CLIENT),
+        );
+        let auth = parent.map(HeaderValue::from_str).transpose().unwrap();
+        proxy_credentials(&mut h, &uri.parse().unwrap(), auth.as_ref());
+        assert!(h.get_all(header::PROXY_AUTHORIZATION).iter().count() <= 1);
+        h.get(header::PROXY_AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn parent_credentials_only_on_requests_the_parent_reads() {
+        assert_eq!(
+            credentials_for("http://origin.example/x", Some(PARENT)).as_deref(),
+            Some(PARENT)
+        );
+        assert_eq!(
+            credentials_for("https://origin.example/x", Some(PARENT)),
+            None
+        );
+        assert_eq!(
+            credentials_for("HTTPS://origin.example/x", Some(PARENT)),
+            None
+        );
+    }
+
+    #[test]
+    fn client_credentials_never_leave() {
+        assert_eq!(credentials_for("http://origin.example/x", None), None);
+        assert_eq!(credentials_for("https://origin.example/x", None), None);
+    }
+
+    #[test]
+    fn https_is_tunnelled_through_a_parent() {
+        assert_eq!(
+            parent_leg(&"https://a.example:8443/".parse().unwrap()),
+            ParentLeg::Tunnelled
+        );
+        assert_eq!(
+            parent_leg(&"http://a.example/".parse().unwrap()),
+            ParentLeg::Forwarded
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -17,7 +18,9 @@ use hyper_util::rt::TokioIo;
 use crate::app::State;
 use crate::error::{ProxyError, chain, find_in_chain};
 use crate::http::body::{Body, BodyEnd, CountingBody, IdleTimeoutBody, ReplaySlot, boxed};
-use crate::http::headers::{append_via, strip_hop_by_hop, upgrade_protocol};
+use crate::http::headers::{
+    append_via, request_transfer_coding_ok, strip_hop_by_hop, upgrade_protocol,
+};
 use crate::http::target::{self, Target};
 use crate::server::dispatch::ConnCtx;
 use crate::telemetry::AccessRecord;
@@ -51,6 +54,11 @@ pub async fn handle(
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
     rec.result = "TCP_MISS";
+    if !request_transfer_coding_ok(req.headers()) {
+        return Err(ProxyError::ClientBadRequest(
+            "Transfer-Encoding must be a lone `chunked`".into(),
+        ));
+    }
     let target = target::absolute(req.uri())?;
     state.dynamic().policy.check_destination(&target, false)?;
 
@@ -72,7 +80,7 @@ pub async fn handle(
     };
 
     if let Some(cache) = state.cache.clone() {
-        if out.method == Method::from_bytes(b"PURGE").unwrap_or(Method::GET)
+        if is_purge(&out.method)
             && cache
                 .settings
                 .purge_allow
@@ -93,7 +101,8 @@ pub async fn handle(
         out.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
-    let resp = send(&state, &target, &out, boxed(body), rec).await?;
+    let body = boxed(body.map_err(client_body_error));
+    let resp = send(&state, &target, &out, body, rec).await?;
     if unsafe_method
         && let Some(cache) = &state.cache
         && (resp.status().is_success() || resp.status().is_redirection())
@@ -101,6 +110,22 @@ pub async fn handle(
         invalidate_after_unsafe(cache, &target, &out, resp.headers()).await;
     }
     respond(state, ctx, resp, client_upgrade, rec)
+}
+
+/// Squid's `PURGE` method, compared by name: a method built at run time could only fall
+/// back to some other method if building it failed.
+const PURGE: &str = "PURGE";
+
+fn is_purge(method: &Method) -> bool {
+    method.as_str() == PURGE
+}
+
+/// A failure reading the client's request body (bad chunk framing, too many trailers, the
+/// client going away) is the client's error, 400, whatever the upstream exchange it was
+/// feeding makes of it: hyper-util returns it inside its own error, where
+/// [`map_client_error`] finds it.
+fn client_body_error(e: hyper::Error) -> ProxyError {
+    ProxyError::ClientBadRequest(format!("reading the request body: {}", chain(&e)))
 }
 
 /// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and the
@@ -122,16 +147,18 @@ async fn invalidate_after_unsafe(
         let Ok(uri) = v.parse::<http::Uri>() else {
             continue;
         };
-        let same_origin = match uri.authority() {
-            None => true,
-            Some(_) => target::absolute(&uri).is_ok_and(|t| t == *target),
+        let key = match uri.authority() {
+            None => uri
+                .path_and_query()
+                .filter(|p| p.as_str().starts_with('/'))
+                .map(|pq| PrimaryKey::sibling(&out.uri, target, pq.as_str())),
+            Some(_) => target::absolute(&uri)
+                .ok()
+                .filter(|t| t == target)
+                .map(|t| PrimaryKey::for_uri(&uri, &t)),
         };
-        if same_origin
-            && let Some(pq) = uri.path_and_query().filter(|p| p.as_str().starts_with('/'))
-        {
-            cache
-                .invalidate(&PrimaryKey::new(target, pq.as_str()))
-                .await;
+        if let Some(key) = key {
+            cache.invalidate(&key).await;
         }
     }
 }
@@ -218,7 +245,7 @@ async fn send_on_route(
                 // http, the CONNECT for https); nothing is added to the request here, so
                 // no credential can travel inside a tunnel to an origin.
                 let sent = async {
-                    if out.uri.scheme_str() == Some("https") {
+                    if client::parent_leg(&out.uri) == client::ParentLeg::Tunnelled {
                         client
                             .tunnelled
                             .request(req)
@@ -360,4 +387,19 @@ fn head_size(parts: &http::response::Parts) -> u64 {
         .map(|(k, v): (&header::HeaderName, &HeaderValue)| k.as_str().len() + v.len() + 4)
         .sum();
     (headers + 19) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_is_recognised_by_name_only() {
+        assert!(is_purge(&Method::from_bytes(b"PURGE").unwrap()));
+        for m in [Method::GET, Method::HEAD, Method::DELETE] {
+            assert!(!is_purge(&m), "{m}");
+        }
+        // Methods are case-sensitive (RFC 9110 §9.1).
+        assert!(!is_purge(&Method::from_bytes(b"purge").unwrap()));
+    }
 }

@@ -84,6 +84,47 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Removes a received `Content-Length` that sits beside a `Transfer-Encoding`; returns
+/// whether it did.
+///
+/// RFC 9112 §6.3 item 3: "If a message is received with both a Transfer-Encoding and a
+/// Content-Length header field, the Transfer-Encoding overrides the Content-Length. [...] An
+/// intermediary that chooses to forward the message MUST first remove the received
+/// Content-Length field and process the Transfer-Encoding (as described below) prior to
+/// forwarding the message downstream." hyper frames the body by the Transfer-Encoding but
+/// leaves the length in the headers, where it would be forwarded (and stored) as the length
+/// of a body it does not describe.
+pub fn drop_length_beside_transfer_coding(headers: &mut HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.remove(header::CONTENT_LENGTH).is_some()
+}
+
+/// Whether a request's `Transfer-Encoding` (every line of it) is absent or exactly one
+/// `chunked`, the only transfer coding cuttle accepts on a request.
+///
+/// RFC 9112 §6.3 item 4: "If a Transfer-Encoding header field is present in a request and the
+/// chunked transfer coding is not the final encoding, the message body length cannot be
+/// determined reliably; the server MUST respond with the 400 (Bad Request) status code and
+/// then close the connection." §6.1: "A sender MUST NOT apply the chunked transfer coding more
+/// than once to a message body". Codings before `chunked` (`gzip, chunked`,
+/// `identity, chunked`) are refused too: cuttle does not decode them, and forwarding the
+/// content re-framed without them would hand the next hop bytes it cannot interpret. Empty list
+/// elements are ignored (RFC 9110 §5.6.1.2).
+pub fn request_transfer_coding_ok(headers: &HeaderMap) -> bool {
+    let mut codings = Vec::new();
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(v) = v.to_str() else {
+            return false;
+        };
+        codings.extend(v.split(',').map(str::trim).filter(|c| !c.is_empty()));
+    }
+    match codings.as_slice() {
+        [] => !headers.contains_key(header::TRANSFER_ENCODING),
+        [only] => only.eq_ignore_ascii_case("chunked"),
+        _ => false,
+    }
+}
+
 /// Appends cuttle to `Via` (RFC 9110 §7.6.3: "A proxy MUST send an appropriate Via header
 /// field ... in each message that it forwards"), keeping earlier hops in order.
 pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
@@ -110,6 +151,51 @@ pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_beside_transfer_encoding_goes() {
+        let mut h = map(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
+        assert!(drop_length_beside_transfer_coding(&mut h));
+        assert!(!h.contains_key("content-length"));
+        assert_eq!(h["transfer-encoding"], "chunked");
+        // A coding hyper reads to EOF overrides the length just the same.
+        let mut h = map(&[("content-length", "5"), ("transfer-encoding", "gzip")]);
+        assert!(drop_length_beside_transfer_coding(&mut h));
+        assert!(!h.contains_key("content-length"));
+        // Alone, the length is the framing and stays.
+        let mut h = map(&[("content-length", "5")]);
+        assert!(!drop_length_beside_transfer_coding(&mut h));
+        assert_eq!(h["content-length"], "5");
+    }
+
+    #[test]
+    fn only_a_lone_chunked_request_coding_is_accepted() {
+        let ok = |lines: &[&str]| {
+            let pairs: Vec<(&str, &str)> =
+                lines.iter().map(|l| ("transfer-encoding", *l)).collect();
+            request_transfer_coding_ok(&map(&pairs))
+        };
+        assert!(ok(&[]));
+        assert!(ok(&["chunked"]));
+        assert!(ok(&["Chunked"]));
+        assert!(ok(&[" chunked "]));
+        assert!(ok(&[", chunked"]));
+        assert!(!ok(&["identity, chunked"]));
+        assert!(!ok(&["identity", "chunked"]));
+        assert!(!ok(&["gzip, chunked"]));
+        assert!(!ok(&["chunked, chunked"]));
+        assert!(!ok(&["chunked", "chunked"]));
+        assert!(!ok(&["chunked, gzip"]));
+        assert!(!ok(&["identity"]));
+        assert!(!ok(&[""]));
+        assert!(!ok(&["chunkedx"]));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_bytes(b"chunked\xff").unwrap(),
+        );
+        assert!(!request_transfer_coding_ok(&h));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,27 +1,26 @@
 //! An intercepted CONNECT: answer 200, terminate the client's TLS with a certificate minted
-//! for the host (the SNI name, or the CONNECT host), then serve HTTP/1.1 or HTTP/2 (by ALPN)
-//! on the decrypted stream. Every inner request becomes an absolute `https://` request that
-//! re-enters `forward::handle` exactly like plain HTTP: cached, coalesced, logged, counted.
-//! cuttle then speaks TLS to the origin itself, verifying it.
+//! for the CONNECT's host name (a ClientHello naming another host is refused; only for a
+//! CONNECT to an address does the SNI name decide), then serve HTTP/1.1 or HTTP/2 (by ALPN)
+//! on the decrypted stream with the listener's limits ([`crate::server::conn`]). Every inner
+//! request becomes an absolute `https://` request that re-enters `forward::handle` exactly
+//! like plain HTTP: cached, coalesced, logged, counted. cuttle then speaks TLS to the origin
+//! itself, verifying it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::app::State;
 use crate::error::ProxyError;
 use crate::http::body::{Body, empty};
 use crate::http::target::Target;
+use crate::server::conn::{self, protocol_from_alpn};
 use crate::server::dispatch::{self, ConnCtx};
 use crate::telemetry::AccessRecord;
-
-/// Time for the client to complete its TLS handshake with cuttle.
-const HANDSHAKE: Duration = Duration::from_secs(30);
 
 /// Whether a TLS error says the client refused cuttle's certificate.
 fn client_rejected_certificate(e: &std::io::Error) -> bool {
@@ -40,19 +39,47 @@ fn client_rejected_certificate(e: &std::io::Error) -> bool {
     .any(|k| text.replace(' ', "").contains(k))
 }
 
-/// Completes the client side on `io` (after the 200): ClientHello, a certificate for its SNI
-/// (or `target`'s host), handshake. `Err` carries the error label for the log (if any); the
-/// reason has been logged.
+/// The host name the certificate for an intercepted CONNECT to `connect_host` is minted for,
+/// given the ClientHello's server name (RFC 6066 §3: a DNS name, never an address). The
+/// CONNECT chose the destination, so a name there is the name: a ClientHello naming another
+/// host is refused (else any client could have any name minted). Only a CONNECT to an
+/// address leaves the name to the ClientHello, and then only a name that is intercepted.
+pub fn certificate_host<'a>(
+    connect_host: &'a str,
+    sni: Option<&'a str>,
+    intercepted: impl Fn(&str) -> bool,
+) -> Result<&'a str, String> {
+    let same = |a: &str, b: &str| {
+        a.trim_end_matches('.')
+            .eq_ignore_ascii_case(b.trim_end_matches('.'))
+    };
+    match sni.filter(|s| !s.is_empty()) {
+        None => Ok(connect_host),
+        Some(name) if same(name, connect_host) => Ok(connect_host),
+        Some(name) if connect_host.parse::<std::net::IpAddr>().is_ok() && intercepted(name) => {
+            Ok(name)
+        }
+        Some(name) => Err(format!(
+            "the TLS server name {name} differs from the CONNECT host {connect_host}"
+        )),
+    }
+}
+
+/// Completes the client side on `io` (after the 200): ClientHello, a certificate for the
+/// name [`certificate_host`] allows, handshake, each step within `limit`. `Err` carries the
+/// error label for the log (if any); the reason has been logged.
 async fn accept<IO>(
     io: IO,
     target: &Target,
+    state: &State,
     issuer: &crate::mitm::issuer::CertIssuer,
 ) -> Result<tokio_rustls::server::TlsStream<IO>, Option<&'static str>>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let limit = state.config.timeouts.header_read;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    let start = match tokio::time::timeout(HANDSHAKE, acceptor).await {
+    let start = match tokio::time::timeout(limit, acceptor).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(host = %target.host, error = %e, "no TLS ClientHello on an intercepted tunnel");
@@ -60,16 +87,21 @@ where
         }
         Err(_) => return Err(None),
     };
-    let cert_host = start
-        .client_hello()
-        .server_name()
-        .filter(|s| !s.is_empty())
-        .map_or_else(|| target.host.clone(), str::to_string);
+    let dynamic = state.dynamic();
+    let sni = start.client_hello().server_name().map(str::to_string);
+    let cert_host = match certificate_host(&target.host, sni.as_deref(), |n| dynamic.intercepts(n))
+    {
+        Ok(h) => h.to_string(),
+        Err(why) => {
+            tracing::warn!(host = %target.host, "refused an intercepted TLS handshake: {why}");
+            return Err(Some("ERR_SECURE_ACCEPT_FAIL"));
+        }
+    };
     let config = issuer.config_for(&cert_host).await.map_err(|e| {
         tracing::warn!(host = %cert_host, error = %e, "cannot mint a certificate");
-        None
+        Some("ERR_SECURE_ACCEPT_FAIL")
     })?;
-    match tokio::time::timeout(HANDSHAKE, start.into_stream(config)).await {
+    match tokio::time::timeout(limit, start.into_stream(config)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => {
             if client_rejected_certificate(&e) {
@@ -103,7 +135,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     rec.result = "TCP_BUMP";
-    let tls = match accept(io, &target, issuer).await {
+    let tls = match accept(io, &target, &state, issuer).await {
         Ok(tls) => tls,
         Err(error) => {
             rec.result = "TCP_BUMP_ABORTED";
@@ -118,19 +150,14 @@ where
         _ => target.authority(),
     };
     let user = rec.user.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
+    let protocol = protocol_from_alpn(tls.get_ref().1.alpn_protocol());
+    let st = state.clone();
+    let handler = move |req: Request<Incoming>| {
         let (state, ctx, authority, user) =
-            (state.clone(), ctx.clone(), authority.clone(), user.clone());
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                dispatch::intercepted(state, ctx, &authority, user, req).await,
-            )
-        }
-    });
-    let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-        .await;
-    if let Err(e) = served {
+            (st.clone(), ctx.clone(), authority.clone(), user.clone());
+        async move { dispatch::intercepted(state, ctx, &authority, user, req).await }
+    };
+    if let Err(e) = conn::serve(TokioIo::new(tls), protocol, &state, handler).await {
         tracing::debug!(error = %e, "intercepted connection ended with an error");
     }
     rec
@@ -198,16 +225,19 @@ pub async fn handle_by_sni(
     let st = state.clone();
     let conn = ctx.clone();
     crate::tunnel::spawn_logged(&state, &ctx, async move {
-        let mut io = match on_upgrade.await {
-            Ok(up) => TokioIo::new(up),
-            Err(_) => {
+        // The client's own socket: a blind tunnel then holds no copy buffers while idle.
+        let socket = match on_upgrade.await.map(crate::tunnel::client_socket) {
+            Ok(Ok(x)) => x,
+            Ok(Err(_)) | Err(_) => {
+                tracing::debug!(target = %target, "client connection was not upgraded to its socket");
                 return AccessRecord {
                     result: "TCP_TUNNEL_ABORTED",
                     ..rec
                 };
             }
         };
-        let (hello, sni) = match peek_client_hello(&mut io).await {
+        let mut io = Rewind::new(socket.1, socket.0);
+        let (hello, sni) = match peek_client_hello(&mut io, st.config.timeouts.header_read).await {
             Ok(x) => x,
             Err(why) => {
                 tracing::debug!(target = %target, why, "no usable ClientHello");
@@ -216,6 +246,14 @@ pub async fn handle_by_sni(
                     ..rec
                 };
             }
+        };
+        // Everything the client sent so far, to replay: the ClientHello and any bytes hyper
+        // had read past the CONNECT head that the ClientHello did not need.
+        let (rest, mut io) = io.into_parts();
+        let hello = if rest.is_empty() {
+            hello
+        } else {
+            [hello, rest].concat().into()
         };
         let dynamic = st.dynamic();
         match sni.filter(|name| dynamic.intercepts(name)) {
@@ -242,7 +280,7 @@ pub async fn handle_by_sni(
                             rec.result = "TCP_TUNNEL_ABORTED";
                             return rec;
                         }
-                        let stats = crate::tunnel::bridge::run(
+                        let stats = crate::tunnel::bridge::run_tcp(
                             io,
                             upstream,
                             st.config.timeouts.tunnel_idle,
@@ -270,7 +308,10 @@ const MAX_HELLO: usize = 16 * 1024;
 
 /// Reads the client's first TLS flight until its ClientHello parses; returns the bytes read
 /// (to replay) and the SNI name.
-async fn peek_client_hello<IO>(io: &mut IO) -> Result<(bytes::Bytes, Option<String>), &'static str>
+async fn peek_client_hello<IO>(
+    io: &mut IO,
+    limit: Duration,
+) -> Result<(bytes::Bytes, Option<String>), &'static str>
 where
     IO: tokio::io::AsyncRead + Unpin,
 {
@@ -307,7 +348,7 @@ where
             }
         }
     };
-    let sni = tokio::time::timeout(HANDSHAKE, read)
+    let sni = tokio::time::timeout(limit, read)
         .await
         .map_err(|_| "no ClientHello in time")??;
     Ok((buf.freeze(), sni))
@@ -325,6 +366,11 @@ pin_project_lite::pin_project! {
 impl<T> Rewind<T> {
     fn new(prefix: bytes::Bytes, inner: T) -> Self {
         Rewind { prefix, inner }
+    }
+
+    /// The bytes not replayed yet, and the stream.
+    fn into_parts(self) -> (bytes::Bytes, T) {
+        (self.prefix, self.inner)
     }
 }
 
@@ -363,5 +409,38 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Rewind<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_name_fixes_the_certificate_name() {
+        let listed = |n: &str| n.ends_with(".example.test");
+        let h = |connect, sni| certificate_host(connect, sni, listed);
+        assert_eq!(h("a.example.test", None), Ok("a.example.test"));
+        assert_eq!(h("a.example.test", Some("")), Ok("a.example.test"));
+        assert_eq!(
+            h("a.example.test", Some("A.Example.Test.")),
+            Ok("a.example.test")
+        );
+        // Another name, even an intercepted one, is refused.
+        assert!(h("a.example.test", Some("b.example.test")).is_err());
+        assert!(h("a.example.test", Some("elsewhere.test")).is_err());
+    }
+
+    #[test]
+    fn for_an_address_only_an_intercepted_sni_decides() {
+        let listed = |n: &str| n.ends_with(".example.test");
+        let h = |connect, sni| certificate_host(connect, sni, listed);
+        assert_eq!(h("192.0.2.7", Some("a.example.test")), Ok("a.example.test"));
+        assert_eq!(
+            h("2001:db8::7", Some("a.example.test")),
+            Ok("a.example.test")
+        );
+        assert_eq!(h("192.0.2.7", None), Ok("192.0.2.7"));
+        assert!(h("192.0.2.7", Some("elsewhere.test")).is_err());
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::State;
 use crate::error::ProxyError;
@@ -16,10 +15,11 @@ use crate::http::target;
 use crate::telemetry::AccessRecord;
 
 /// Per-connection facts shared by its requests. The permit counts the connection against
-/// `max-connections` until the connection and any tunnel it became are gone.
+/// `max-connections` and `max-connections-per-client` until the connection and any tunnel
+/// it became are gone.
 pub struct ConnCtx {
     pub peer: SocketAddr,
-    pub permit: Arc<OwnedSemaphorePermit>,
+    pub permit: Arc<crate::server::limits::ConnPermit>,
 }
 
 pub async fn handle(
@@ -80,17 +80,23 @@ fn finish(
             rec.error_message = Some(e.to_string());
             rec.deny_reason = match &e {
                 ProxyError::Denied { reason, .. } => Some(reason),
-                ProxyError::ClientAuthRequired => Some("auth"),
+                ProxyError::ClientAuthRequired | ProxyError::ClientAuthThrottled { .. } => {
+                    Some("auth")
+                }
                 _ => None,
             };
             rec.head_ready();
             rec.result = match e {
-                ProxyError::Denied { .. } | ProxyError::ClientAuthRequired => "TCP_DENIED",
+                ProxyError::Denied { .. }
+                | ProxyError::ClientAuthRequired
+                | ProxyError::ClientAuthThrottled { .. } => "TCP_DENIED",
                 ProxyError::ClientBadRequest(_) | ProxyError::ClientOriginForm => "NONE_NONE",
                 _ => rec.result,
             };
             match &e {
-                ProxyError::Denied { .. } | ProxyError::ClientAuthRequired => {
+                ProxyError::Denied { .. }
+                | ProxyError::ClientAuthRequired
+                | ProxyError::ClientAuthThrottled { .. } => {
                     tracing::debug!(client = %ctx.peer, error = %e, "request refused")
                 }
                 _ => {
@@ -113,7 +119,7 @@ async fn route(
 ) -> Result<Response<Body>, ProxyError> {
     let policy = state.dynamic().policy.clone();
     policy.check_client(ctx.peer.ip())?;
-    rec.user = policy.authenticate(req.headers()).await?;
+    rec.user = policy.authenticate(ctx.peer.ip(), req.headers()).await?;
     if req.method() == Method::CONNECT {
         crate::tunnel::handle(state.clone(), ctx, req, rec).await
     } else if req.uri().scheme().is_some() {

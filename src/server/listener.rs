@@ -1,18 +1,20 @@
 //! Accepting client connections: binding (IPv6 sockets are v6-only so `0.0.0.0` and `[::]`
-//! can both be listened on), the connection limit (over it: a polite 503, then close), the
-//! per-connection HTTP/1 server with its header limits, and draining at shutdown.
+//! can both be listened on), the connection limits, proxy-wide and per client address (over
+//! them: a polite 503, then close), refusing connections that come from the proxy's own
+//! address (a loop), and handing each connection to [`super::conn`] (HTTP/1.1 with its header
+//! limits, timeouts and drain).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::conn::Protocol;
 use super::dispatch::{self, ConnCtx};
+use super::limits::ConnPermit;
 use crate::app::State;
 use crate::telemetry::AccessRecord;
 
@@ -45,14 +47,25 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
                 }
             },
         };
+        if let Ok(local) = stream.local_addr()
+            && crate::access::ip_guard::is_self_connection(peer, local)
+        {
+            refuse_loop(&state, stream, peer, local);
+            continue;
+        }
         let Ok(permit) = state.conn_limit.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream));
+            tokio::spawn(refuse(stream, TOO_MANY));
+            continue;
+        };
+        let Some(slot) = state.client_slots.try_acquire(peer.ip()) else {
+            tracing::debug!(client = %peer, "client is at max-connections-per-client");
+            tokio::spawn(refuse(stream, TOO_MANY_FROM_CLIENT));
             continue;
         };
         let _ = stream.set_nodelay(true);
         let ctx = Arc::new(ConnCtx {
             peer,
-            permit: Arc::new(permit),
+            permit: Arc::new(ConnPermit::new(permit, slot)),
         });
         state
             .tracker
@@ -64,43 +77,61 @@ const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text
 Connection: close\r\nRetry-After: 1\r\nContent-Length: 63\r\n\r\n\
 ERR_TOO_MANY_CONNECTIONS: the proxy is at max-connections; retry\n";
 
-async fn refuse(mut stream: TcpStream) {
+const TOO_MANY_FROM_CLIENT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: text/plain\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 86\r\n\r\n\
+ERR_TOO_MANY_CONNECTIONS: this client address is at max-connections-per-client; retry\n";
+
+async fn refuse(mut stream: TcpStream, answer: &'static [u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = stream.write_all(TOO_MANY).await;
+        let _ = stream.write_all(answer).await;
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+/// A connection from the proxy's own address to its own port: the proxy tunnelled or
+/// forwarded to itself (through its pod address, or a Service that kept the source). Refused
+/// before it takes a connection slot, with a 403 that names the rule, and logged as a denial.
+fn refuse_loop(state: &Arc<State>, stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    let e = crate::error::ProxyError::Denied {
+        reason: "loop",
+        rule: format!(
+            "connection from {peer}, this proxy's own address, to its proxy port {local} \
+             (forwarding loop)"
+        ),
+    };
+    let body = format!("{}: {e}\n", e.label());
+    let answer = format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         X-Cuttle-Error: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        e.label(),
+        body.len()
+    );
+    let mut rec = AccessRecord::new(peer, "NONE", "error:forwarding-loop".into());
+    rec.status = 403;
+    rec.result = "TCP_DENIED";
+    rec.error = Some(e.label());
+    rec.error_message = Some(e.to_string());
+    rec.deny_reason = Some("loop");
+    rec.bytes = answer.len() as u64;
+    state.log.write(&rec);
+    tracing::debug!(client = %peer, "connection from this proxy's own address refused (loop)");
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
 }
 
 async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<State>) {
     let _open = state.metrics.connection();
     let peer = ctx.peer;
     let svc_state = state.clone();
-    let svc = service_fn(move |req| {
-        let state = svc_state.clone();
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(dispatch::handle(state, ctx, req).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.timeouts.header_read)
-        .max_buf_size(state.config.max_header_size)
-        // max_buf_size alone is soft (a read may fill the buffer's spare capacity past it);
-        // this is the exact limit on the parsed head.
-        .max_header_size(state.config.max_header_size)
-        .keep_alive(true);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = state.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
-    };
+    let handler = move |req| dispatch::handle(svc_state.clone(), ctx.clone(), req);
+    let result = super::conn::serve(TokioIo::new(stream), Protocol::Http1, &state, handler).await;
     if let Err(e) = result {
         if e.is_parse() || e.is_parse_too_large() {
             let mut rec = AccessRecord::new(peer, "NONE", "error:invalid-request".into());

@@ -1,5 +1,8 @@
-//! The client side: accepting connections ([`listener`]) and routing each request
-//! ([`dispatch`]).
+//! The client side: accepting connections ([`listener`]), the connection limits, proxy-wide
+//! and per client address ([`limits`]), serving each connection with the request limits
+//! ([`conn`]) and routing each request ([`dispatch`]).
 
+pub mod conn;
 pub mod dispatch;
+pub mod limits;
 pub mod listener;

@@ -93,6 +93,17 @@ pub async fn open_upstream(
     })
 }
 
+/// The client's own socket under an upgraded connection (and any bytes hyper read past the
+/// request head), so that the tunnel can use [`bridge::run_tcp`] and drop hyper's buffers;
+/// the upgraded connection back when it is not a plain TCP socket.
+pub fn client_socket(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<(TcpStream, Bytes), hyper::upgrade::Upgraded> {
+    upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map(|parts| (parts.io.into_inner(), parts.read_buf))
+}
+
 #[tracing::instrument(skip_all, fields(target = %req.uri()))]
 pub async fn handle(
     state: Arc<State>,
@@ -129,17 +140,29 @@ pub async fn handle(
     spawn_logged(&state, ctx, async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                let mut early_len = 0;
-                if !early.is_empty() {
-                    early_len = early.len() as u64;
-                    if client.write_all(&early).await.is_err() {
-                        rec.result = "TCP_TUNNEL_ABORTED";
+                let stats = match client_socket(upgraded) {
+                    Ok((mut client, pre)) => {
+                        // Bytes the client sent past its CONNECT head, and the parent's past
+                        // its answer, go first.
+                        let mut upstream = upstream;
+                        if upstream.write_all(&pre).await.is_err()
+                            || client.write_all(&early).await.is_err()
+                        {
+                            rec.result = "TCP_TUNNEL_ABORTED";
+                        }
+                        rec.bytes_in += pre.len() as u64;
+                        bridge::run_tcp(client, upstream, idle, stop).await
                     }
-                }
-                let stats = bridge::run(client, upstream, idle, stop).await;
-                rec.bytes += stats.upstream_to_client + early_len;
-                rec.bytes_in = stats.client_to_upstream;
+                    Err(upgraded) => {
+                        let mut client = TokioIo::new(upgraded);
+                        if client.write_all(&early).await.is_err() {
+                            rec.result = "TCP_TUNNEL_ABORTED";
+                        }
+                        bridge::run(client, upstream, idle, stop).await
+                    }
+                };
+                rec.bytes += stats.upstream_to_client + early.len() as u64;
+                rec.bytes_in += stats.client_to_upstream;
                 if stats.reason != bridge::CloseReason::Done {
                     tracing::debug!(reason = ?stats.reason, "tunnel closed");
                 }

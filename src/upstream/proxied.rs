@@ -94,10 +94,12 @@ impl ProxiedClient {
         } else {
             ReqBody::Stream(Some(body))
         };
-        if let Some(resp) = self.send_pooled(&parts, &mut body).await? {
-            return Ok(resp);
-        }
-        self.send_new(&parts, &mut body).await
+        let mut resp = match self.send_pooled(&parts, &mut body).await? {
+            Some(resp) => resp,
+            None => self.send_new(&parts, &mut body).await?,
+        };
+        crate::http::headers::drop_length_beside_transfer_coding(resp.headers_mut());
+        Ok(resp)
     }
 
     /// While the parent's wishes are unknown: a body that fits is buffered for a second
@@ -382,6 +384,9 @@ fn build(
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = http::Version::HTTP_11;
     let mut headers = parts.headers.clone();
+    // RFC 9110 §11.7.2: a client's Proxy-Authorization was for cuttle; only the parent's
+    // own credentials (set below) go to the parent.
+    headers.remove(header::PROXY_AUTHORIZATION);
     if !headers.contains_key(header::HOST)
         && let Some(h) = host_value(&parts.uri)
     {

@@ -151,6 +151,9 @@ pub struct TestProxy {
     lines: Mutex<Vec<String>>,
 }
 
+/// The `--allow-dest` value that lets a proxy reach origins on loopback (test origins).
+pub const LOOPBACK: &[&str] = &["127.0.0.0/8", "::1/128"];
+
 /// Options for a test proxy: listening on 127.0.0.1:0, defaults otherwise.
 pub fn opts() -> Options {
     Options {
@@ -169,7 +172,11 @@ impl TestProxy {
     }
 
     /// A proxy whose configuration is `base` merged with the TOML `file`, re-read on reload.
-    pub async fn start_reloadable(base: Options, file: std::path::PathBuf) -> TestProxy {
+    pub async fn start_reloadable(mut base: Options, file: std::path::PathBuf) -> TestProxy {
+        // Reloads must keep the loopback allowance the start gets (see start_inner).
+        if base.allow_dest.is_none() {
+            base.allow_dest = Some(LOOPBACK.iter().map(|s| s.to_string()).collect());
+        }
         let o = Options::from_file(&file).unwrap().or(base.clone());
         let reloader: cuttle::admin::Reloader =
             Arc::new(move || cuttle::config::load(&base, Some(&file)));
@@ -189,6 +196,11 @@ impl TestProxy {
         // Never the fixed default admin port: tests run in parallel.
         if o.admin_listen.is_none() {
             o.admin_listen = Some("127.0.0.1:0".into());
+        }
+        // Test origins listen on loopback, which the proxy refuses by default: allow it
+        // (the proxy's own and admin ports stay refused). Tests of the default set their own.
+        if o.allow_dest.is_none() {
+            o.allow_dest = Some(LOOPBACK.iter().map(|s| s.to_string()).collect());
         }
         // Tests that leave a tunnel open must not wait the production grace period.
         if o.shutdown_grace.is_none() {
