@@ -724,6 +724,7 @@ async fn auto_learns_basic_from_a_basic_parent() {
     for path in ["/b1", "/b2", "/b3"] {
         let r = p.client().get(origin.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.text().await.unwrap(), format!("GET {path} 0"));
     }
     let (head, _) = tunnel_get(p.addr, origin.addr, "/b4").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

@@ -117,8 +117,10 @@ impl ProxiedClient {
             let mut buf = BytesMut::new();
             let mut body = body;
             while let Some(frame) = body.frame().await {
-                let frame = frame
-                    .map_err(|e| ProxyError::ClientBadRequest(format!("request body: {e}")))?;
+                let frame = frame.map_err(|e| match crate::error::find_in_chain(&*e) {
+                    Some(p) => p.clone(),
+                    None => ProxyError::ClientBadRequest(format!("request body: {e}")),
+                })?;
                 if let Ok(data) = frame.into_data() {
                     buf.extend_from_slice(&data);
                 }
@@ -350,6 +352,11 @@ impl ProxiedClient {
     }
 
     fn io_error(&self, parts: &http::request::Parts, e: &hyper::Error) -> ProxyError {
+        // A failure reading the client's body (bad chunk framing...) travels inside hyper's
+        // error as the ProxyError the body produced: the client's error, not the parent's.
+        if let Some(p) = crate::error::find_in_chain(e) {
+            return p.clone();
+        }
         let host = parts
             .uri
             .authority()
