@@ -14,7 +14,7 @@ use regex::Regex;
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A rule as written in the config file (`[[cache-rule]]`).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RuleConfig {
     /// A name for logs and `Cache-Status`; defaults to the pattern.
