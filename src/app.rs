@@ -42,14 +42,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds every listen address and starts serving (no reload source).
-    pub async fn start(config: ValidConfig, log: AccessLog) -> Result<Proxy, StartError> {
-        Self::start_with(config, log, None).await
-    }
-
     /// Binds every listen address and the admin port, and starts serving. `reloader`
     /// re-reads the configuration on SIGHUP or `POST /api/reload`.
-    pub async fn start_with(
+    pub async fn start(
         config: ValidConfig,
         log: AccessLog,
         reloader: Option<Reloader>,
@@ -209,7 +204,7 @@ pub async fn run(config: ValidConfig, reloader: Option<Reloader>) -> Result<(), 
     // drain the proxy, not kill it with the default action.
     let stop = shutdown_signal();
     let log = AccessLog::stdout(config.log_format);
-    let proxy = Arc::new(Proxy::start_with(config, log, reloader).await?);
+    let proxy = Arc::new(Proxy::start(config, log, reloader).await?);
     // Registered before the listening line is logged: a SIGHUP sent as soon as the proxy
     // announces itself must reload it, not kill it.
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

@@ -185,7 +185,7 @@ impl Admin {
             // The page itself is static and holds no data: a browser cannot send a bearer
             // token when it opens it, so it loads freely and asks for the token (the API it
             // calls stays guarded).
-            _ if !self.authorized(&req) && !is_status_page(&method, &path) => {
+            _ if !self.authorized(&req) && !is_public_page(&method, &path) => {
                 let mut r = text(
                     StatusCode::UNAUTHORIZED,
                     "admin token required (Authorization: Bearer <token>)\n",
@@ -321,8 +321,9 @@ impl Admin {
     }
 }
 
-/// `GET /`: the static status page, served without the token.
-fn is_status_page(method: &Method, path: &str) -> bool {
+/// What the admin port serves without the token: the static status page (it fetches its
+/// figures from the API with the token) and the CA certificate.
+fn is_public_page(method: &Method, path: &str) -> bool {
     // The CA certificate is public by nature: clients fetch it to trust cuttle.
     *method == Method::GET && matches!(path, "/" | "/index.html" | "/ca.pem")
 }

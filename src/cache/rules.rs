@@ -56,8 +56,9 @@ impl Rule {
         }
     }
 
-    /// Immutable rules override the origin's `no-cache`/`must-revalidate` too.
-    pub fn is_immutable(&self) -> bool {
+    /// A rule whose least freshness is a day or more names immutable artifacts: it overrides
+    /// the origin's `no-cache`/`must-revalidate` too.
+    pub fn overrides_revalidation(&self) -> bool {
         self.min >= Duration::from_secs(24 * 3600)
     }
 }

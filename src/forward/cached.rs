@@ -247,9 +247,9 @@ impl Ctx<'_> {
             Ok(resp) if denied(resp.status()) => {
                 // The stored response is no longer to be served to anyone without asking.
                 self.cache.invalidate(&self.primary).await;
-                self.store_or_pass(resp, permit, false, modified, rec).await
+                self.store_or_pass(resp, permit, modified, rec).await
             }
-            Ok(resp) => self.store_or_pass(resp, permit, false, modified, rec).await,
+            Ok(resp) => self.store_or_pass(resp, permit, modified, rec).await,
             Err(e) => {
                 permit.resolve(Outcome::Failed);
                 if self.serve_on_error(&stored) {
@@ -462,7 +462,7 @@ impl Ctx<'_> {
         } else {
             ResultCode::TcpRefreshModified
         };
-        self.store_or_pass(resp, permit, wanted_range, code, rec)
+        self.store_or_pass(resp, permit, code, rec)
             .await
     }
 
@@ -471,7 +471,6 @@ impl Ctx<'_> {
         &self,
         resp: Response<Incoming>,
         permit: Permit,
-        _ranged: bool,
         code: ResultCode,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {

@@ -213,7 +213,7 @@ impl TestProxy {
         };
         let cfg = o.validate().map_err(|e| e.join("; "))?;
         let (log, rx) = AccessLog::channel(format);
-        let proxy = Proxy::start_with(cfg, log, reloader)
+        let proxy = Proxy::start(cfg, log, reloader)
             .await
             .map_err(|e| e.to_string())?;
         Ok(TestProxy {
