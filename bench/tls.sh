@@ -19,7 +19,7 @@ PAR=${TLS_BENCH_PARALLEL:-16}
 RUNS=${TLS_BENCH_RUNS:-3}
 CUTTLE_BIN=target/release/cuttle
 
-for tool in curl openssl python3; do
+for tool in curl bc; do
   command -v "$tool" >/dev/null || { echo "tls.sh: $tool is required" >&2; exit 1; }
 done
 if [[ ${BENCH_NO_BUILD:-} != 1 ]]; then
@@ -37,51 +37,8 @@ trap cleanup EXIT
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# --- HTTPS origin: self-signed certificate for localhost, forking Python server ---
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -keyout "$TMP/origin.key" -out "$TMP/origin.pem" -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
-  -addext extendedKeyUsage=serverAuth 2>/dev/null
-
-cat >"$TMP/origin.py" <<'EOF'
-# GET /cached/<n>: n bytes, Cache-Control: max-age=3600. HTTP/1.1 keep-alive over TLS.
-# One forked process per connection, so the GIL does not serialise the connections.
-import http.server, socketserver, ssl, sys
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[1], sys.argv[2])
-ctx.set_alpn_protocols(["http/1.1"])
-BUF = bytes(range(256)) * 4096  # 1 MiB
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def setup(self):
-        self.request = ctx.wrap_socket(self.request, server_side=True)
-        super().setup()
-    def log_message(self, *a):
-        pass
-    def do_GET(self):
-        parts = self.path.split("/")
-        if len(parts) != 3 or parts[1] != "cached" or not parts[2].isdigit():
-            self.send_error(404)
-            return
-        n = int(parts[2])
-        self.send_response(200)
-        self.send_header("Content-Length", str(n))
-        self.send_header("Cache-Control", "max-age=3600")
-        self.send_header("ETag", '"bench-%d"' % n)
-        self.end_headers()
-        while n > 0:
-            k = min(n, len(BUF))
-            self.wfile.write(BUF[:k] if k < len(BUF) else BUF)
-            n -= k
-class S(socketserver.ForkingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    max_children = 256
-    request_queue_size = 128
-s = S(("127.0.0.1", 0), H)
-print("listening on 127.0.0.1:%d" % s.server_address[1], flush=True)
-s.serve_forever()
-EOF
-python3 "$TMP/origin.py" "$TMP/origin.pem" "$TMP/origin.key" >"$TMP/origin.out" 2>&1 &
+# --- HTTPS origin: bench_origin's TLS 1.3 listener, its CA certificate in origin-ca.pem ---
+target/release/examples/bench_origin 0 --tls "$TMP/origin-ca.pem" >"$TMP/origin.out" 2>&1 &
 PIDS+=($!)
 
 wait_for() { # file pattern -> first match (polls up to 10 s)
@@ -95,7 +52,7 @@ wait_for() { # file pattern -> first match (polls up to 10 s)
   cat "$1" >&2 || true
   return 1
 }
-ORIGIN_PORT=$(wait_for "$TMP/origin.out" '127\.0\.0\.1:[0-9]+' | cut -d: -f2)
+ORIGIN_PORT=$(wait_for "$TMP/origin.out" 'tls listening on 127\.0\.0\.1:[0-9]+' | cut -d: -f2)
 
 # --- two cuttles: one intercepting localhost, one plain (blind CONNECT tunnel) ---
 start_cuttle() { # name args...
@@ -109,7 +66,7 @@ start_cuttle() { # name args...
   eval "${name}_ADMIN=$(wait_for "$TMP/$name.err" 'admin=127\.0\.0\.1:[0-9]+' | cut -d= -f2)"
 }
 CACHE_OPTS=(--max-mem-object-size 32MiB --cache-mem 512MiB)
-start_cuttle mitm --intercept localhost --upstream-ca "$TMP/origin.pem" "${CACHE_OPTS[@]}"
+start_cuttle mitm --intercept localhost --upstream-ca "$TMP/origin-ca.pem" "${CACHE_OPTS[@]}"
 start_cuttle tunnel "${CACHE_OPTS[@]}"
 curl -sS --fail -o "$TMP/cuttle-ca.pem" "http://$mitm_ADMIN/ca.pem"
 
@@ -117,7 +74,7 @@ curl -sS --fail -o "$TMP/cuttle-ca.pem" "http://$mitm_ADMIN/ca.pem"
 path_opts() {
   case $1 in
     mitm) echo "--proxy http://$mitm_ADDR --cacert $TMP/cuttle-ca.pem" ;;
-    tunnel) echo "--proxy http://$tunnel_ADDR --cacert $TMP/origin.pem" ;;
+    tunnel) echo "--proxy http://$tunnel_ADDR --cacert $TMP/origin-ca.pem" ;;
   esac
 }
 url() { echo "https://localhost:$ORIGIN_PORT/cached/$1"; }
@@ -216,7 +173,12 @@ for size in 65536 16777216; do
   label=$([[ $size == 65536 ]] && echo "64 KiB" || echo "16 MiB")
   printf '| %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f |\n' "$label" "$tr" "$mr" \
     "$(echo "$mr / $tr" | bc -l)" "$tm" "$mm" "$(echo "$mm / $tm" | bc -l)" "$tc" "$mc"
+  # For bench/run.sh, which puts these figures in its summary.
+  printf 'TLSBENCH size=%s tunnel_rps=%.0f mitm_rps=%.0f tunnel_mbps=%.1f mitm_mbps=%.1f tunnel_cpu=%.2f mitm_cpu=%.2f\n' \
+    "$size" "$tr" "$mr" "$tm" "$mm" "$tc" "$mc" >>"$TMP/machine.txt"
 done
+echo
+cat "$TMP/machine.txt"
 echo
 for p in tunnel mitm; do
   echo "$p cuttle access log: $(grep -c ' CONNECT ' "$TMP/$p.log" || true) CONNECT lines (TLS connections), $(grep -c ' GET ' "$TMP/$p.log" || true) GET lines"

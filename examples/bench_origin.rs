@@ -6,13 +6,22 @@
 //!   strong `ETag` (`"bench-<n>"`), so caching proxies store it (the cache-hit scenarios). A
 //!   request whose `If-None-Match` names that tag gets `304 Not Modified` without a body.
 //!
-//! Usage: `bench_origin [port]` (default 0: any free port). The bound address is printed on
-//! stdout as `listening on 127.0.0.1:<port>` once the server accepts connections.
+//! Usage: `bench_origin [port] [--tls <ca.pem>]` (port default 0: any free port). The bound
+//! address is printed on stdout as `listening on 127.0.0.1:<port>` once the server accepts
+//! connections.
+//!
+//! With `--tls <ca.pem>` it also serves the same paths over TLS 1.3 only (HTTP/1.1 by ALPN) on
+//! a second free port, printed as `tls listening on 127.0.0.1:<port>` after the first line. Its
+//! certificate names `localhost` and `127.0.0.1` and is issued by a CA made for this run, whose
+//! certificate is written to `<ca.pem>`: clients verify the origin with `curl --cacert <ca.pem>`
+//! (the TLS CONNECT tunnel and interception benchmarks).
 
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
@@ -23,7 +32,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// Size of the preallocated buffer; larger bodies repeat it.
 const CHUNK: usize = 1 << 20;
@@ -130,37 +145,112 @@ fn respond(chunk: &Bytes, req: &Request<Incoming>) -> Response<Repeat> {
     resp
 }
 
+/// Serves HTTP/1.1 on one accepted connection (plain TCP or TLS).
+async fn serve<S>(io: S, chunk: Bytes)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let resp = respond(&chunk, &req);
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    // A client that goes away mid-response is normal under load; nothing to report.
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+/// A TLS 1.3-only acceptor whose certificate (for `localhost` and `127.0.0.1`) is issued by a
+/// fresh CA; the CA certificate is written to `ca_out` for clients to trust.
+fn tls_acceptor(ca_out: &Path) -> anyhow::Result<TlsAcceptor> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cuttle bench origin CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+    std::fs::write(ca_out, ca_cert.pem())
+        .with_context(|| format!("cannot write {}", ca_out.display()))?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    // TLS 1.3 only: the tunnel benchmark is specified as TLS 1.3 end to end.
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf_cert.der().clone()], key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+async fn bind_loopback(port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+        .context("bind")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let port = match std::env::args().nth(1) {
-        Some(p) => p.parse::<u16>().context("port must be a number 0-65535")?,
-        None => 0,
+    let mut port = 0u16;
+    let mut tls_ca: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--tls" {
+            tls_ca = Some(
+                args.next()
+                    .context("--tls needs a file name for the CA certificate")?,
+            );
+        } else {
+            port = a.parse::<u16>().context("port must be a number 0-65535")?;
+        }
+    }
+    let listener = bind_loopback(port).await?;
+    let tls = match &tls_ca {
+        Some(ca) => Some((bind_loopback(0).await?, tls_acceptor(Path::new(ca))?)),
+        None => None,
     };
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
-        .context("bind")?;
-    let addr = listener.local_addr()?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {addr}")?;
+    writeln!(out, "listening on {}", listener.local_addr()?)?;
+    if let Some((l, _)) = &tls {
+        writeln!(out, "tls listening on {}", l.local_addr()?)?;
+    }
     out.flush()?;
     drop(out);
 
     let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    if let Some((tls_listener, acceptor)) = tls {
+        let chunk = chunk.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = tls_listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let (acceptor, chunk) = (acceptor.clone(), chunk.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        serve(tls, chunk).await;
+                    }
+                });
+            }
+        });
+    }
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let chunk = chunk.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = respond(&chunk, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            // A client that goes away mid-response is normal under load; nothing to report.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        tokio::spawn(serve(stream, chunk.clone()));
     }
 }

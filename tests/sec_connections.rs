@@ -458,6 +458,8 @@ impl Binary {
         let mut child = c
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--cache-size", "0", "--cache-mem", "0"])
+            // The origins of these tests are on loopback, which is refused by default.
+            .args(["--allow-dest", "127.0.0.0/8,::1"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -551,7 +553,8 @@ const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tunnels_fit_the_memory_limit() {
     let origin = echo_origin().await;
-    let proxy = Binary::start(&[]);
+    // All the tunnels come from this one test client.
+    let proxy = Binary::start(&["--max-connections-per-client", "10000"]);
     // Warm-up: runtime threads, allocator arenas, lazily built state.
     let mut warm = Vec::new();
     for _ in 0..100 {
