@@ -150,9 +150,11 @@ fn main() -> ExitCode {
     for (flag, instead) in &secret_flags {
         tracing::warn!("{}", secret_flag_warning(flag, instead));
     }
-    let reloader: cuttle::admin::Reloader = {
+    let reloader = {
         let (opts, file) = (args.opts.clone(), args.config.clone());
-        Arc::new(move || cuttle::config::load(&opts, file.as_deref()))
+        cuttle::config::reload::Reloader::new(Arc::new(move || {
+            cuttle::config::load(&opts, file.as_deref())
+        }))
     };
     match serve(config, reloader) {
         Ok(()) => ExitCode::SUCCESS,
@@ -292,7 +294,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn serve(config: ValidConfig, reloader: cuttle::admin::Reloader) -> anyhow::Result<()> {
+fn serve(config: ValidConfig, reloader: cuttle::config::reload::Reloader) -> anyhow::Result<()> {
     runtime()?.block_on(cuttle::app::run(config, Some(reloader)))?;
     Ok(())
 }

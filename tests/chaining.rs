@@ -28,7 +28,7 @@ fn squid_user() -> String {
 
 fn peer_opts(cache_peer: &str) -> Options {
     let mut o = opts();
-    o.cache_peer = Some(cache_peer.to_string());
+    o.cache_peer = Some(cache_peer.into());
     o
 }
 

@@ -546,11 +546,7 @@ const PEER_PASS: &str = "s3cretpw";
 
 fn peer_opts(parent: SocketAddr) -> cuttle::config::Options {
     let mut o = opts();
-    o.cache_peer = Some(format!(
-        "user:{PEER_PASS}:{}:{}",
-        parent.ip(),
-        parent.port()
-    ));
+    o.cache_peer = Some(format!("user:{PEER_PASS}:{}:{}", parent.ip(), parent.port()).into());
     o
 }
 
@@ -681,7 +677,7 @@ fn invalid_cache_peer_values_are_config_errors() {
         let mut o = opts();
         o.cache_peer = Some(value.into());
         let errs = match o.validate() {
-            Ok(c) => panic!("`{value}` was accepted as {:?}", c.peers),
+            Ok(c) => panic!("`{value}` was accepted as {:?}", c.upstream.peers),
             Err(e) => e,
         };
         let line = errs

@@ -745,7 +745,7 @@ async fn intercepted_requests_reach_the_origin_through_squid() {
     let work = tempfile::tempdir().unwrap();
     let (reg, jar_path, _) = maven_repo(work.path()).await;
     let mut o = intercepting(&reg.origin);
-    o.cache_peer = Some(squid.cache_peer());
+    o.cache_peer = Some(squid.cache_peer().into());
     let p = TestProxy::start(o).await;
     let ca = proxy_ca(&p, work.path()).await;
     let url = reg.origin.url(&jar_path);
