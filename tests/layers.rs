@@ -46,7 +46,10 @@ fn module_of(src: &Path, file: &Path) -> Vec<String> {
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
-    if parts.last().is_some_and(|p| p == "mod" || p == "lib" || p == "main") {
+    if parts
+        .last()
+        .is_some_and(|p| p == "mod" || p == "lib" || p == "main")
+    {
         parts.pop();
     }
     parts
@@ -164,7 +167,10 @@ fn references(file: &File, modules: &BTreeSet<Vec<String>>) -> Vec<(Vec<String>,
     let children: BTreeSet<String> = {
         let mut c = BTreeSet::new();
         for line in file.text.lines() {
-            let l = line.trim_start().trim_start_matches("pub ").trim_start_matches("pub(crate) ");
+            let l = line
+                .trim_start()
+                .trim_start_matches("pub ")
+                .trim_start_matches("pub(crate) ");
             if let Some(rest) = l.strip_prefix("mod ")
                 && let Some(name) = rest.strip_suffix(';')
             {
@@ -242,9 +248,7 @@ fn layer_of(module: &[String]) -> (usize, &'static str) {
     let mut best: Option<(usize, usize, &'static str)> = None;
     for (idx, (layer, prefixes)) in LAYERS.iter().enumerate() {
         for p in *prefixes {
-            let matches = p.is_empty()
-                || name == *p
-                || name.starts_with(&format!("{p}::"));
+            let matches = p.is_empty() || name == *p || name.starts_with(&format!("{p}::"));
             if matches && best.is_none_or(|(len, _, _)| p.len() > len) {
                 best = Some((p.len(), idx, layer));
             }

@@ -462,8 +462,7 @@ impl Ctx<'_> {
         } else {
             ResultCode::TcpRefreshModified
         };
-        self.store_or_pass(resp, permit, code, rec)
-            .await
+        self.store_or_pass(resp, permit, code, rec).await
     }
 
     /// Stores a storable response (and serves it from the fill), or passes it through.
