@@ -13,7 +13,6 @@
 //! `Content-Length` and upstream reported no error).
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,10 +20,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::disk::DiskWriter;
+use super::disk::{DiskWriter, read_at};
 use super::memory::MemEntry;
 use super::meta::Meta;
 use crate::http::body::{Body, BoxError};
@@ -54,8 +52,9 @@ struct Inner {
     keep_all: bool,
     /// Bytes of body readable from `file`.
     written: u64,
-    /// The file being written (temporary, then committed) and where its body starts.
-    file: Option<(PathBuf, u64)>,
+    /// A read handle on the file being written (temporary, then committed: the same file,
+    /// still readable after an eviction) and where its body starts.
+    file: Option<(Arc<std::fs::File>, u64)>,
     /// No usable disk copy (no disk tier, writer behind, write error, too large).
     file_failed: bool,
     /// The writer thread has finished (no more bytes will become readable from the file).
@@ -156,7 +155,7 @@ impl Fill {
                 written: 0,
                 file: writer
                     .as_ref()
-                    .map(|w| (w.path().to_path_buf(), w.body_offset())),
+                    .and_then(|w| w.reader().map(|f| (f, w.body_offset()))),
                 file_failed: writer.is_none(),
                 writer_done: writer.is_none(),
                 state: FillState::Receiving,
@@ -368,7 +367,6 @@ impl Fill {
             pos,
             end,
             rx: self.changed.subscribe(),
-            file: None,
             failed: false,
         };
         let stream = futures_util::stream::unfold(st, |mut st| async move {
@@ -393,13 +391,12 @@ struct ReaderState {
     pos: Arc<AtomicU64>,
     end: Option<u64>,
     rx: watch::Receiver<u64>,
-    file: Option<(PathBuf, tokio::fs::File)>,
     failed: bool,
 }
 
 enum Step {
     Data(Bytes),
-    File(PathBuf, u64, u64),
+    File(Arc<std::fs::File>, u64, u64),
     Wait,
     End,
     Fail(String),
@@ -440,9 +437,9 @@ impl ReaderState {
             }
         }
         if pos < inner.written
-            && let Some((p, off)) = &inner.file
+            && let Some((f, off)) = &inner.file
         {
-            return Step::File(p.clone(), *off, limit.min(inner.written));
+            return Step::File(f.clone(), *off, limit.min(inner.written));
         }
         match &inner.state {
             FillState::Failed(e) => Step::Fail(e.clone()),
@@ -467,23 +464,15 @@ impl ReaderState {
                     return Err(e.into());
                 }
                 Step::Wait => self.wait().await?,
-                Step::File(path, offset, until) => {
+                Step::File(file, offset, until) => {
                     let pos = self.pos.load(Ordering::Relaxed);
-                    match read_file(&mut self.file, &path, offset, pos, until).await {
-                        Ok(b) if !b.is_empty() => {
-                            self.advance(b.len() as u64);
-                            return Ok(Some(b));
-                        }
-                        Ok(_) => self.wait().await?,
-                        Err(e) => {
-                            // The temporary file was renamed on commit: retry with the new path.
-                            self.file = None;
-                            let moved =
-                                self.fill.inner.lock().file.as_ref().map(|(p, _)| p) != Some(&path);
-                            if !moved {
-                                return Err(e.into());
-                            }
-                        }
+                    let want = ((until - pos) as usize).min(READ_CHUNK);
+                    let b = read_at(file, offset + pos, want).await?;
+                    if b.is_empty() {
+                        self.wait().await?;
+                    } else {
+                        self.advance(b.len() as u64);
+                        return Ok(Some(b));
                     }
                 }
             }
@@ -496,30 +485,6 @@ impl ReaderState {
             .await
             .map_err(|_| BoxError::from("fill ended unexpectedly"))
     }
-}
-
-/// Reads up to [`READ_CHUNK`] body bytes at `pos` (before `until`) from the fill's file,
-/// keeping the file open between calls.
-async fn read_file(
-    slot: &mut Option<(PathBuf, tokio::fs::File)>,
-    path: &PathBuf,
-    body_offset: u64,
-    pos: u64,
-    until: u64,
-) -> std::io::Result<Bytes> {
-    if slot.as_ref().is_none_or(|(p, _)| p != path) {
-        let f = tokio::fs::File::open(path).await?;
-        *slot = Some((path.clone(), f));
-    }
-    let Some((_, f)) = slot.as_mut() else {
-        return Ok(Bytes::new());
-    };
-    let want = ((until - pos) as usize).min(READ_CHUNK);
-    let mut buf = vec![0u8; want];
-    f.seek(std::io::SeekFrom::Start(body_offset + pos)).await?;
-    let n = f.read(&mut buf).await?;
-    buf.truncate(n);
-    Ok(Bytes::from(buf))
 }
 
 /// The disk writer (a blocking thread): copies queued chunks to the temporary file in
@@ -563,11 +528,7 @@ fn write_to_disk(
         return false;
     }
     match w.commit() {
-        Ok(path) => {
-            let mut inner = fill.inner.lock();
-            let offset = inner.file.as_ref().map_or(0, |(_, o)| *o);
-            inner.file = Some((path, offset));
-            drop(inner);
+        Ok(_) => {
             fill.notify();
             true
         }
