@@ -22,6 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod mitm;
 pub mod server;
+pub mod sizing;
 pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;

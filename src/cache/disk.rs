@@ -2,8 +2,8 @@
 //! <variant>` (format in [`super::meta`]), written to `v2/tmp/` and renamed into place only
 //! when complete, so a crash leaves no partial entry under `objects/`. The 256 shard
 //! directories `<aa>` are made once at start and never removed, so evictions leave no empty
-//! directory behind and the inode count is bounded: at most `--cache-size / 16 KiB` entries
-//! (mke2fs' default bytes-per-inode) plus the 256 shards and 3 directories above them.
+//! directory behind and the inode count is bounded: at most `--cache-size / 32 KiB` entries
+//! plus the 256 shards and 3 directories above them.
 //!
 //! An in-memory index (size and last use per entry) keeps what `du` sees under
 //! `--cache-size`: files are counted in whole 4 KiB blocks, and a file being written reserves
@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
+use std::ops::RangeInclusive;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,9 +40,10 @@ const LAYOUT: &str = "v2";
 const OLD_LAYOUT: &str = "v1";
 /// Files are counted in whole blocks of this size, as `du` counts them.
 pub const BLOCK: u64 = 4096;
-/// At most one entry per this many bytes of `--cache-size` (mke2fs' default bytes-per-inode
-/// ratio), so a volume sized for the cache does not run out of inodes before bytes.
-pub const BYTES_PER_ENTRY: u64 = 16 * 1024;
+/// At most one entry per this many bytes of `--cache-size`: twice mke2fs' default
+/// bytes-per-inode, so a volume sized for the cache does not run out of inodes before bytes,
+/// and the in-memory index stays within 8 MiB per GiB of `--cache-size`.
+pub const BYTES_PER_ENTRY: u64 = 32 * 1024;
 /// A writer whose object's length is unknown reserves at least this much at a time, and at
 /// most [`RESERVE_MAX_STEP`] (growing with what it has written).
 const RESERVE_MIN_STEP: u64 = 64 * 1024;
@@ -60,8 +62,9 @@ pub fn blocks(len: u64) -> u64 {
 }
 
 /// One stored entry as the index keeps it: the URL hash and the variant id, in binary (the
-/// index holds up to millions of them).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+/// index holds up to millions of them). Ordered by URL first, so a URL's variants are one
+/// range of the index.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 struct Slot {
     primary: [u8; 32],
     variant: [u8; 16],
@@ -101,11 +104,25 @@ impl Slot {
     fn shard(&self) -> String {
         hex::encode(&self.primary[..1])
     }
+
+    /// Every slot of one URL.
+    fn all_of(primary: [u8; 32]) -> RangeInclusive<Slot> {
+        Slot {
+            primary,
+            variant: [0; 16],
+        }..=Slot {
+            primary,
+            variant: [0xff; 16],
+        }
+    }
 }
 
+/// About 170 bytes per entry (`index_memory_per_entry` below; the memory formula's
+/// `INDEX_PER_ENTRY`): a B-tree of the entries by URL, so that a lookup lists a URL's
+/// variants as a range, and one of their last uses.
 #[derive(Default)]
 struct Index {
-    items: HashMap<Slot, Item>,
+    items: BTreeMap<Slot, Item>,
     lru: BTreeMap<u64, Slot>,
     seq: u64,
     /// Bytes (in whole blocks) of the indexed files.
@@ -117,9 +134,6 @@ struct Index {
     /// Metadata refreshed by a 304 since the file was written (lost at restart: the entry is
     /// then revalidated once more).
     refreshed: HashMap<Slot, Arc<Meta>>,
-    /// The indexed variants of each URL: once the scan is done, a URL with none is a miss
-    /// without touching the disk.
-    primaries: HashMap<[u8; 32], Vec<[u8; 16]>>,
 }
 
 struct Item {
@@ -141,10 +155,6 @@ impl Index {
             None => {
                 self.items.insert(slot, Item { size, seq });
                 self.total += size;
-                self.primaries
-                    .entry(slot.primary)
-                    .or_default()
-                    .push(slot.variant);
             }
         }
         self.lru.insert(seq, slot);
@@ -155,12 +165,6 @@ impl Index {
         self.lru.remove(&item.seq);
         self.total -= item.size;
         self.refreshed.remove(slot);
-        if let Some(vs) = self.primaries.get_mut(&slot.primary) {
-            vs.retain(|v| *v != slot.variant);
-            if vs.is_empty() {
-                self.primaries.remove(&slot.primary);
-            }
-        }
         Some(item.size)
     }
 
@@ -286,16 +290,15 @@ impl Disk {
     /// The slots stored for a URL: from the index, or before the scan has finished, from its
     /// shard directory.
     async fn slots_of(&self, primary: [u8; 32]) -> Vec<Slot> {
+        // Once the scan is done, a URL with no indexed variant is a miss without touching
+        // the disk.
         if self.is_scanned() {
             let idx = self.index.lock();
-            return idx.primaries.get(&primary).map_or_else(Vec::new, |vs| {
-                vs.iter()
-                    .map(|v| Slot {
-                        primary,
-                        variant: *v,
-                    })
-                    .collect()
-            });
+            return idx
+                .items
+                .range(Slot::all_of(primary))
+                .map(|(s, _)| *s)
+                .collect();
         }
         let dir = self.root.join("objects").join(hex::encode(&primary[..1]));
         let prefix = format!("{}.", hex::encode(primary));
@@ -1045,7 +1048,7 @@ mod tests {
         );
     }
 
-    /// Entries are capped at one per 16 KiB of the bound, even when they are tiny.
+    /// Entries are capped at one per 32 KiB of the bound, even when they are tiny.
     #[tokio::test]
     async fn tiny_entries_are_capped_by_count() {
         let dir = tempfile::tempdir().unwrap();
@@ -1160,6 +1163,55 @@ mod tests {
             .unwrap();
         assert_eq!(&d.read_verified(&hit).await.unwrap()[..], b"old body");
         assert_eq!(d.usage().0, 1);
+    }
+
+    /// The index's memory per entry, for the formula's `INDEX_PER_ENTRY` (README "Sizing
+    /// memory"): `cargo test --lib index_memory_per_entry -- --ignored --nocapture`. It reads
+    /// this process's RSS, so it runs alone.
+    #[test]
+    #[ignore]
+    fn index_memory_per_entry() {
+        fn rss() -> u64 {
+            let s = std::fs::read_to_string("/proc/self/status").unwrap();
+            let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        }
+        const N: u64 = 1_000_000;
+        let before = rss();
+        let mut idx = Index::default();
+        for i in 0..N {
+            let mut s = Slot {
+                primary: [0; 32],
+                variant: [0; 16],
+            };
+            s.primary[..8].copy_from_slice(&Sha256::digest(i.to_le_bytes())[..8]);
+            s.variant[0] = (i % 3) as u8;
+            idx.touch(s, 8192);
+        }
+        let per = (rss() - before) / N;
+        println!("disk index: {per} bytes per entry ({N} entries)");
+        assert!(per <= crate::sizing::INDEX_PER_ENTRY, "{per}");
+        let p = Slot {
+            primary: [1; 32],
+            variant: [0; 16],
+        };
+        idx.touch(p, 1);
+        idx.touch(
+            Slot {
+                variant: [0xff; 16],
+                ..p
+            },
+            1,
+        );
+        idx.touch(
+            Slot {
+                primary: [2; 32],
+                ..p
+            },
+            1,
+        );
+        assert_eq!(idx.items.range(Slot::all_of([1; 32])).count(), 2);
+        drop(idx);
     }
 
     /// Before the scan has finished, lookups list the shard directory.
