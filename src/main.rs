@@ -141,6 +141,15 @@ fn main() -> ExitCode {
             eprintln!("cuttle: warning: {}", secret_flag_warning(flag, instead));
         }
         print!("{config}");
+        let (mem, disk) = config
+            .cache
+            .as_ref()
+            .map_or((0, 0), |c| (c.mem_size, c.disk_size));
+        let bound = cuttle::config::sizing::memory_bound(mem, disk, config.max_connections as u64);
+        println!(
+            "# memory bound (README \"Sizing memory\"): {} MiB",
+            bound.div_ceil(1 << 20)
+        );
         return ExitCode::SUCCESS;
     }
     if let Err(e) = cuttle::telemetry::init_tracing(&config.log_level) {

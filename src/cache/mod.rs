@@ -26,7 +26,7 @@ use ipnet::IpNet;
 
 use crate::http::body::{Body, BoxError};
 use disk::{Disk, DiskHit, VERIFY_WHOLE_LIMIT};
-use fill::{Completed, Fill, FillLimits};
+use fill::{Budget, Completed, Fill, FillLimits};
 use key::PrimaryKey;
 use lock::Locks;
 use memory::{MemEntry, Memory};
@@ -164,6 +164,8 @@ pub struct Cache {
     disk: Option<Arc<Disk>>,
     pub locks: Locks,
     pub stats: Arc<CacheStats>,
+    /// Bodies held in memory by fills and whole-object disk reads.
+    pub fill_budget: Arc<Budget>,
 }
 
 impl Cache {
@@ -193,6 +195,7 @@ impl Cache {
             disk,
             locks: Locks::default(),
             stats: Arc::new(CacheStats::default()),
+            fill_budget: Budget::new(fill::FILLS_BUDGET),
             settings,
         })
     }
@@ -226,7 +229,10 @@ impl Cache {
         // Small entries that the memory tier takes are read whole, verified and promoted;
         // anything else streams from the file (verified as it is read), so concurrent disk
         // hits never hold whole objects in memory.
-        if hit.len <= VERIFY_WHOLE_LIMIT && self.memory.admits(hit.len) {
+        if hit.len <= VERIFY_WHOLE_LIMIT
+            && self.memory.admits(hit.len)
+            && let Some(_held) = self.fill_budget.try_take(hit.len)
+        {
             let body = disk.read_verified(&hit).await?;
             let entry = Arc::new(MemEntry {
                 meta: hit.meta.clone(),
@@ -291,6 +297,7 @@ impl Cache {
                 max_object,
                 mem_object: self.memory.max_object,
                 reader_stall: self.settings.reader_stall,
+                budget: self.fill_budget.clone(),
             },
             move |_fill, completed| {
                 match completed {

@@ -10,6 +10,7 @@ pub mod options;
 pub mod peer;
 pub mod reload;
 pub mod settings;
+pub mod sizing;
 mod validate;
 
 pub use options::{Options, Secret, defaults};
