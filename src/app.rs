@@ -1,112 +1,24 @@
-//! Wiring: builds the shared [`State`] from a [`ValidConfig`], binds the listeners, and owns
-//! graceful shutdown (stop accepting, let in-flight requests and tunnels finish within the
-//! grace period, then stop what is left).
+//! Wiring: builds the shared [`State`] from a [`ValidConfig`], binds the listeners and the
+//! admin port, and owns graceful shutdown (stop accepting, let in-flight requests and tunnels
+//! finish within the grace period, then stop what is left). Nothing else lives here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::access::Policy;
-use crate::access::hosts::HostList;
-use crate::admin::stats::LiveStats;
-use crate::admin::{Admin, Reloader};
+use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::config::ValidConfig;
-use crate::forward::client::Clients;
+use crate::config::reload::Reloader;
 use crate::metrics::Metrics;
 use crate::mitm::ca::Ca;
 use crate::mitm::issuer::CertIssuer;
-use crate::server::limits::ClientSlots;
 use crate::server::listener;
+use crate::state::{Parts, State};
 use crate::telemetry::AccessLog;
-use crate::upstream::Upstream;
-
-/// What a configuration reload replaces, swapped as one: requests in flight keep the
-/// snapshot they started with.
-pub struct Dynamic {
-    pub policy: Arc<Policy>,
-    pub upstream: Upstream,
-    pub clients: Clients,
-    /// Hosts whose CONNECTs are intercepted, and the exclusions.
-    pub intercept: HostList,
-    pub no_intercept: HostList,
-}
-
-impl Dynamic {
-    fn build(config: &ValidConfig, own: Vec<SocketAddr>) -> Dynamic {
-        let policy = Arc::new(Policy::new(config, own));
-        let upstream = Upstream::new(config);
-        let clients = Clients::new(
-            config,
-            policy.clone(),
-            upstream.peers(),
-            config.upstream_tls.clone(),
-        );
-        Dynamic {
-            policy,
-            upstream,
-            clients,
-            intercept: config.intercept.clone(),
-            no_intercept: config.no_intercept.clone(),
-        }
-    }
-
-    /// Whether a CONNECT to `host` is intercepted.
-    pub fn intercepts(&self, host: &str) -> bool {
-        self.intercept.matches(host) && !self.no_intercept.matches(host)
-    }
-}
-
-/// Everything a request handler needs, shared by all connections.
-pub struct State {
-    /// The configuration the process started with (reloads replace [`Dynamic`]).
-    pub config: ValidConfig,
-    dynamic: ArcSwap<Dynamic>,
-    pub log: AccessLog,
-    /// Connection tasks and tunnels, awaited at shutdown.
-    pub tracker: TaskTracker,
-    /// Fired when draining starts: listeners stop, idle connections close.
-    pub shutdown: CancellationToken,
-    /// Fired when the grace period is over: tunnels still open are closed.
-    pub hard_stop: CancellationToken,
-    pub conn_limit: Arc<Semaphore>,
-    /// Open connections per client address (`max-connections-per-client`).
-    pub client_slots: Arc<ClientSlots>,
-    /// The HTTP cache; `None` when both tiers are off.
-    pub cache: Option<Arc<Cache>>,
-    /// Bound proxy addresses.
-    pub addrs: Vec<SocketAddr>,
-    /// Bound proxy and admin addresses: destinations the proxy never connects to.
-    pub own_addrs: Vec<SocketAddr>,
-    pub metrics: Arc<Metrics>,
-    pub stats: Arc<LiveStats>,
-    /// Mints leaf certificates for intercepted hosts (present when interception is on at
-    /// start, or a CA was configured).
-    pub issuer: Option<Arc<CertIssuer>>,
-}
-
-impl State {
-    /// The current access policy, routes and clients.
-    pub fn dynamic(&self) -> Arc<Dynamic> {
-        self.dynamic.load_full()
-    }
-
-    /// Applies the reloadable parts of a new configuration: access rules and users, parent
-    /// proxies and the direct list, cache rules. Other changes need a restart.
-    pub fn reload(&self, new: &ValidConfig) {
-        self.dynamic
-            .store(Arc::new(Dynamic::build(new, self.own_addrs.clone())));
-        if let (Some(cache), Some(settings)) = (&self.cache, &new.cache) {
-            cache.set_rules(settings.rules.clone());
-        }
-    }
-}
+use crate::telemetry::stats::LiveStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -130,14 +42,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds every listen address and starts serving (no reload source).
-    pub async fn start(config: ValidConfig, log: AccessLog) -> Result<Proxy, StartError> {
-        Self::start_with(config, log, None).await
-    }
-
     /// Binds every listen address and the admin port, and starts serving. `reloader`
     /// re-reads the configuration on SIGHUP or `POST /api/reload`.
-    pub async fn start_with(
+    pub async fn start(
         config: ValidConfig,
         log: AccessLog,
         reloader: Option<Reloader>,
@@ -171,15 +78,14 @@ impl Proxy {
             .copied()
             .chain(admin_listener.as_ref().map(|(_, a)| *a))
             .collect();
-        let dynamic = ArcSwap::from_pointee(Dynamic::build(&config, own_addrs.clone()));
         let metrics = Arc::new(Metrics::new());
-        let issuer = match (&config.ca, config.intercept.is_empty()) {
+        let issuer = match (&config.intercept.ca, !config.intercept.is_on()) {
             (None, true) => None,
             (ca, _) => {
                 let ca = match ca {
                     Some(ca) => ca.clone(),
                     None => {
-                        let ca = Ca::generate(&config.intercept_patterns, 365)
+                        let ca = Ca::generate(&config.intercept.patterns, 365)
                             .map_err(StartError::Tls)?;
                         tracing::warn!(
                             "no --ca-cert/--ca-key: generated an ephemeral interception CA for this run; \
@@ -204,27 +110,29 @@ impl Proxy {
             Some(settings) => Some(Cache::open(settings.clone()).await),
             None => None,
         };
-        let state = Arc::new(State {
-            cache,
-            conn_limit: Arc::new(Semaphore::new(config.max_connections)),
-            client_slots: ClientSlots::new(config.max_connections_per_client),
+        let state = Arc::new(State::new(Parts {
             config,
-            dynamic,
+            log,
+            cache,
             addrs: addrs.clone(),
             own_addrs,
             metrics,
             stats,
             issuer,
-            log,
-            tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
-        });
+        }));
         let listeners = bound
             .into_iter()
             .map(|(l, _)| tokio::spawn(listener::serve(l, state.clone())))
             .collect();
-        let admin = Admin::new(state.clone(), state.config.admin_token.clone(), reloader);
+        let admin = Admin::new(
+            state.clone(),
+            state
+                .config
+                .admin_token
+                .as_ref()
+                .map(|t| t.expose().to_string()),
+            reloader,
+        );
         let admin_stop = CancellationToken::new();
         let admin_addr = admin_listener.map(|(l, a)| {
             tokio::spawn(crate::admin::serve(l, admin.clone(), admin_stop.clone()));
@@ -296,7 +204,7 @@ pub async fn run(config: ValidConfig, reloader: Option<Reloader>) -> Result<(), 
     // drain the proxy, not kill it with the default action.
     let stop = shutdown_signal();
     let log = AccessLog::stdout(config.log_format);
-    let proxy = Arc::new(Proxy::start_with(config, log, reloader).await?);
+    let proxy = Arc::new(Proxy::start(config, log, reloader).await?);
     // Registered before the listening line is logged: a SIGHUP sent as soon as the proxy
     // announces itself must reload it, not kill it.
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -314,9 +222,9 @@ pub async fn run(config: ValidConfig, reloader: Option<Reloader>) -> Result<(), 
     if let Some(a) = proxy.admin_addr() {
         tracing::info!(admin = %a, "admin port (health, metrics, status page)");
     }
-    let dynamic = proxy.state.dynamic();
-    if !dynamic.upstream.peers().is_empty() {
-        let names: Vec<&str> = dynamic
+    let snapshot = proxy.state.snapshot();
+    if !snapshot.upstream.peers().is_empty() {
+        let names: Vec<&str> = snapshot
             .upstream
             .peers()
             .iter()

@@ -96,6 +96,16 @@ impl ProxyError {
     }
 
     /// A bounded label in Squid's spirit, for the error page, logs and metrics.
+    /// The bounded reason of a refusal (an access rule, or client authentication), for the
+    /// log and the metrics; `None` for every error that is not a refusal.
+    pub fn deny_reason(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::Denied { reason, .. } => Some(reason),
+            ProxyError::ClientAuthRequired | ProxyError::ClientAuthThrottled { .. } => Some("auth"),
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         use ProxyError::*;
         match self {

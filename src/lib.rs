@@ -1,17 +1,14 @@
 //! cuttle: a caching HTTP/HTTPS forward proxy for build farms.
 //!
-//! A client connection is accepted by [`server::listener`], whose hyper service
-//! ([`server::dispatch`]) first asks [`access::Policy`] whether the client may use the proxy.
-//! `CONNECT host:port` goes to [`tunnel`], which opens a blind two-way byte bridge
-//! ([`tunnel::bridge`]) either directly or through a parent proxy. Absolute-form requests
-//! (`GET http://host/...`) go to [`forward::handle`], which strips hop-by-hop headers
-//! ([`http::headers`]), picks a route ([`upstream::Route`]: direct, or a `CACHE_PEER`
-//! parent with failover) and streams the exchange through a pooled client
-//! ([`forward::client`]; plain http to a parent goes over [`upstream::proxied`]). A parent
-//! that wants Basic, NTLM or Kerberos is answered by [`upstream::auth`], once per
-//! connection for NTLM and Kerberos. Every exchange ends in one access-log record
-//! ([`telemetry`]). Configuration is merged from flags, environment and a TOML file and
-//! validated once ([`config`]); [`app`] wires it together and owns graceful shutdown.
+//! A client connection is accepted by [`server::listener`] and served by [`state::serve`];
+//! [`server::dispatch`] loads the configuration [`state::Snapshot`] once for the request,
+//! asks [`access::Policy`] whether the client may use the proxy, and routes: `CONNECT` to
+//! [`tunnel`] (a blind byte bridge, [`io::bridge`]) or to [`mitm::intercept`] (TLS terminated
+//! with cuttle's CA), absolute-form requests to [`forward::handle`], which answers from the
+//! [`cache`] or goes out through [`upstream`] (direct, or a `CACHE_PEER` parent with
+//! failover). Every exchange ends in one access record ([`telemetry::record`]); errors
+//! become responses in [`state::rescue`]. [`config`] merges and validates the options once;
+//! [`app`] wires it together. `ARCHITECTURE.md` is the map, with the layer rules.
 
 pub mod access;
 pub mod admin;
@@ -21,10 +18,12 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod http;
+pub mod io;
 pub mod metrics;
 pub mod mirror;
 pub mod mitm;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;

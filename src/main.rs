@@ -141,6 +141,15 @@ fn main() -> ExitCode {
             eprintln!("cuttle: warning: {}", secret_flag_warning(flag, instead));
         }
         print!("{config}");
+        let (mem, disk) = config
+            .cache
+            .as_ref()
+            .map_or((0, 0), |c| (c.mem_size, c.disk_size));
+        let bound = cuttle::config::sizing::memory_bound(mem, disk, config.max_connections as u64);
+        println!(
+            "# memory bound (README \"Sizing memory\"): {} MiB",
+            bound.div_ceil(1 << 20)
+        );
         return ExitCode::SUCCESS;
     }
     if let Err(e) = cuttle::telemetry::init_tracing(&config.log_level) {
@@ -150,9 +159,11 @@ fn main() -> ExitCode {
     for (flag, instead) in &secret_flags {
         tracing::warn!("{}", secret_flag_warning(flag, instead));
     }
-    let reloader: cuttle::admin::Reloader = {
+    let reloader = {
         let (opts, file) = (args.opts.clone(), args.config.clone());
-        Arc::new(move || cuttle::config::load(&opts, file.as_deref()))
+        cuttle::config::reload::Reloader::new(Arc::new(move || {
+            cuttle::config::load(&opts, file.as_deref())
+        }))
     };
     match serve(config, reloader) {
         Ok(()) => ExitCode::SUCCESS,
@@ -292,7 +303,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn serve(config: ValidConfig, reloader: cuttle::admin::Reloader) -> anyhow::Result<()> {
+fn serve(config: ValidConfig, reloader: cuttle::config::reload::Reloader) -> anyhow::Result<()> {
     runtime()?.block_on(cuttle::app::run(config, Some(reloader)))?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::cache::Cache;
-use crate::telemetry::AccessRecord;
+use crate::telemetry::record::{AccessRecord, ResultCode};
 use crate::upstream::parent::Peer;
 
 type L1 = [(&'static str, &'static str); 1];
@@ -63,26 +63,6 @@ pub fn method_class(method: &str) -> &'static str {
         "CONNECT" => "connect",
         "PURGE" => "purge",
         _ => "other",
-    }
-}
-
-/// Whether a result code means the body came from the cache.
-pub fn is_cache_hit(result: &str) -> bool {
-    result.contains("HIT") || result == "TCP_REFRESH_UNMODIFIED" || result.starts_with("TCP_STALE")
-}
-
-/// Where the bytes of a transaction came from.
-pub fn byte_source(result: &str) -> &'static str {
-    if result.starts_with("TCP_MEM_HIT") {
-        "cache_memory"
-    } else if is_cache_hit(result) || result.starts_with("TCP_CF_MISS") {
-        "cache_disk"
-    } else if result.starts_with("TCP_TUNNEL") {
-        "tunnel"
-    } else if result.starts_with("TCP_DENIED") || result.starts_with("NONE") {
-        "proxy"
-    } else {
-        "upstream"
     }
 }
 
@@ -234,10 +214,10 @@ impl Metrics {
     pub fn observe(&self, rec: &AccessRecord) {
         let method = method_class(&rec.method);
         self.requests
-            .get_or_create(&[("method", method), ("result", rec.result)])
+            .get_or_create(&[("method", method), ("result", rec.result_str())])
             .inc();
         self.response_bytes
-            .get_or_create(&[("source", byte_source(rec.result))])
+            .get_or_create(&[("source", rec.result.byte_source().as_str())])
             .inc_by(rec.bytes);
         if let Some(d) = rec.upstream_latency {
             self.upstream_seconds.observe(d.as_secs_f64());
@@ -245,7 +225,7 @@ impl Metrics {
         if let Some(d) = rec.ttfb {
             let kind = if method == "connect" {
                 "tunnel"
-            } else if is_cache_hit(rec.result) {
+            } else if rec.result.is_cache_hit() {
                 "hit"
             } else {
                 "miss"
@@ -254,7 +234,7 @@ impl Metrics {
                 .get_or_create(&[("kind", kind)])
                 .observe(d.as_secs_f64());
         }
-        if rec.result.starts_with("TCP_TUNNEL") {
+        if rec.result == ResultCode::TcpTunnel {
             self.tunnel_bytes
                 .get_or_create(&[("direction", "upstream_to_client")])
                 .inc_by(rec.bytes);
@@ -384,11 +364,11 @@ mod tests {
     fn observe_and_render() {
         let m = Metrics::new();
         let mut rec = AccessRecord::new("127.0.0.1:1".parse().unwrap(), "GET", "http://h/".into());
-        rec.result = "TCP_MEM_HIT";
+        rec.result = ResultCode::TcpMemHit;
         rec.bytes = 100;
         rec.ttfb = Some(std::time::Duration::from_millis(2));
         m.observe(&rec);
-        rec.result = "TCP_DENIED";
+        rec.result = ResultCode::TcpDenied;
         rec.deny_reason = Some("client_network");
         m.observe(&rec);
         let _c = m.connection();

@@ -59,11 +59,20 @@ fn bytes_under(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Bytes in the files under `dir` in whole 4 KiB blocks (as the disk tier and `du` count
+/// them).
+fn blocks_under(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len().div_ceil(4096) * 4096))
+        .sum()
+}
+
 /// Keeps an origin at most 8 MiB ahead of the cache's disk writer (the bytes in
-/// `<cache_dir>/v1/tmp`): the cache abandons an entry whose writer falls 16 MiB behind, which
+/// `<cache_dir>/v2/tmp`): the cache abandons an entry whose writer falls 16 MiB behind, which
 /// an origin on loopback can cause on a loaded machine. Only for one fill at a time.
 async fn pace(cache_dir: &Path, sent: usize) {
-    let tmp = cache_dir.join("v1/tmp");
+    let tmp = cache_dir.join("v2/tmp");
     let deadline = Instant::now() + Duration::from_secs(30);
     while (bytes_under(&tmp) as usize) + 8 * MIB < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -242,9 +251,9 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The files under `<cache_dir>/v1/objects`, decoded.
+/// The files under `<cache_dir>/v2/objects`, decoded.
 fn stored(cache_dir: &Path) -> Vec<StoredFile> {
-    files_under(&cache_dir.join("v1/objects"))
+    files_under(&cache_dir.join("v2/objects"))
         .iter()
         .map(|p| decode_file(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .collect()
@@ -854,7 +863,7 @@ fn is_huge_at(base: &Bytes, mut pos: usize, mut c: &[u8]) -> bool {
 
 /// SIGKILL in the middle of a 256 MiB fill: after a restart the small object completed
 /// before is a hit, the big one is not on disk at all (fetched again), and the partial file
-/// left in `v1/tmp` is cleaned up at start.
+/// left in `v2/tmp` is cleaned up at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_fill_leaves_no_partial_entry() {
     const CHUNKS: usize = 256;
@@ -898,7 +907,7 @@ async fn sigkill_mid_fill_leaves_no_partial_entry() {
     })
     .await;
     let (small_url, huge_url) = (origin.url("/small"), origin.url("/huge"));
-    let tmp = dir.path().join("v1/tmp");
+    let tmp = dir.path().join("v2/tmp");
 
     let mut first = Bin::start(dir.path()).await;
     let client = first.client();
@@ -920,7 +929,7 @@ async fn sigkill_mid_fill_leaves_no_partial_entry() {
         assert!(is_huge_at(&base, got, &c), "wrong bytes at {got}");
         got += c.len();
     }
-    until(20, "8 MiB of the fill written to v1/tmp", || {
+    until(20, "8 MiB of the fill written to v2/tmp", || {
         files_under(&tmp)
             .iter()
             .any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() >= 8 * MIB as u64))
@@ -939,7 +948,7 @@ async fn sigkill_mid_fill_leaves_no_partial_entry() {
     let second = Bin::start(dir.path()).await;
     assert!(
         files_under(&tmp).is_empty(),
-        "leftovers in v1/tmp not cleaned at start: {:?}",
+        "leftovers in v2/tmp not cleaned at start: {:?}",
         files_under(&tmp)
     );
     let client = second.client();
@@ -1005,7 +1014,7 @@ async fn eviction_keeps_bounds_and_lru_order() {
         // Object 0 is used after every other fetch: it stays the most recently used.
         let line = fetch_ok(&p, &origin.url("/o0"), &bodies[0]).await;
         assert!(line.contains(" TCP_HIT/200 "), "/o0 after /o{i}: {line}");
-        let on_disk = bytes_under(&dir.join("v1/objects"));
+        let on_disk = blocks_under(&dir.join("v2/objects"));
         assert!(on_disk <= DISK, "{on_disk} bytes on disk after /o{i}");
         let u = c.usage();
         assert!(u.disk_bytes <= u.disk_capacity, "{u:?}");
@@ -1039,7 +1048,7 @@ async fn eviction_keeps_bounds_and_lru_order() {
     assert!(u.mem_objects >= 1, "{u:?}");
     assert!(u.mem_bytes <= u.mem_capacity, "{u:?}");
     assert_eq!(u.mem_capacity, MIB as u64);
-    assert!(bytes_under(&dir.join("v1/objects")) <= DISK);
+    assert!(blocks_under(&dir.join("v2/objects")) <= DISK);
     p.shutdown().await;
 }
 
@@ -1155,7 +1164,7 @@ async fn full_disk_keeps_proxying_and_commits_nothing_partial() {
     let u = cache(&p).usage();
     assert!(u.disk_write_errors >= 1, "{u:?}");
     assert!(
-        files_under(&fs.path().join("v1/tmp")).is_empty(),
+        files_under(&fs.path().join("v2/tmp")).is_empty(),
         "abandoned temporary files are removed"
     );
     // Still proxying.

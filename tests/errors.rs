@@ -546,11 +546,7 @@ const PEER_PASS: &str = "s3cretpw";
 
 fn peer_opts(parent: SocketAddr) -> cuttle::config::Options {
     let mut o = opts();
-    o.cache_peer = Some(format!(
-        "user:{PEER_PASS}:{}:{}",
-        parent.ip(),
-        parent.port()
-    ));
+    o.cache_peer = Some(format!("user:{PEER_PASS}:{}:{}", parent.ip(), parent.port()).into());
     // Basic sent with every request (the default `auto` waits for a 407 first).
     o.parent_auth = Some("basic".into());
     o
@@ -683,7 +679,7 @@ fn invalid_cache_peer_values_are_config_errors() {
         let mut o = opts();
         o.cache_peer = Some(value.into());
         let errs = match o.validate() {
-            Ok(c) => panic!("`{value}` was accepted as {:?}", c.peers),
+            Ok(c) => panic!("`{value}` was accepted as {:?}", c.upstream.peers),
             Err(e) => e,
         };
         let line = errs

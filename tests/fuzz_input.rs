@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cuttle::access::auth::Users;
 use cuttle::access::hosts::{HostList, PortSet};
-use cuttle::config::env::parse_cache_peer;
+use cuttle::config::peer::parse_cache_peer;
 use cuttle::http::target;
 use proptest::prelude::*;
 use support::*;

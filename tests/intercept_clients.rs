@@ -745,7 +745,7 @@ async fn intercepted_requests_reach_the_origin_through_squid() {
     let work = tempfile::tempdir().unwrap();
     let (reg, jar_path, _) = maven_repo(work.path()).await;
     let mut o = intercepting(&reg.origin);
-    o.cache_peer = Some(squid.cache_peer());
+    o.cache_peer = Some(squid.cache_peer().into());
     // Basic with the first CONNECT, so Squid logs exactly one (the default `auto` first
     // learns the scheme from a 407).
     o.parent_auth = Some("basic".into());

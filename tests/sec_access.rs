@@ -352,7 +352,7 @@ async fn the_pods_own_address_on_the_proxy_port_is_a_loop() {
     let own = own_non_loopback_address();
     let cfg = opts().validate().unwrap();
     let policy = cuttle::access::Policy::new(
-        &cfg,
+        &cfg.access,
         vec![
             "0.0.0.0:3128".parse().unwrap(),
             "[::]:3128".parse().unwrap(),

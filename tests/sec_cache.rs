@@ -502,7 +502,7 @@ async fn sec9_trailing_dot_host_is_not_served_the_entry_of_the_host_without() {
     })
     .await;
     let p = Px::start(Options {
-        cache_peer: Some(parent.addr.to_string()),
+        cache_peer: Some(parent.addr.to_string().into()),
         ..opts()
     })
     .await;

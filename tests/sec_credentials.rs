@@ -240,7 +240,7 @@ fn proxy_opts(
     auth: &tempfile::NamedTempFile,
 ) -> cuttle::config::Options {
     let mut o = opts();
-    o.cache_peer = Some(squid.cache_peer());
+    o.cache_peer = Some(squid.cache_peer().into());
     o.auth_file = Some(auth.path().to_path_buf());
     o.upstream_ca = origin.ca_file.clone();
     o
@@ -669,7 +669,7 @@ async fn malformed_request_body_via_parent_is_400() {
     let squid = SquidParent::start(PARENT_USER, PARENT_PASS).await;
     let origin = echo_origin().await;
     let mut o = opts();
-    o.cache_peer = Some(squid.cache_peer());
+    o.cache_peer = Some(squid.cache_peer().into());
     let p = TestProxy::start(o).await;
     let head = post_raw(&p, &origin, &["chunked"], "5\r\nhelloXX\r\n0\r\n\r\n").await;
     assert_client_error(&head, "bad chunk framing via the parent");

@@ -323,6 +323,11 @@ def policy(args: argparse.Namespace) -> None:
             report(f"cache-size = {cache_size}" in out and 'cache-dir = "/var/cache/cuttle"' in out,
                    t("check-config shows the cache on /var/cache/cuttle with the expected size"))
             report(('auth = "off"' in out) != args.auth, t("check-config agrees on authentication"))
+            bound = next((ln for ln in out.splitlines() if ln.startswith("# memory bound")), "")
+            bound_mib = int(bound.split(":")[-1].split()[0]) if bound else 0
+            report(bool(bound) and mem_limit >= bound_mib << 20,
+                   t("memory limit at least cuttle's memory formula (README \"Sizing memory\")"),
+                   f"limit {mem_limit >> 20} MiB, formula {bound_mib} MiB")
             peer = "CACHE_PEER_FILE" in env
             report(peer, t("parent proxy read from the Secret (CACHE_PEER_FILE)"))
             if args.expect_intercept:
@@ -394,7 +399,7 @@ def helm(args: argparse.Namespace) -> None:
         },
         "large": {
             "replicaCount": 3, "cache": {"sizeGiB": 50, "mem": "1GiB"},
-            "resources": {"requests": {"cpu": "250m", "memory": "1280Mi"}, "limits": {"cpu": "4", "memory": "2Gi"}},
+            "resources": {"requests": {"cpu": "250m", "memory": "1280Mi"}, "limits": {"cpu": "4"}},
             "cachePeer": {"value": "corp%5Cbuild:p%40ss:proxy.corp.example:8080"},
             "admin": {"token": "s3cret-token"},
             "config": {"connectPorts": [443, "8443", "9000-9100"], "logFormat": "json",

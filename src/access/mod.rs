@@ -11,12 +11,29 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::config::ValidConfig;
 use crate::error::ProxyError;
 use crate::http::target::Target;
 use auth::Users;
 use hosts::{HostList, PortSet, canonical_ip};
 use ip_guard::IpGuard;
+
+/// The access rules as configured (built by `config`).
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// Client networks allowed to use the proxy.
+    pub allow_client: Vec<IpNet>,
+    /// With users, clients must authenticate (Basic).
+    pub users: Option<Users>,
+    pub realm: String,
+    /// When not empty, the only destination hosts allowed.
+    pub allow_domain: HostList,
+    pub deny_domain: HostList,
+    pub connect_ports: PortSet,
+    /// Denied in addition to the built-in networks ([`ip_guard::BUILTIN_DENY`]).
+    pub deny_dest: Vec<IpNet>,
+    /// Built-in denied networks allowed after all.
+    pub allow_dest: Vec<IpNet>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -39,11 +56,11 @@ fn denied(reason: &'static str, rule: impl Into<String>) -> ProxyError {
 impl Policy {
     /// `own` are the proxy's bound listening addresses and the admin port's (to refuse
     /// loops, and requests to the admin API through the proxy).
-    pub fn new(cfg: &ValidConfig, own: Vec<SocketAddr>) -> Self {
+    pub fn new(cfg: &AccessSettings, own: Vec<SocketAddr>) -> Self {
         Self {
             allow_client: cfg.allow_client.clone(),
             users: cfg.users.clone(),
-            realm: cfg.auth_realm.clone(),
+            realm: cfg.realm.clone(),
             allow_domain: cfg.allow_domain.clone(),
             deny_domain: cfg.deny_domain.clone(),
             connect_ports: cfg.connect_ports.clone(),

@@ -5,7 +5,6 @@
 //! token, everything but the probes needs `Authorization: Bearer <token>`.
 
 pub mod client;
-pub mod stats;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,14 +22,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::State;
-use crate::config::ValidConfig;
+use crate::config::reload::Reloader;
 use crate::http::body::{Body, full};
+use crate::state::State;
 
 const STATUS_PAGE: &str = include_str!("status.html");
-
-/// Re-reads the configuration (file and secret files) for a reload.
-pub type Reloader = Arc<dyn Fn() -> Result<ValidConfig, Vec<String>> + Send + Sync>;
 
 /// What the admin handlers share.
 pub struct Admin {
@@ -72,10 +68,7 @@ impl Admin {
         let Some(reloader) = &self.reloader else {
             return Err(vec!["no configuration source to reload from".into()]);
         };
-        let checked = reloader().and_then(|cfg| {
-            crate::mitm::reload_problems(self.state.issuer.as_deref(), &cfg).map(|()| cfg)
-        });
-        match checked {
+        match reloader.load(self.state.issuer.as_deref()) {
             Ok(cfg) => {
                 self.state.reload(&cfg);
                 tracing::info!(
@@ -118,8 +111,8 @@ impl Admin {
 
     fn stats_json(&self) -> serde_json::Value {
         let snap = self.state.stats.snapshot();
-        let dynamic = self.state.dynamic();
-        let parents: Vec<serde_json::Value> = dynamic
+        let current = self.state.snapshot();
+        let parents: Vec<serde_json::Value> = current
             .upstream
             .peers()
             .iter()
@@ -192,7 +185,7 @@ impl Admin {
             // The page itself is static and holds no data: a browser cannot send a bearer
             // token when it opens it, so it loads freely and asks for the token (the API it
             // calls stays guarded).
-            _ if !self.authorized(&req) && !is_status_page(&method, &path) => {
+            _ if !self.authorized(&req) && !is_public_page(&method, &path) => {
                 let mut r = text(
                     StatusCode::UNAUTHORIZED,
                     "admin token required (Authorization: Bearer <token>)\n",
@@ -214,10 +207,10 @@ impl Admin {
                 r
             }
             (&Method::GET, "/metrics") => {
-                let dynamic = self.state.dynamic();
+                let current = self.state.snapshot();
                 let body = self.state.metrics.render(
                     self.state.cache.as_deref(),
-                    dynamic.upstream.peers(),
+                    current.upstream.peers(),
                     self.state.log.dropped(),
                 );
                 let mut r = Response::new(full(body));
@@ -328,8 +321,9 @@ impl Admin {
     }
 }
 
-/// `GET /`: the static status page, served without the token.
-fn is_status_page(method: &Method, path: &str) -> bool {
+/// What the admin port serves without the token: the static status page (it fetches its
+/// figures from the API with the token) and the CA certificate.
+fn is_public_page(method: &Method, path: &str) -> bool {
     // The CA certificate is public by nature: clients fetch it to trust cuttle.
     *method == Method::GET && matches!(path, "/" | "/index.html" | "/ca.pem")
 }

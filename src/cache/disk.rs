@@ -1,13 +1,23 @@
-//! The disk tier: one file per stored response under `<cache-dir>/v1/objects/<aa>/<url-hash>/
-//! <variant>` (format in [`super::meta`]), written to `v1/tmp/` and renamed into place only
-//! when complete, so a crash leaves no partial entry under `objects/`. An in-memory index
-//! (size and last use per entry) keeps the total under `--cache-size` by evicting the least
-//! recently used; it is rebuilt by scanning at start while requests are already served (a
-//! lookup reads the entry's directory directly, it does not need the index). Every read checks
-//! the checksum; a mismatching file is deleted and counted, never served.
+//! The disk tier: one file per stored response at `<cache-dir>/v2/objects/<aa>/<url-hash>.
+//! <variant>` (format in [`super::meta`]), written to `v2/tmp/` and renamed into place only
+//! when complete, so a crash leaves no partial entry under `objects/`. The 256 shard
+//! directories `<aa>` are made once at start and never removed, so evictions leave no empty
+//! directory behind and the inode count is bounded: at most `--cache-size / 32 KiB` entries
+//! plus the 256 shards and 3 directories above them.
+//!
+//! An in-memory index (size and last use per entry) keeps what `du` sees under
+//! `--cache-size`: files are counted in whole 4 KiB blocks, and a file being written reserves
+//! its room (evicting the least recently used entries first) before its bytes reach the disk,
+//! so temporary files are inside the bound too. The index is rebuilt by scanning at start
+//! while requests are already served (until then a lookup lists the entry's shard
+//! directory). A hit keeps its file open: an entry evicted while it is being read is still
+//! served whole from the open file. Every read checks the checksum; a mismatching file is
+//! deleted and counted, never served.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
+use std::io::{self, Read, Write};
+use std::ops::RangeInclusive;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,9 +26,6 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use std::io::Write;
-
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::key::{EntryKey, PrimaryKey};
 use super::meta::{self, Meta, PREFIX_LEN, TRAILER_LEN};
@@ -27,19 +34,106 @@ use crate::http::body::{Body, BoxError};
 /// Objects up to this size are read and verified whole before the first byte is served.
 pub const VERIFY_WHOLE_LIMIT: u64 = 16 * 1024 * 1024;
 const READ_CHUNK: usize = 256 * 1024;
+/// The layout directory under `--cache-dir`. v1 kept one directory per URL, which was left
+/// empty by every eviction; its entries are moved into this layout at start.
+const LAYOUT: &str = "v2";
+const OLD_LAYOUT: &str = "v1";
+/// Files are counted in whole blocks of this size, as `du` counts them.
+pub const BLOCK: u64 = 4096;
+/// At most one entry per this many bytes of `--cache-size`: twice mke2fs' default
+/// bytes-per-inode, so a volume sized for the cache does not run out of inodes before bytes,
+/// and the in-memory index stays within 8 MiB per GiB of `--cache-size`.
+pub const BYTES_PER_ENTRY: u64 = 32 * 1024;
+/// A writer whose object's length is unknown reserves at least this much at a time, and at
+/// most [`RESERVE_MAX_STEP`] (growing with what it has written).
+const RESERVE_MIN_STEP: u64 = 64 * 1024;
+const RESERVE_MAX_STEP: u64 = 4 * 1024 * 1024;
 
+/// The most inodes the cache directory holds: one per entry or file being written (at most
+/// `cache_size / BYTES_PER_ENTRY` together), the 256 shards, and the cache directory itself
+/// with `v2/`, `v2/tmp/` and `v2/objects/`.
+pub fn inode_bound(cache_size: u64) -> u64 {
+    (cache_size / BYTES_PER_ENTRY).max(1) + 256 + 4
+}
+
+/// The room a file of `len` bytes takes on disk.
+pub fn blocks(len: u64) -> u64 {
+    len.div_ceil(BLOCK).saturating_mul(BLOCK)
+}
+
+/// One stored entry as the index keeps it: the URL hash and the variant id, in binary (the
+/// index holds up to millions of them). Ordered by URL first, so a URL's variants are one
+/// range of the index.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+struct Slot {
+    primary: [u8; 32],
+    variant: [u8; 16],
+}
+
+impl Slot {
+    fn of(key: &EntryKey) -> Option<Slot> {
+        let mut s = Slot {
+            primary: [0; 32],
+            variant: [0; 16],
+        };
+        hex::decode_to_slice(&key.primary, &mut s.primary).ok()?;
+        hex::decode_to_slice(&key.variant, &mut s.variant).ok()?;
+        Some(s)
+    }
+
+    /// The file name, `<url-hash>.<variant>` in lower-case hex.
+    fn file_name(&self) -> String {
+        format!(
+            "{}.{}",
+            hex::encode(self.primary),
+            hex::encode(self.variant)
+        )
+    }
+
+    /// The slot a file name stands for; `None` for anything this layout did not write.
+    fn parse(name: &str) -> Option<Slot> {
+        let (p, v) = name.split_once('.')?;
+        let s = Slot::of(&EntryKey {
+            primary: p.to_string(),
+            variant: v.to_string(),
+        })?;
+        // Upper-case hex would name the same entry twice.
+        (s.file_name() == name).then_some(s)
+    }
+
+    fn shard(&self) -> String {
+        hex::encode(&self.primary[..1])
+    }
+
+    /// Every slot of one URL.
+    fn all_of(primary: [u8; 32]) -> RangeInclusive<Slot> {
+        Slot {
+            primary,
+            variant: [0; 16],
+        }..=Slot {
+            primary,
+            variant: [0xff; 16],
+        }
+    }
+}
+
+/// About 170 bytes per entry (`index_memory_per_entry` below; the memory formula's
+/// `INDEX_PER_ENTRY`): a B-tree of the entries by URL, so that a lookup lists a URL's
+/// variants as a range, and one of their last uses.
 #[derive(Default)]
 struct Index {
-    items: HashMap<EntryKey, Item>,
-    lru: BTreeMap<u64, EntryKey>,
+    items: BTreeMap<Slot, Item>,
+    lru: BTreeMap<u64, Slot>,
     seq: u64,
+    /// Bytes (in whole blocks) of the indexed files.
     total: u64,
+    /// Bytes reserved by files being written in `tmp/`.
+    reserved: u64,
+    /// Files being written (each an inode).
+    writers: u64,
     /// Metadata refreshed by a 304 since the file was written (lost at restart: the entry is
     /// then revalidated once more).
-    refreshed: HashMap<EntryKey, Arc<Meta>>,
-    /// Number of indexed variants per URL hash: once the scan is done, a URL with none is a
-    /// miss without touching the disk.
-    primaries: HashMap<String, u32>,
+    refreshed: HashMap<Slot, Arc<Meta>>,
 }
 
 struct Item {
@@ -48,10 +142,10 @@ struct Item {
 }
 
 impl Index {
-    fn touch(&mut self, key: &EntryKey, size: u64) {
+    fn touch(&mut self, slot: Slot, size: u64) {
         self.seq += 1;
         let seq = self.seq;
-        match self.items.get_mut(key) {
+        match self.items.get_mut(&slot) {
             Some(item) => {
                 self.lru.remove(&item.seq);
                 self.total = self.total - item.size + size;
@@ -59,30 +153,36 @@ impl Index {
                 item.size = size;
             }
             None => {
-                self.items.insert(key.clone(), Item { size, seq });
+                self.items.insert(slot, Item { size, seq });
                 self.total += size;
-                *self.primaries.entry(key.primary.clone()).or_insert(0) += 1;
             }
         }
-        self.lru.insert(seq, key.clone());
+        self.lru.insert(seq, slot);
     }
 
-    fn forget(&mut self, key: &EntryKey) -> Option<u64> {
-        let item = self.items.remove(key)?;
+    fn forget(&mut self, slot: &Slot) -> Option<u64> {
+        let item = self.items.remove(slot)?;
         self.lru.remove(&item.seq);
         self.total -= item.size;
-        self.refreshed.remove(key);
-        self.drop_primary(&key.primary);
+        self.refreshed.remove(slot);
         Some(item.size)
     }
 
-    fn drop_primary(&mut self, primary: &str) {
-        if let Some(n) = self.primaries.get_mut(primary) {
-            *n -= 1;
-            if *n == 0 {
-                self.primaries.remove(primary);
-            }
+    /// Takes least recently used entries out of the index until the indexed and reserved
+    /// bytes fit in `max_bytes` and the entries and writers in `max_entries`. Their files
+    /// are for the caller to delete.
+    fn victims(&mut self, max_bytes: u64, max_entries: u64) -> Vec<Slot> {
+        let mut out = Vec::new();
+        while self.total + self.reserved > max_bytes
+            || self.items.len() as u64 + self.writers > max_entries
+        {
+            let Some((_, slot)) = self.lru.first_key_value().map(|(k, s)| (*k, *s)) else {
+                break;
+            };
+            self.forget(&slot);
+            out.push(slot);
         }
+        out
     }
 }
 
@@ -96,39 +196,38 @@ pub struct DiskStats {
 pub struct Disk {
     root: PathBuf,
     max_bytes: u64,
+    max_entries: u64,
     index: Mutex<Index>,
+    /// Held (by blocking threads only) from choosing victims to having deleted their files,
+    /// so that the room a writer reserves is free on disk before it writes.
+    evicting: Mutex<()>,
     pub stats: DiskStats,
     full_warned: AtomicBool,
     scanned: AtomicBool,
     tmp_seq: AtomicU64,
 }
 
-/// A stored response found on disk.
+/// A stored response found on disk, with its file open: the body can still be read after
+/// the entry is evicted or replaced.
 pub struct DiskHit {
     pub meta: Arc<Meta>,
     pub path: PathBuf,
+    pub(super) file: Arc<std::fs::File>,
     /// Where the body starts in the file.
     pub offset: u64,
     pub len: u64,
 }
 
 impl Disk {
-    /// Prepares `dir` (creating it), checks that it is writable and clears leftovers of
-    /// interrupted writes. `Err` explains why the disk tier cannot be used.
+    /// Prepares `dir` (creating the layout), checks that it is writable and clears leftovers
+    /// of interrupted writes. `Err` explains why the disk tier cannot be used.
     pub async fn open(dir: &Path, max_bytes: u64) -> Result<Arc<Disk>, String> {
-        let root = dir.join("v1");
+        let root = dir.join(LAYOUT);
         let tmp = root.join("tmp");
-        let objects = root.join("objects");
-        for d in [&tmp, &objects] {
-            tokio::fs::create_dir_all(d)
-                .await
-                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-        }
-        if let Ok(mut rd) = tokio::fs::read_dir(&tmp).await {
-            while let Ok(Some(e)) = rd.next_entry().await {
-                let _ = tokio::fs::remove_file(e.path()).await;
-            }
-        }
+        let r = root.clone();
+        tokio::task::spawn_blocking(move || prepare(&r))
+            .await
+            .map_err(|e| e.to_string())??;
         let probe = tmp.join(format!("probe-{}", std::process::id()));
         tokio::fs::write(&probe, b"cuttle")
             .await
@@ -137,7 +236,9 @@ impl Disk {
         Ok(Arc::new(Disk {
             root,
             max_bytes,
+            max_entries: (max_bytes / BYTES_PER_ENTRY).max(1),
             index: Mutex::new(Index::default()),
+            evicting: Mutex::new(()),
             stats: DiskStats::default(),
             full_warned: AtomicBool::new(false),
             scanned: AtomicBool::new(false),
@@ -145,63 +246,33 @@ impl Disk {
         }))
     }
 
-    fn dir_for(&self, primary: &str) -> PathBuf {
-        let shard = primary.get(..2).unwrap_or("00");
-        self.root.join("objects").join(shard).join(primary)
+    fn path_for(&self, slot: &Slot) -> PathBuf {
+        self.root
+            .join("objects")
+            .join(slot.shard())
+            .join(slot.file_name())
     }
 
-    fn path_for(&self, key: &EntryKey) -> PathBuf {
-        self.dir_for(&key.primary).join(&key.variant)
-    }
-
-    /// Rebuilds the index from the files present (oldest modification first, so the LRU
-    /// order survives a restart approximately), then enforces the size bound.
+    /// Moves entries of the old layout in, then rebuilds the index from the files present
+    /// (oldest modification first, so the LRU order survives a restart approximately) and
+    /// enforces the bounds. Files this layout did not write are deleted: they would count
+    /// in `du` without being bounded.
     pub async fn scan(self: &Arc<Disk>) {
-        let objects = self.root.join("objects");
+        let root = self.root.clone();
         let found = tokio::task::spawn_blocking(move || {
-            let mut found = Vec::new();
-            let is_hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
-            let Ok(shards) = std::fs::read_dir(&objects) else {
-                return found;
-            };
-            for shard in shards.flatten() {
-                let Ok(prims) = std::fs::read_dir(shard.path()) else {
-                    continue;
-                };
-                for prim in prims.flatten() {
-                    let primary = prim.file_name().to_string_lossy().into_owned();
-                    let Ok(vars) = std::fs::read_dir(prim.path()) else {
-                        continue;
-                    };
-                    for var in vars.flatten() {
-                        let variant = var.file_name().to_string_lossy().into_owned();
-                        let Ok(md) = var.metadata() else { continue };
-                        if !md.is_file() || !is_hex(&primary) || !is_hex(&variant) {
-                            continue;
-                        }
-                        let mtime = md.modified().ok();
-                        found.push((
-                            EntryKey {
-                                primary: primary.clone(),
-                                variant,
-                            },
-                            md.len(),
-                            mtime,
-                        ));
-                    }
-                }
+            if let Some(parent) = root.parent() {
+                migrate(&parent.join(OLD_LAYOUT), &root.join("objects"));
             }
-            found.sort_by_key(|(_, _, t)| *t);
-            found
+            scan_objects(&root.join("objects"))
         })
         .await
         .unwrap_or_default();
         let count = found.len();
         {
             let mut idx = self.index.lock();
-            for (key, size, _) in found {
-                if !idx.items.contains_key(&key) {
-                    idx.touch(&key, size);
+            for (slot, size, _) in found {
+                if !idx.items.contains_key(&slot) {
+                    idx.touch(slot, size);
                 }
             }
         }
@@ -216,26 +287,52 @@ impl Disk {
         self.scanned.load(Ordering::Acquire)
     }
 
+    /// The slots stored for a URL: from the index, or before the scan has finished, from its
+    /// shard directory.
+    async fn slots_of(&self, primary: [u8; 32]) -> Vec<Slot> {
+        // Once the scan is done, a URL with no indexed variant is a miss without touching
+        // the disk.
+        if self.is_scanned() {
+            let idx = self.index.lock();
+            return idx
+                .items
+                .range(Slot::all_of(primary))
+                .map(|(s, _)| *s)
+                .collect();
+        }
+        let dir = self.root.join("objects").join(hex::encode(&primary[..1]));
+        let prefix = format!("{}.", hex::encode(primary));
+        let mut out = Vec::new();
+        if let Ok(mut rd) = tokio::fs::read_dir(&dir).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(&prefix)
+                    && let Some(s) = Slot::parse(&name)
+                {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
     /// The stored variant of `primary` that `req` selects, if any.
     pub async fn lookup(&self, primary: &PrimaryKey, req: &HeaderMap) -> Option<DiskHit> {
-        let hex = primary.hex();
-        if self.is_scanned() && !self.index.lock().primaries.contains_key(hex) {
-            return None;
-        }
-        let dir = self.dir_for(hex);
-        let mut rd = tokio::fs::read_dir(&dir).await.ok()?;
-        while let Ok(Some(entry)) = rd.next_entry().await {
-            let variant = entry.file_name().to_string_lossy().into_owned();
-            let key = EntryKey {
-                primary: hex.to_string(),
-                variant,
-            };
-            let path = entry.path();
-            let hit = match self.read_head(&path).await {
+        let mut p = [0u8; 32];
+        hex::decode_to_slice(primary.hex(), &mut p).ok()?;
+        for slot in self.slots_of(p).await {
+            let path = self.path_for(&slot);
+            let hit = match read_head(path.clone()).await {
                 Ok(h) => h,
+                // Evicted or replaced since it was listed: not there, nothing to report.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.index.lock().forget(&slot);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "discarding unreadable cache file");
-                    self.discard(&key).await;
+                    self.discard_slot(&slot).await;
                     continue;
                 }
             };
@@ -246,55 +343,49 @@ impl Disk {
                 .index
                 .lock()
                 .refreshed
-                .get(&key)
+                .get(&slot)
                 .cloned()
-                .unwrap_or(hit.meta);
+                .unwrap_or_else(|| hit.meta.clone());
             if meta.variant.matches(req) {
-                self.index
-                    .lock()
-                    .touch(&key, hit.len + hit.offset + TRAILER_LEN as u64);
+                let size = blocks(hit.offset + hit.len + TRAILER_LEN as u64);
+                let mut idx = self.index.lock();
+                // Evicted while it was opened: served from the open file, not indexed again.
+                if self.is_scanned() && !idx.items.contains_key(&slot) {
+                    drop(idx);
+                } else {
+                    idx.touch(slot, size);
+                }
                 return Some(DiskHit { meta, ..hit });
             }
         }
         None
     }
 
-    async fn read_head(&self, path: &Path) -> Result<DiskHit, io::Error> {
-        let bad = |e: meta::MetaError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
-        let mut f = tokio::fs::File::open(path).await?;
-        let file_len = f.metadata().await?.len();
-        let mut prefix = [0u8; PREFIX_LEN];
-        f.read_exact(&mut prefix).await?;
-        let meta_len = meta::decode_prefix(&prefix).map_err(bad)?;
-        let min = (PREFIX_LEN + meta_len + TRAILER_LEN) as u64;
-        if file_len < min {
-            return Err(bad(meta::MetaError::Truncated));
-        }
-        let mut json = vec![0u8; meta_len];
-        f.read_exact(&mut json).await?;
-        let meta = meta::decode_meta(&json).map_err(bad)?;
-        Ok(DiskHit {
-            meta: Arc::new(meta),
-            path: path.to_path_buf(),
-            offset: (PREFIX_LEN + meta_len) as u64,
-            len: file_len - min,
-        })
-    }
-
-    /// Reads and verifies the whole body (small objects).
+    /// Reads and verifies the whole body (small objects) from the open file.
     pub async fn read_verified(&self, hit: &DiskHit) -> Option<Bytes> {
-        let data = tokio::fs::read(&hit.path).await.ok()?;
-        let body_end = hit.offset as usize + hit.len as usize;
-        let ok = data.len() == body_end + TRAILER_LEN
-            && meta::decode_trailer(&data[body_end..])
-                .ok()
-                .is_some_and(|(len, sum)| {
-                    len == hit.len && Sha256::digest(&data[PREFIX_LEN..body_end])[..] == sum[..]
-                });
-        if !ok {
+        let file = hit.file.clone();
+        let total = hit.offset + hit.len + TRAILER_LEN as u64;
+        let data = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; usize::try_from(total).ok()?];
+            file.read_exact_at(&mut buf, 0).ok()?;
+            Some(buf)
+        })
+        .await
+        .ok()
+        .flatten();
+        let body_end = (hit.offset + hit.len) as usize;
+        let ok = data.as_ref().is_some_and(|data| {
+            data.len() == body_end + TRAILER_LEN
+                && meta::decode_trailer(&data[body_end..])
+                    .ok()
+                    .is_some_and(|(len, sum)| {
+                        len == hit.len && Sha256::digest(&data[PREFIX_LEN..body_end])[..] == sum[..]
+                    })
+        });
+        let Some(data) = data.filter(|_| ok) else {
             self.corrupt(hit).await;
             return None;
-        }
+        };
         Some(Bytes::from(data).slice(hit.offset as usize..body_end))
     }
 
@@ -306,7 +397,7 @@ impl Disk {
             disk: Arc<Disk>,
             path: PathBuf,
             key: EntryKey,
-            file: Option<tokio::fs::File>,
+            file: Arc<std::fs::File>,
             /// Position in the file; reading starts at the metadata when verifying.
             pos: u64,
             body_start: u64,
@@ -321,7 +412,7 @@ impl Disk {
             disk: self.clone(),
             path: hit.path.clone(),
             key: hit.meta.key(),
-            file: None,
+            file: hit.file.clone(),
             pos: if verify {
                 PREFIX_LEN as u64
             } else {
@@ -339,28 +430,19 @@ impl Disk {
                 return None;
             }
             let r: Result<Option<Bytes>, BoxError> = async {
-                if st.file.is_none() {
-                    let mut f = tokio::fs::File::open(&st.path).await?;
-                    f.seek(io::SeekFrom::Start(st.pos)).await?;
-                    st.file = Some(f);
-                }
-                let Some(f) = st.file.as_mut() else {
-                    return Ok(None);
-                };
                 loop {
                     if st.pos >= st.to {
                         if let Some(h) = st.hasher.take() {
-                            check_trailer(f, h, st.body_len).await?;
+                            check_trailer(&st.file, st.to, h, st.body_len).await?;
                         }
                         return Ok(None);
                     }
                     let want = ((st.to - st.pos) as usize).min(READ_CHUNK);
-                    let mut buf = BytesMut::zeroed(want);
-                    let n = f.read(&mut buf).await?;
+                    let buf = read_at(st.file.clone(), st.pos, want).await?;
+                    let n = buf.len();
                     if n == 0 {
                         return Err("cache file shorter than its metadata says".into());
                     }
-                    buf.truncate(n);
                     if let Some(h) = st.hasher.as_mut() {
                         h.update(&buf);
                     }
@@ -375,10 +457,10 @@ impl Disk {
                     if st.pos >= st.to
                         && let Some(h) = st.hasher.take()
                     {
-                        check_trailer(f, h, st.body_len).await?;
+                        check_trailer(&st.file, st.to, h, st.body_len).await?;
                     }
                     let skip = st.from.saturating_sub(chunk_start) as usize;
-                    return Ok(Some(buf.freeze().slice(skip.min(n)..)));
+                    return Ok(Some(buf.slice(skip.min(n)..)));
                 }
             }
             .await;
@@ -405,73 +487,125 @@ impl Disk {
 
     /// Deletes one entry.
     pub async fn discard(&self, key: &EntryKey) {
-        let _ = tokio::fs::remove_file(self.path_for(key)).await;
-        self.index.lock().forget(key);
+        if let Some(slot) = Slot::of(key) {
+            self.discard_slot(&slot).await;
+        }
+    }
+
+    async fn discard_slot(&self, slot: &Slot) {
+        let _ = tokio::fs::remove_file(self.path_for(slot)).await;
+        self.index.lock().forget(slot);
     }
 
     /// Deletes every variant of a URL. Returns how many were removed.
     pub async fn remove_primary(&self, primary: &str) -> usize {
-        let keys: Vec<EntryKey> = {
-            let idx = self.index.lock();
-            idx.items
-                .keys()
-                .filter(|k| k.primary == primary)
-                .cloned()
-                .collect()
-        };
-        let mut n = 0;
-        if let Ok(mut rd) = tokio::fs::read_dir(self.dir_for(primary)).await {
-            while let Ok(Some(e)) = rd.next_entry().await {
-                if tokio::fs::remove_file(e.path()).await.is_ok() {
-                    n += 1;
-                }
-            }
+        let mut p = [0u8; 32];
+        if hex::decode_to_slice(primary, &mut p).is_err() {
+            return 0;
         }
-        let _ = tokio::fs::remove_dir(self.dir_for(primary)).await;
-        let mut idx = self.index.lock();
-        for k in keys {
-            idx.forget(&k);
+        let mut n = 0;
+        for slot in self.slots_of(p).await {
+            if tokio::fs::remove_file(self.path_for(&slot)).await.is_ok() {
+                n += 1;
+            }
+            self.index.lock().forget(&slot);
         }
         n
     }
 
     /// Remembers refreshed metadata for an entry (after a 304).
     pub fn refresh(&self, meta: Arc<Meta>) {
-        let key = meta.key();
+        let Some(slot) = Slot::of(&meta.key()) else {
+            return;
+        };
         let mut idx = self.index.lock();
-        if idx.items.contains_key(&key) {
-            idx.refreshed.insert(key, meta);
+        if idx.items.contains_key(&slot) {
+            idx.refreshed.insert(slot, meta);
         }
     }
 
-    /// Starts writing a new entry (blocking file I/O: call from a blocking context).
+    /// Starts writing a new entry (blocking file I/O: call from a blocking context). Its
+    /// room is reserved first (the whole object when its length is known), evicting older
+    /// entries; `Err` when the cache cannot make room for it.
     pub fn writer(self: &Arc<Disk>, meta: &Meta) -> io::Result<DiskWriter> {
+        let slot = Slot::of(&meta.key())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad entry key"))?;
         let prefix = meta
             .encode_prefix()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let first = blocks(
+            prefix.len() as u64
+                + meta.content_length().unwrap_or(RESERVE_MIN_STEP)
+                + TRAILER_LEN as u64,
+        );
+        if !self.reserve(first, true) {
+            return Err(io::Error::other(
+                "no room in the disk cache for this object",
+            ));
+        }
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .root
             .join("tmp")
             .join(format!("{}-{n}", std::process::id()));
-        let file = std::fs::File::create(&tmp).map_err(|e| self.write_failed(e))?;
-        let mut file = io::BufWriter::with_capacity(256 * 1024, file);
-        if let Err(e) = file.write_all(&prefix).and_then(|_| file.flush()) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(self.write_failed(e));
-        }
-        let mut hasher = Sha256::new();
-        hasher.update(&prefix[PREFIX_LEN..]);
-        Ok(DiskWriter {
+        let mut w = DiskWriter {
             disk: self.clone(),
-            file: Some(file),
+            file: None,
+            read: None,
             tmp,
-            hasher,
+            hasher: Sha256::new(),
             body_len: 0,
             body_offset: prefix.len() as u64,
-            key: meta.key(),
+            slot,
+            reserved: first,
             committed: false,
-        })
+        };
+        let file = std::fs::File::create(&w.tmp).map_err(|e| self.write_failed(e))?;
+        // Readers of the fill keep this handle: it reads the same file after the rename, and
+        // after an eviction.
+        w.read = Some(Arc::new(
+            std::fs::File::open(&w.tmp).map_err(|e| self.write_failed(e))?,
+        ));
+        let mut file = io::BufWriter::with_capacity(256 * 1024, file);
+        file.write_all(&prefix)
+            .and_then(|_| file.flush())
+            .map_err(|e| self.write_failed(e))?;
+        w.file = Some(file);
+        w.hasher.update(&prefix[PREFIX_LEN..]);
+        Ok(w)
+    }
+
+    /// Reserves `bytes` (and one entry when `entry`) for a file being written, evicting least
+    /// recently used entries and deleting their files before returning. False when writers
+    /// alone already hold the whole bound.
+    fn reserve(&self, bytes: u64, entry: bool) -> bool {
+        let _evicting = self.evicting.lock();
+        let victims = {
+            let mut idx = self.index.lock();
+            let entries = u64::from(entry);
+            if idx.reserved + bytes > self.max_bytes || idx.writers + entries > self.max_entries {
+                return false;
+            }
+            idx.reserved += bytes;
+            idx.writers += entries;
+            idx.victims(self.max_bytes, self.max_entries)
+        };
+        self.delete(&victims);
+        true
+    }
+
+    /// Gives back a writer's reservation.
+    fn release(&self, bytes: u64, entry: bool) {
+        let mut idx = self.index.lock();
+        idx.reserved = idx.reserved.saturating_sub(bytes);
+        idx.writers = idx.writers.saturating_sub(u64::from(entry));
+    }
+
+    fn delete(&self, victims: &[Slot]) {
+        for slot in victims {
+            let _ = std::fs::remove_file(self.path_for(slot));
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a write error; a full disk is logged once and makes room.
@@ -491,34 +625,26 @@ impl Disk {
         e
     }
 
-    /// Evicts least recently used entries until the total is at most `target` (blocking
-    /// file removal).
+    /// Evicts least recently used entries until the indexed and reserved bytes are at most
+    /// `target` (blocking file removal).
     pub fn evict_to(&self, target: u64) {
-        loop {
-            let victim = {
-                let mut idx = self.index.lock();
-                if idx.total <= target {
-                    return;
-                }
-                let Some((_, key)) = idx.lru.pop_first() else {
-                    return;
-                };
-                if let Some(item) = idx.items.remove(&key) {
-                    idx.total -= item.size;
-                    idx.drop_primary(&key.primary);
-                }
-                idx.refreshed.remove(&key);
-                key
-            };
-            let _ = std::fs::remove_file(self.path_for(&victim));
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-        }
+        let _evicting = self.evicting.lock();
+        let victims = self
+            .index
+            .lock()
+            .victims(target.min(self.max_bytes), self.max_entries);
+        self.delete(&victims);
     }
 
-    /// (objects, bytes) on disk, as indexed.
+    /// (objects, bytes) on disk, as indexed (bytes in whole blocks).
     pub fn usage(&self) -> (u64, u64) {
         let idx = self.index.lock();
         (idx.items.len() as u64, idx.total)
+    }
+
+    /// Bytes reserved by files being written.
+    pub fn reserved(&self) -> u64 {
+        self.index.lock().reserved
     }
 
     pub fn capacity(&self) -> u64 {
@@ -536,14 +662,145 @@ fn is_disk_full(e: &io::Error) -> bool {
     )
 }
 
-/// Reads the trailer that follows the body and compares it with the running checksum.
+/// Makes the layout: `tmp/` emptied of interrupted writes, `objects/` with its 256 shards.
+fn prepare(root: &Path) -> Result<(), String> {
+    let tmp = root.join("tmp");
+    let objects = root.join("objects");
+    let mk = |d: &Path| {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))
+    };
+    mk(&tmp)?;
+    if let Ok(rd) = std::fs::read_dir(&tmp) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    for b in 0..=255u8 {
+        mk(&objects.join(hex::encode([b])))?;
+    }
+    Ok(())
+}
+
+/// Moves the entries of the v1 layout (`objects/<aa>/<url-hash>/<variant>`) into `objects`
+/// (the file format is the same), then deletes what is left of it: its temporary files and
+/// its per-URL directories. Nothing here fails the start: what cannot be moved is deleted.
+fn migrate(old: &Path, objects: &Path) {
+    if !old.is_dir() {
+        return;
+    }
+    let mut moved = 0u64;
+    if let Ok(shards) = std::fs::read_dir(old.join("objects")) {
+        for shard in shards.flatten() {
+            let Ok(prims) = std::fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for prim in prims.flatten() {
+                let primary = prim.file_name().to_string_lossy().into_owned();
+                let Ok(vars) = std::fs::read_dir(prim.path()) else {
+                    continue;
+                };
+                for var in vars.flatten() {
+                    let variant = var.file_name().to_string_lossy().into_owned();
+                    let Some(slot) = Slot::parse(&format!("{primary}.{variant}")) else {
+                        continue;
+                    };
+                    let dest = objects.join(slot.shard()).join(slot.file_name());
+                    if std::fs::rename(var.path(), dest).is_ok() {
+                        moved += 1;
+                    }
+                }
+            }
+        }
+    }
+    match std::fs::remove_dir_all(old) {
+        Ok(()) => tracing::info!(moved, "disk cache: the v1 layout was moved to v2"),
+        Err(e) => {
+            tracing::warn!(dir = %old.display(), error = %e, moved, "disk cache: cannot remove the old v1 layout")
+        }
+    }
+}
+
+/// The entries under `objects` (slot, size in blocks, modification time), oldest first.
+/// Anything else found there is deleted.
+fn scan_objects(objects: &Path) -> Vec<(Slot, u64, Option<std::time::SystemTime>)> {
+    let mut found = Vec::new();
+    let Ok(shards) = std::fs::read_dir(objects) else {
+        return found;
+    };
+    for shard in shards.flatten() {
+        let shard_name = shard.file_name().to_string_lossy().into_owned();
+        let Ok(files) = std::fs::read_dir(shard.path()) else {
+            let _ = std::fs::remove_file(shard.path());
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Ok(md) = f.metadata() else { continue };
+            match Slot::parse(&name) {
+                Some(slot) if md.is_file() && slot.shard() == shard_name => {
+                    found.push((slot, blocks(md.len()), md.modified().ok()));
+                }
+                _ if md.is_dir() => {
+                    let _ = std::fs::remove_dir_all(f.path());
+                }
+                _ => {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+    }
+    found.sort_by_key(|(_, _, t)| *t);
+    found
+}
+
+/// Opens a stored file and decodes its head (blocking I/O on a blocking thread).
+async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
+    tokio::task::spawn_blocking(move || {
+        let bad = |e: meta::MetaError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        let mut f = std::fs::File::open(&path)?;
+        let file_len = f.metadata()?.len();
+        let mut prefix = [0u8; PREFIX_LEN];
+        f.read_exact(&mut prefix)?;
+        let meta_len = meta::decode_prefix(&prefix).map_err(bad)?;
+        let min = (PREFIX_LEN + meta_len + TRAILER_LEN) as u64;
+        if file_len < min {
+            return Err(bad(meta::MetaError::Truncated));
+        }
+        let mut json = vec![0u8; meta_len];
+        f.read_exact(&mut json)?;
+        let meta = meta::decode_meta(&json).map_err(bad)?;
+        Ok(DiskHit {
+            meta: Arc::new(meta),
+            path,
+            file: Arc::new(f),
+            offset: (PREFIX_LEN + meta_len) as u64,
+            len: file_len - min,
+        })
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Reads up to `want` bytes at `pos` (fewer at the end of the file).
+pub(super) async fn read_at(file: Arc<std::fs::File>, pos: u64, want: usize) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = BytesMut::zeroed(want);
+        let n = file.read_at(&mut buf, pos)?;
+        buf.truncate(n);
+        Ok(buf.freeze())
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Reads the trailer at `at` (after the body) and compares it with the running checksum.
 async fn check_trailer(
-    f: &mut tokio::fs::File,
+    file: &Arc<std::fs::File>,
+    at: u64,
     hasher: Sha256,
     body_len: u64,
 ) -> Result<(), BoxError> {
-    let mut t = [0u8; TRAILER_LEN];
-    f.read_exact(&mut t).await?;
+    let t = read_at(file.clone(), at, TRAILER_LEN).await?;
     let (len, sum) = meta::decode_trailer(&t).map_err(|e| e.to_string())?;
     if len != body_len || hasher.finalize()[..] != sum[..] {
         return Err("checksum mismatch".into());
@@ -552,15 +809,20 @@ async fn check_trailer(
 }
 
 /// An entry being written to `tmp/` (blocking I/O, from the fill's writer thread); renamed
-/// into `objects/` by [`DiskWriter::commit`], deleted if dropped before.
+/// into `objects/` by [`DiskWriter::commit`], deleted if dropped before. It holds a
+/// reservation of room in the cache that grows ahead of what it writes.
 pub struct DiskWriter {
     disk: Arc<Disk>,
     file: Option<io::BufWriter<std::fs::File>>,
+    /// A read handle on the same file, for the fill's readers.
+    read: Option<Arc<std::fs::File>>,
     tmp: PathBuf,
     hasher: Sha256,
     body_len: u64,
     body_offset: u64,
-    key: EntryKey,
+    slot: Slot,
+    /// Bytes reserved for this file (released when it is committed or dropped).
+    reserved: u64,
     committed: bool,
 }
 
@@ -570,9 +832,15 @@ impl DiskWriter {
         self.body_offset
     }
 
-    /// The temporary file, readable while it is written (coalesced readers follow it).
+    /// The temporary file, readable while it is written.
     pub fn path(&self) -> &Path {
         &self.tmp
+    }
+
+    /// A handle that reads the file while it is written and after it is committed or
+    /// evicted (coalesced readers follow it).
+    pub fn reader(&self) -> Option<Arc<std::fs::File>> {
+        self.read.clone()
     }
 
     /// Body bytes written so far (buffered ones included; see [`DiskWriter::flush`]).
@@ -581,6 +849,29 @@ impl DiskWriter {
     }
 
     pub fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if self.file.is_none() {
+            return Err(io::Error::other("writer closed"));
+        }
+        // The room comes first: the bytes must not reach the disk beyond the bound.
+        let need = blocks(self.body_offset + self.body_len + (chunk.len() + TRAILER_LEN) as u64);
+        if need > self.reserved {
+            let step = self
+                .reserved
+                .clamp(RESERVE_MIN_STEP, RESERVE_MAX_STEP)
+                .max(need - self.reserved);
+            let step = blocks(step);
+            let least = blocks(need - self.reserved);
+            // Growing ahead saves evictions; near the bound, only what this chunk needs.
+            let got = [step, least]
+                .into_iter()
+                .find(|n| self.disk.reserve(*n, false));
+            let Some(got) = got else {
+                return Err(io::Error::other(
+                    "no room in the disk cache for this object",
+                ));
+            };
+            self.reserved += got;
+        }
         let Some(f) = self.file.as_mut() else {
             return Err(io::Error::other("writer closed"));
         };
@@ -607,26 +898,32 @@ impl DiskWriter {
         };
         let sum: [u8; 32] = self.hasher.clone().finalize().into();
         let trailer = meta::encode_trailer(self.body_len, &sum);
+        let dest = self.disk.path_for(&self.slot);
         let r = (|| {
             f.write_all(&trailer)?;
             f.flush()?;
-            let size = f.get_ref().metadata()?.len();
+            let size = blocks(f.get_ref().metadata()?.len());
             drop(f);
-            let dest = self.disk.path_for(&self.key);
-            if let Some(parent) = dest.parent() {
+            if let Err(e) = std::fs::rename(&self.tmp, &dest) {
+                // A shard directory removed by hand: made again, once.
+                let parent = dest.parent().ok_or(e)?;
                 std::fs::create_dir_all(parent)?;
+                std::fs::rename(&self.tmp, &dest)?;
             }
-            std::fs::rename(&self.tmp, &dest)?;
-            Ok::<_, io::Error>((dest, size))
+            Ok::<_, io::Error>(size)
         })();
         match r {
-            Ok((dest, size)) => {
+            Ok(size) => {
                 self.committed = true;
                 {
                     let mut idx = self.disk.index.lock();
-                    idx.refreshed.remove(&self.key);
-                    idx.touch(&self.key, size);
+                    idx.reserved = idx.reserved.saturating_sub(self.reserved);
+                    idx.writers = idx.writers.saturating_sub(1);
+                    self.reserved = 0;
+                    idx.refreshed.remove(&self.slot);
+                    idx.touch(self.slot, size);
                 }
+                // Replacing an entry of another size can cross the bound by the difference.
                 self.disk.evict_to(self.disk.max_bytes);
                 Ok(dest)
             }
@@ -640,6 +937,7 @@ impl Drop for DiskWriter {
         if !self.committed {
             // A partial entry never leaves tmp/; removing it is all that is left to do.
             let _ = std::fs::remove_file(&self.tmp);
+            self.disk.release(self.reserved, true);
         }
     }
 }
@@ -647,6 +945,305 @@ impl Drop for DiskWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::key::Variant;
+    use crate::cache::policy::{StoredPolicy, request_view};
+    use http::StatusCode;
+    use std::time::SystemTime;
+
+    fn meta(url: &str, len: Option<usize>) -> Meta {
+        let req = request_view(
+            &http::Method::GET,
+            &url.parse().unwrap(),
+            "h",
+            &HeaderMap::new(),
+            None,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", "max-age=60".parse().unwrap());
+        if let Some(n) = len {
+            headers.insert("content-length", n.to_string().parse().unwrap());
+        }
+        let policy =
+            StoredPolicy::new(&req, StatusCode::OK, &headers, SystemTime::now(), None).unwrap();
+        Meta::new(
+            &PrimaryKey::from_url(url.into()),
+            Variant::default(),
+            StatusCode::OK,
+            headers,
+            policy,
+        )
+    }
+
+    async fn store(d: &Arc<Disk>, url: &str, body: &[u8], with_len: bool) -> PathBuf {
+        let m = meta(url, with_len.then_some(body.len()));
+        let (d, body) = (d.clone(), body.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let mut w = d.writer(&m).unwrap();
+            for c in body.chunks(100_000) {
+                w.write(c).unwrap();
+            }
+            w.commit().unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// What `du` would count under `dir`: files in whole blocks, and every directory.
+    fn du(dir: &Path) -> (u64, u64, u64) {
+        let (mut bytes, mut files, mut dirs) = (0, 0, 0);
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            dirs += 1;
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let md = e.metadata().unwrap();
+                if md.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files += 1;
+                    bytes += blocks(md.len());
+                }
+            }
+        }
+        (bytes, files, dirs)
+    }
+
+    fn key(url: &str) -> PrimaryKey {
+        PrimaryKey::from_url(url.into())
+    }
+
+    #[test]
+    fn slot_names_round_trip_and_reject_others() {
+        let k = meta("http://h/a", None).key();
+        let s = Slot::of(&k).unwrap();
+        assert_eq!(s.file_name(), format!("{}.{}", k.primary, k.variant));
+        assert_eq!(Slot::parse(&s.file_name()), Some(s));
+        assert_eq!(s.shard(), k.primary[..2]);
+        assert_eq!(Slot::parse(&s.file_name().to_uppercase()), None);
+        assert_eq!(Slot::parse("probe-12"), None);
+        assert_eq!(Slot::parse(&format!("{}.{}", k.primary, "ab")), None);
+        assert_eq!(blocks(0), 0);
+        assert_eq!(blocks(1), BLOCK);
+        assert_eq!(blocks(BLOCK), BLOCK);
+        assert_eq!(blocks(BLOCK + 1), 2 * BLOCK);
+    }
+
+    /// Churn far past the bound: what `du` sees stays within it (plus the fixed 256 shards),
+    /// no directory is added, and the index agrees with the files.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn churn_keeps_du_and_inodes_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        const MAX: u64 = 1024 * 1024;
+        let d = Disk::open(dir.path(), MAX).await.unwrap();
+        d.scan().await;
+        let (_, _, dirs_before) = du(dir.path());
+        for i in 0..300 {
+            // Sizes that are not whole blocks, some with a known length, some without.
+            let body = vec![i as u8; 5000 + (i * 997) % 60_000];
+            store(&d, &format!("http://h/{i}"), &body, i % 2 == 0).await;
+            let (bytes, files, dirs) = du(&dir.path().join("v2"));
+            assert!(bytes <= MAX, "{bytes} bytes on disk after {i}");
+            let (objects, indexed) = d.usage();
+            assert_eq!((objects, indexed), (files, bytes), "index and files agree");
+            assert_eq!(dirs + 1, dirs_before, "no directory added");
+        }
+        assert!(d.stats.evictions.load(Ordering::Relaxed) > 250);
+        assert_eq!(d.reserved(), 0);
+        // The most recent entry is still there.
+        let hit = d.lookup(&key("http://h/299"), &HeaderMap::new()).await;
+        assert!(hit.is_some());
+        assert!(
+            d.lookup(&key("http://h/0"), &HeaderMap::new())
+                .await
+                .is_none()
+        );
+    }
+
+    /// Entries are capped at one per 32 KiB of the bound, even when they are tiny.
+    #[tokio::test]
+    async fn tiny_entries_are_capped_by_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Disk::open(dir.path(), 64 * BYTES_PER_ENTRY).await.unwrap();
+        d.scan().await;
+        for i in 0..200 {
+            store(&d, &format!("http://h/t{i}"), b"x", true).await;
+        }
+        let (objects, _) = d.usage();
+        assert_eq!(objects, 64);
+        assert_eq!(du(&dir.path().join("v2/objects")).1, 64);
+    }
+
+    /// A file being written reserves its room first: with the cache full, starting a large
+    /// write evicts before the bytes land, and an object larger than the bound is refused.
+    #[tokio::test]
+    async fn writers_reserve_room_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        const MAX: u64 = 512 * 1024;
+        let d = Disk::open(dir.path(), MAX).await.unwrap();
+        d.scan().await;
+        for i in 0..7 {
+            store(&d, &format!("http://h/f{i}"), &vec![1u8; 60_000], true).await;
+        }
+        let d2 = d.clone();
+        let root = dir.path().join("v2");
+        tokio::task::spawn_blocking(move || {
+            let mut w = d2.writer(&meta("http://h/big", None)).unwrap();
+            for _ in 0..40 {
+                w.write(&[7u8; 10_000]).unwrap();
+                w.flush().unwrap();
+                let (bytes, _, _) = du(&root);
+                assert!(bytes <= MAX, "{bytes} with a writer in tmp/");
+            }
+            drop(w);
+            assert!(
+                d2.writer(&meta("http://h/huge", Some(MAX as usize)))
+                    .is_err()
+            );
+        })
+        .await
+        .unwrap();
+        assert_eq!(d.reserved(), 0);
+        assert!(du(&dir.path().join("v2/tmp")).1 == 0);
+    }
+
+    /// A hit whose entry is evicted (or replaced) while it is served still reads its whole,
+    /// verified body from the open file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hit_outlives_the_eviction_of_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Disk::open(dir.path(), 1 << 20).await.unwrap();
+        d.scan().await;
+        let body: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        store(&d, "http://h/e", &body, true).await;
+        let hit = d
+            .lookup(&key("http://h/e"), &HeaderMap::new())
+            .await
+            .unwrap();
+        d.evict_to(0);
+        assert!(!hit.path.exists());
+        let got = http_body_util::BodyExt::collect(d.stream(&hit, 0, hit.len))
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&got[..], &body[..]);
+        assert_eq!(&d.read_verified(&hit).await.unwrap()[..], &body[..]);
+        assert_eq!(d.stats.corrupt.load(Ordering::Relaxed), 0);
+        // A lookup that finds the file gone is a plain miss.
+        assert!(
+            d.lookup(&key("http://h/e"), &HeaderMap::new())
+                .await
+                .is_none()
+        );
+    }
+
+    /// A directory of the v1 layout is moved into v2 at start; its empty directories and
+    /// temporary files are gone; stray files under objects/ are deleted.
+    #[tokio::test]
+    async fn v1_layout_is_migrated_and_strays_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Write an entry with the v2 code, then lay it out as v1 would have.
+        {
+            let d = Disk::open(dir.path(), 1 << 20).await.unwrap();
+            store(&d, "http://h/old", b"old body", true).await;
+        }
+        let k = meta("http://h/old", None).key();
+        let s = Slot::of(&k).unwrap();
+        let v1 = dir.path().join("v1");
+        let vdir = v1.join("objects").join(&k.primary[..2]).join(&k.primary);
+        std::fs::create_dir_all(&vdir).unwrap();
+        std::fs::create_dir_all(v1.join("objects/ab/").join("cd".repeat(32))).unwrap();
+        std::fs::create_dir_all(v1.join("tmp")).unwrap();
+        std::fs::write(v1.join("tmp/123-4"), b"partial").unwrap();
+        let v2obj = dir.path().join("v2/objects");
+        std::fs::rename(
+            v2obj.join(s.shard()).join(s.file_name()),
+            vdir.join(&k.variant),
+        )
+        .unwrap();
+        std::fs::write(v2obj.join("00/stray"), b"x").unwrap();
+        std::fs::create_dir_all(v2obj.join("00/somedir")).unwrap();
+
+        let d = Disk::open(dir.path(), 1 << 20).await.unwrap();
+        d.scan().await;
+        assert!(!v1.exists());
+        assert!(!v2obj.join("00/stray").exists());
+        assert!(!v2obj.join("00/somedir").exists());
+        let hit = d
+            .lookup(&key("http://h/old"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert_eq!(&d.read_verified(&hit).await.unwrap()[..], b"old body");
+        assert_eq!(d.usage().0, 1);
+    }
+
+    /// The index's memory per entry, for the formula's `INDEX_PER_ENTRY` (README "Sizing
+    /// memory"): `cargo test --lib index_memory_per_entry -- --ignored --nocapture`. It reads
+    /// this process's RSS, so it runs alone.
+    #[test]
+    #[ignore]
+    fn index_memory_per_entry() {
+        fn rss() -> u64 {
+            let s = std::fs::read_to_string("/proc/self/status").unwrap();
+            let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        }
+        const N: u64 = 1_000_000;
+        let before = rss();
+        let mut idx = Index::default();
+        for i in 0..N {
+            let mut s = Slot {
+                primary: [0; 32],
+                variant: [0; 16],
+            };
+            s.primary[..8].copy_from_slice(&Sha256::digest(i.to_le_bytes())[..8]);
+            s.variant[0] = (i % 3) as u8;
+            idx.touch(s, 8192);
+        }
+        let per = (rss() - before) / N;
+        println!("disk index: {per} bytes per entry ({N} entries)");
+        assert!(per <= crate::config::sizing::INDEX_PER_ENTRY, "{per}");
+        let p = Slot {
+            primary: [1; 32],
+            variant: [0; 16],
+        };
+        idx.touch(p, 1);
+        idx.touch(
+            Slot {
+                variant: [0xff; 16],
+                ..p
+            },
+            1,
+        );
+        idx.touch(
+            Slot {
+                primary: [2; 32],
+                ..p
+            },
+            1,
+        );
+        assert_eq!(idx.items.range(Slot::all_of([1; 32])).count(), 2);
+        drop(idx);
+    }
+
+    /// Before the scan has finished, lookups list the shard directory.
+    #[tokio::test]
+    async fn lookup_before_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let d = Disk::open(dir.path(), 1 << 20).await.unwrap();
+            store(&d, "http://h/pre", b"body", true).await;
+            store(&d, "http://h/other", b"body2", true).await;
+        }
+        let d = Disk::open(dir.path(), 1 << 20).await.unwrap();
+        assert!(!d.is_scanned());
+        let hit = d
+            .lookup(&key("http://h/pre"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert_eq!(hit.meta.url, "http://h/pre");
+        assert_eq!(d.remove_primary(key("http://h/other").hex()).await, 1);
+        d.scan().await;
+        assert_eq!(d.usage().0, 1);
+    }
 
     #[test]
     fn a_full_disk_is_known_by_its_kind() {

@@ -13,7 +13,6 @@
 //! `Content-Length` and upstream reported no error).
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,16 +20,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::disk::DiskWriter;
+use super::disk::{DiskWriter, read_at};
 use super::memory::MemEntry;
 use super::meta::Meta;
 use crate::http::body::{Body, BoxError};
 
 /// Bytes of recent body kept in memory for live readers.
 const WINDOW: u64 = 4 * 1024 * 1024;
+/// The window of a fill with a disk copy while the [`Budget`] is spent: readers behind it
+/// read the file.
+const SMALL_WINDOW: u64 = 256 * 1024;
 /// Bytes queued for the disk writer before the fill waits for it.
 const WRITER_QUEUE: u64 = 16 * 1024 * 1024;
 /// A writer that makes no progress for this long is stalled: the entry is abandoned.
@@ -54,8 +55,9 @@ struct Inner {
     keep_all: bool,
     /// Bytes of body readable from `file`.
     written: u64,
-    /// The file being written (temporary, then committed) and where its body starts.
-    file: Option<(PathBuf, u64)>,
+    /// A read handle on the file being written (temporary, then committed: the same file,
+    /// still readable after an eviction) and where its body starts.
+    file: Option<(Arc<std::fs::File>, u64)>,
     /// No usable disk copy (no disk tier, writer behind, write error, too large).
     file_failed: bool,
     /// The writer thread has finished (no more bytes will become readable from the file).
@@ -77,11 +79,14 @@ impl Inner {
 
     /// Drops chunks no reader needs: with a disk copy, everything but the last [`WINDOW`];
     /// without, everything below the slowest reader too.
-    fn trim(&mut self) {
+    /// Returns the bytes dropped.
+    fn trim(&mut self, window: u64) -> u64 {
         if self.keep_all {
-            return;
+            return 0;
         }
-        let mut floor = self.received.saturating_sub(WINDOW);
+        let window = if self.file_failed { WINDOW } else { window };
+        let before = self.window_bytes;
+        let mut floor = self.received.saturating_sub(window);
         if self.file_failed
             && let Some(slowest) = self.slowest_reader()
         {
@@ -96,6 +101,83 @@ impl Inner {
             self.window_start += len;
             self.window_bytes -= len;
         }
+        before - self.window_bytes
+    }
+}
+
+/// The limit of the [`Budget`] the cache holds: 64 MiB, one term of the memory formula
+/// (`config::sizing`).
+pub const FILLS_BUDGET: u64 = 64 << 20;
+
+/// Bytes of bodies held in memory by all fills (their windows, and whole bodies kept for the
+/// memory tier) and by whole-object reads of disk entries, against one limit
+/// ([`FILLS_BUDGET`]). Past it, fills keep no whole bodies and only a small window
+/// (the rest is read back from the disk file), and disk hits stream instead of being read
+/// whole: RSS stays bounded however many misses run at once.
+pub struct Budget {
+    held: AtomicU64,
+    limit: u64,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            held: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    fn spent(&self) -> bool {
+        self.held.load(Ordering::Relaxed) > self.limit
+    }
+
+    fn add(&self, n: u64) {
+        self.held.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: u64) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Takes `n` bytes when they fit; given back when the guard drops.
+    pub fn try_take(self: &Arc<Budget>, n: u64) -> Option<Held> {
+        let mut cur = self.held.load(Ordering::Relaxed);
+        loop {
+            if cur + n > self.limit {
+                return None;
+            }
+            match self.held.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(Held {
+                        budget: self.clone(),
+                        n,
+                    });
+                }
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes taken from a [`Budget`].
+pub struct Held {
+    budget: Arc<Budget>,
+    n: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.sub(self.n);
     }
 }
 
@@ -117,6 +199,18 @@ pub struct Fill {
     changed: watch::Sender<u64>,
     /// Readers advanced (the fill may be waiting for the slowest one).
     progress: Notify,
+    budget: Arc<Budget>,
+    /// Bytes sent to the disk writer and not yet written.
+    queued: AtomicU64,
+    /// What this fill counts in the budget: its window, or its writer's queue when that is
+    /// larger (both hold the same chunks).
+    counted: AtomicU64,
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        self.budget.sub(*self.counted.get_mut());
+    }
 }
 
 /// Limits for one fill.
@@ -126,6 +220,8 @@ pub struct FillLimits {
     pub mem_object: u64,
     /// How long the fill waits for a stalled reader before leaving it behind.
     pub reader_stall: Duration,
+    /// Shared by all fills.
+    pub budget: Arc<Budget>,
 }
 
 impl Fill {
@@ -156,7 +252,7 @@ impl Fill {
                 written: 0,
                 file: writer
                     .as_ref()
-                    .map(|w| (w.path().to_path_buf(), w.body_offset())),
+                    .and_then(|w| w.reader().map(|f| (f, w.body_offset()))),
                 file_failed: writer.is_none(),
                 writer_done: writer.is_none(),
                 state: FillState::Receiving,
@@ -165,13 +261,20 @@ impl Fill {
             changed: tx,
             progress: Notify::new(),
             abandoned: Mutex::new(None),
+            budget: limits.budget.clone(),
+            queued: AtomicU64::new(0),
+            counted: AtomicU64::new(0),
         });
         let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
-        let queued = Arc::new(AtomicU64::new(0));
         let writer_task = writer.map(|w| {
             let f = fill.clone();
-            let q = queued.clone();
-            tokio::task::spawn_blocking(move || write_to_disk(f, w, wrx, q))
+            tokio::task::spawn_blocking(move || {
+                let stored = write_to_disk(&f, w, wrx);
+                // Whatever was still queued is dropped with the queue.
+                f.queued.store(0, Ordering::Release);
+                f.recount(f.inner.lock().window_bytes);
+                stored
+            })
         });
         let f = fill.clone();
         tokio::spawn(async move {
@@ -197,12 +300,16 @@ impl Fill {
                 }
                 if let Some(tx) = &wtx {
                     let n = data.len() as u64;
-                    queued.fetch_add(n, Ordering::AcqRel);
+                    f.queued.fetch_add(n, Ordering::AcqRel);
+                    f.recount(f.inner.lock().window_bytes);
                     let sent = tx.send(data).is_ok();
+                    if !sent {
+                        f.queued.fetch_sub(n, Ordering::AcqRel);
+                    }
                     // A writer briefly behind (a disk a little slower than the
                     // network) gets a moment to catch up; one that stays behind
                     // (a stalled disk) loses the entry rather than stall clients.
-                    if !sent || !f.writer_catches_up(&queued, &mut progress).await {
+                    if !sent || !f.writer_catches_up(&mut progress).await {
                         wtx = None;
                         f.abandon_file("disk writer fell behind");
                     }
@@ -277,12 +384,14 @@ impl Fill {
     /// Waits while more than [`WRITER_QUEUE`] bytes wait for the disk writer, as long as it
     /// keeps making progress ([`WRITER_STALL`] without any is a stalled disk). False when
     /// the writer is stalled.
-    async fn writer_catches_up(
-        &self,
-        queued: &AtomicU64,
-        progress: &mut watch::Receiver<u64>,
-    ) -> bool {
-        while queued.load(Ordering::Acquire) > WRITER_QUEUE {
+    /// While the [`Budget`] is spent, it waits until the queue is down to a small window:
+    /// upstream is read no faster than the disk takes it.
+    async fn writer_catches_up(&self, progress: &mut watch::Receiver<u64>) -> bool {
+        loop {
+            let queued = self.queued.load(Ordering::Acquire);
+            if queued <= SMALL_WINDOW || (queued <= WRITER_QUEUE && !self.budget.spent()) {
+                break;
+            }
             let done = self.inner.lock().writer_done;
             if done {
                 return false;
@@ -304,12 +413,27 @@ impl Fill {
         inner.received += n;
         inner.window.push_back(data);
         inner.window_bytes += n;
-        // Too large for memory, or to be stored at all.
-        if inner.keep_all && inner.received > limits.mem_object.min(limits.max_object) {
+        self.recount(inner.window_bytes);
+        let spent = self.budget.spent();
+        // Too large for memory, or to be stored at all, or too many bodies in memory at
+        // once (a later disk hit brings it into the memory tier).
+        if inner.keep_all && (inner.received > limits.mem_object.min(limits.max_object) || spent) {
             inner.keep_all = false;
         }
-        inner.trim();
+        inner.trim(if spent { SMALL_WINDOW } else { WINDOW });
+        self.recount(inner.window_bytes);
         inner.received > limits.max_object
+    }
+
+    /// Brings this fill's share of the budget up to date.
+    fn recount(&self, window_bytes: u64) {
+        let now = window_bytes.max(self.queued.load(Ordering::Acquire));
+        let before = self.counted.swap(now, Ordering::AcqRel);
+        if now > before {
+            self.budget.add(now - before);
+        } else {
+            self.budget.sub(before - now);
+        }
     }
 
     fn abandon_file(&self, why: &str) {
@@ -368,7 +492,6 @@ impl Fill {
             pos,
             end,
             rx: self.changed.subscribe(),
-            file: None,
             failed: false,
         };
         let stream = futures_util::stream::unfold(st, |mut st| async move {
@@ -393,13 +516,12 @@ struct ReaderState {
     pos: Arc<AtomicU64>,
     end: Option<u64>,
     rx: watch::Receiver<u64>,
-    file: Option<(PathBuf, tokio::fs::File)>,
     failed: bool,
 }
 
 enum Step {
     Data(Bytes),
-    File(PathBuf, u64, u64),
+    File(Arc<std::fs::File>, u64, u64),
     Wait,
     End,
     Fail(String),
@@ -440,9 +562,9 @@ impl ReaderState {
             }
         }
         if pos < inner.written
-            && let Some((p, off)) = &inner.file
+            && let Some((f, off)) = &inner.file
         {
-            return Step::File(p.clone(), *off, limit.min(inner.written));
+            return Step::File(f.clone(), *off, limit.min(inner.written));
         }
         match &inner.state {
             FillState::Failed(e) => Step::Fail(e.clone()),
@@ -467,23 +589,15 @@ impl ReaderState {
                     return Err(e.into());
                 }
                 Step::Wait => self.wait().await?,
-                Step::File(path, offset, until) => {
+                Step::File(file, offset, until) => {
                     let pos = self.pos.load(Ordering::Relaxed);
-                    match read_file(&mut self.file, &path, offset, pos, until).await {
-                        Ok(b) if !b.is_empty() => {
-                            self.advance(b.len() as u64);
-                            return Ok(Some(b));
-                        }
-                        Ok(_) => self.wait().await?,
-                        Err(e) => {
-                            // The temporary file was renamed on commit: retry with the new path.
-                            self.file = None;
-                            let moved =
-                                self.fill.inner.lock().file.as_ref().map(|(p, _)| p) != Some(&path);
-                            if !moved {
-                                return Err(e.into());
-                            }
-                        }
+                    let want = ((until - pos) as usize).min(READ_CHUNK);
+                    let b = read_at(file, offset + pos, want).await?;
+                    if b.is_empty() {
+                        self.wait().await?;
+                    } else {
+                        self.advance(b.len() as u64);
+                        return Ok(Some(b));
                     }
                 }
             }
@@ -498,48 +612,24 @@ impl ReaderState {
     }
 }
 
-/// Reads up to [`READ_CHUNK`] body bytes at `pos` (before `until`) from the fill's file,
-/// keeping the file open between calls.
-async fn read_file(
-    slot: &mut Option<(PathBuf, tokio::fs::File)>,
-    path: &PathBuf,
-    body_offset: u64,
-    pos: u64,
-    until: u64,
-) -> std::io::Result<Bytes> {
-    if slot.as_ref().is_none_or(|(p, _)| p != path) {
-        let f = tokio::fs::File::open(path).await?;
-        *slot = Some((path.clone(), f));
-    }
-    let Some((_, f)) = slot.as_mut() else {
-        return Ok(Bytes::new());
-    };
-    let want = ((until - pos) as usize).min(READ_CHUNK);
-    let mut buf = vec![0u8; want];
-    f.seek(std::io::SeekFrom::Start(body_offset + pos)).await?;
-    let n = f.read(&mut buf).await?;
-    buf.truncate(n);
-    Ok(Bytes::from(buf))
-}
-
 /// The disk writer (a blocking thread): copies queued chunks to the temporary file in
 /// batches, publishes progress to readers, and commits when the fill completed. Returns
 /// whether the entry was stored.
 fn write_to_disk(
-    fill: Arc<Fill>,
+    fill: &Arc<Fill>,
     mut w: DiskWriter,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
-    queued: Arc<AtomicU64>,
 ) -> bool {
     while let Some(chunk) = rx.blocking_recv() {
         let mut r = w.write(&chunk);
-        queued.fetch_sub(chunk.len() as u64, Ordering::AcqRel);
+        fill.queued.fetch_sub(chunk.len() as u64, Ordering::AcqRel);
         while r.is_ok()
             && let Ok(more) = rx.try_recv()
         {
             r = w.write(&more);
-            queued.fetch_sub(more.len() as u64, Ordering::AcqRel);
+            fill.queued.fetch_sub(more.len() as u64, Ordering::AcqRel);
         }
+        fill.recount(fill.inner.lock().window_bytes);
         if let Err(e) = r.and_then(|_| w.flush()) {
             tracing::debug!(error = %e, "cache write failed");
             fill.abandon_file("write error");
@@ -563,11 +653,7 @@ fn write_to_disk(
         return false;
     }
     match w.commit() {
-        Ok(path) => {
-            let mut inner = fill.inner.lock();
-            let offset = inner.file.as_ref().map_or(0, |(_, o)| *o);
-            inner.file = Some((path, offset));
-            drop(inner);
+        Ok(_) => {
             fill.notify();
             true
         }

@@ -83,6 +83,11 @@ impl Memory {
             .unwrap_or_default();
         list.push(Arc::new(entry));
         self.cache.insert(primary, Arc::new(list));
+        // moka applies evictions in batches: until it does, up to a batch of inserted bodies
+        // (each up to --max-mem-object-size) is held beyond --cache-mem. Applying them now
+        // keeps the tier within its bound (inserts follow fills and disk reads, which cost
+        // far more).
+        self.cache.run_pending_tasks();
     }
 
     /// Replaces the metadata of a stored variant (after a 304), keeping its body.

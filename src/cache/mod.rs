@@ -26,7 +26,7 @@ use ipnet::IpNet;
 
 use crate::http::body::{Body, BoxError};
 use disk::{Disk, DiskHit, VERIFY_WHOLE_LIMIT};
-use fill::{Completed, Fill, FillLimits};
+use fill::{Budget, Completed, Fill, FillLimits};
 use key::PrimaryKey;
 use lock::Locks;
 use memory::{MemEntry, Memory};
@@ -71,8 +71,8 @@ pub struct CacheStats {
 pub enum Stored {
     /// From the memory tier.
     Mem(Arc<MemEntry>),
-    /// From the disk tier, read whole and verified (small objects).
-    Verified(Arc<MemEntry>),
+    /// From the disk tier, read whole into memory and verified (small objects).
+    DiskRead(Arc<MemEntry>),
     /// From the disk tier, streamed (verified as it is read).
     Disk(Arc<Disk>, DiskHit),
 }
@@ -80,7 +80,7 @@ pub enum Stored {
 impl Stored {
     pub fn meta(&self) -> &Arc<Meta> {
         match self {
-            Stored::Mem(e) | Stored::Verified(e) => &e.meta,
+            Stored::Mem(e) | Stored::DiskRead(e) => &e.meta,
             Stored::Disk(_, h) => &h.meta,
         }
     }
@@ -96,7 +96,7 @@ impl Stored {
                 meta,
                 body: e.body.clone(),
             })),
-            Stored::Verified(e) => Stored::Verified(Arc::new(MemEntry {
+            Stored::DiskRead(e) => Stored::DiskRead(Arc::new(MemEntry {
                 meta,
                 body: e.body.clone(),
             })),
@@ -108,14 +108,14 @@ impl Stored {
 impl serve::Source for Stored {
     fn total_len(&self) -> Option<u64> {
         Some(match self {
-            Stored::Mem(e) | Stored::Verified(e) => e.body.len() as u64,
+            Stored::Mem(e) | Stored::DiskRead(e) => e.body.len() as u64,
             Stored::Disk(_, h) => h.len,
         })
     }
 
     fn range(&self, start: u64, end: u64) -> Body {
         match self {
-            Stored::Mem(e) | Stored::Verified(e) => {
+            Stored::Mem(e) | Stored::DiskRead(e) => {
                 in_frames(e.body.slice(start as usize..end as usize))
             }
             Stored::Disk(d, h) => d.stream(h, start, end),
@@ -124,7 +124,7 @@ impl serve::Source for Stored {
 
     fn all(&self) -> Body {
         match self {
-            Stored::Mem(e) | Stored::Verified(e) => in_frames(e.body.clone()),
+            Stored::Mem(e) | Stored::DiskRead(e) => in_frames(e.body.clone()),
             Stored::Disk(d, h) => d.stream(h, 0, h.len),
         }
     }
@@ -164,6 +164,8 @@ pub struct Cache {
     disk: Option<Arc<Disk>>,
     pub locks: Locks,
     pub stats: Arc<CacheStats>,
+    /// Bodies held in memory by fills and whole-object disk reads.
+    pub fill_budget: Arc<Budget>,
 }
 
 impl Cache {
@@ -193,6 +195,7 @@ impl Cache {
             disk,
             locks: Locks::default(),
             stats: Arc::new(CacheStats::default()),
+            fill_budget: Budget::new(fill::FILLS_BUDGET),
             settings,
         })
     }
@@ -226,7 +229,10 @@ impl Cache {
         // Small entries that the memory tier takes are read whole, verified and promoted;
         // anything else streams from the file (verified as it is read), so concurrent disk
         // hits never hold whole objects in memory.
-        if hit.len <= VERIFY_WHOLE_LIMIT && self.memory.admits(hit.len) {
+        if hit.len <= VERIFY_WHOLE_LIMIT
+            && self.memory.admits(hit.len)
+            && let Some(_held) = self.fill_budget.try_take(hit.len)
+        {
             let body = disk.read_verified(&hit).await?;
             let entry = Arc::new(MemEntry {
                 meta: hit.meta.clone(),
@@ -236,7 +242,7 @@ impl Cache {
                 meta: entry.meta.clone(),
                 body: entry.body.clone(),
             });
-            return Some(Stored::Verified(entry));
+            return Some(Stored::DiskRead(entry));
         }
         Some(Stored::Disk(disk.clone(), hit))
     }
@@ -291,6 +297,7 @@ impl Cache {
                 max_object,
                 mem_object: self.memory.max_object,
                 reader_stall: self.settings.reader_stall,
+                budget: self.fill_budget.clone(),
             },
             move |_fill, completed| {
                 match completed {

@@ -474,7 +474,7 @@ impl StoredPolicy {
         };
         let (vary, _) = super::key::vary_names(&h);
         let req = &stored_request(&normalise_vary(req, &vary), &vary);
-        let immutable = rule.is_some_and(|r| r.is_immutable());
+        let immutable = rule.is_some_and(|r| r.overrides_revalidation());
         let mut viewed = h.clone();
         let origin_cache_control = policy_view(&mut viewed, immutable);
         let first =
@@ -616,10 +616,6 @@ impl StoredPolicy {
     /// How long past its freshness the entry is at `now` (zero while fresh).
     pub fn staleness(&self, now: SystemTime) -> Duration {
         self.policy.age(now).saturating_sub(self.lifetime)
-    }
-
-    pub fn age(&self, now: SystemTime) -> Duration {
-        self.policy.age(now)
     }
 
     /// RFC 5861 §3: may be served to `req` while a background revalidation runs.
@@ -1117,7 +1113,8 @@ mod tests {
         // Too large for the arithmetic: capped, stale, no overflow.
         let huge = with_age("99999999999999999999999");
         assert!(fresh(&huge, &req(&[]), now).is_none());
-        assert_eq!(huge.age(now), Duration::from_secs(MAX_AGE_VALUE));
+        let age = huge.stale_headers(&HeaderMap::new(), now);
+        assert_eq!(age[header::AGE], MAX_AGE_VALUE.to_string().as_str());
     }
 
     #[test]

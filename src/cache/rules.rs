@@ -14,7 +14,7 @@ use regex::Regex;
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A rule as written in the config file (`[[cache-rule]]`).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RuleConfig {
     /// A name for logs and `Cache-Status`; defaults to the pattern.
@@ -56,8 +56,9 @@ impl Rule {
         }
     }
 
-    /// Immutable rules override the origin's `no-cache`/`must-revalidate` too.
-    pub fn is_immutable(&self) -> bool {
+    /// A rule whose least freshness is a day or more names immutable artifacts: it overrides
+    /// the origin's `no-cache`/`must-revalidate` too.
+    pub fn overrides_revalidation(&self) -> bool {
         self.min >= Duration::from_secs(24 * 3600)
     }
 }

@@ -10,9 +10,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use super::client::Hop;
-use super::{Outgoing, respond, send};
-use crate::app::State;
+use super::exchange::{self, Outgoing, respond, send};
 use crate::cache::fill::{Fill, FillState};
 use crate::cache::key::{PrimaryKey, Variant};
 use crate::cache::lock::{Acquired, Outcome, Permit};
@@ -27,8 +25,8 @@ use crate::error::ProxyError;
 use crate::http::body::{Body, BodyEnd, CountingBody, IdleTimeoutBody, empty};
 use crate::http::headers::{append_via, content_length, strip_hop_by_hop};
 use crate::http::target::Target;
-use crate::server::dispatch::ConnCtx;
-use crate::telemetry::AccessRecord;
+use crate::state::Scope;
+use crate::telemetry::record::{AccessRecord, Hierarchy, ResultCode};
 
 /// Client fields that must not reach the origin on a fetch meant for the cache: the cache
 /// answers conditionals and ranges itself from the full response.
@@ -43,9 +41,8 @@ const CLIENT_ONLY: [header::HeaderName; 6] = [
 
 /// Everything one cached request needs to carry around.
 struct Ctx<'a> {
-    state: &'a Arc<State>,
+    scope: &'a Scope,
     cache: &'a Arc<Cache>,
-    conn: &'a ConnCtx,
     target: &'a Target,
     out: &'a Outgoing,
     primary: PrimaryKey,
@@ -63,9 +60,8 @@ fn cc_has(h: &HeaderMap, directive: &str) -> bool {
 }
 
 pub(super) async fn handle(
-    state: &Arc<State>,
+    scope: &Scope,
     cache: &Arc<Cache>,
-    conn: &ConnCtx,
     target: &Target,
     out: &Outgoing,
     rec: &mut AccessRecord,
@@ -90,9 +86,8 @@ pub(super) async fn handle(
         rule.as_ref(),
     );
     let c = Ctx {
-        state,
+        scope,
         cache,
-        conn,
         target,
         out,
         primary,
@@ -106,9 +101,9 @@ pub(super) async fn handle(
         match stored.meta().policy.lookup(&c.view, now) {
             Freshness::Fresh(headers) => {
                 let code = if stored.is_memory() {
-                    "TCP_MEM_HIT"
+                    ResultCode::TcpMemHit
                 } else {
-                    "TCP_HIT"
+                    ResultCode::TcpHit
                 };
                 cache.stats.mem_hits.fetch_add(
                     stored.is_memory() as u64,
@@ -135,7 +130,7 @@ pub(super) async fn handle(
                     return Ok(c.serve_stored(
                         &stored,
                         h,
-                        "TCP_STALE_HIT",
+                        ResultCode::TcpStaleHit,
                         "hit; fwd=stale; detail=stale-while-revalidate",
                         rec,
                     ));
@@ -192,15 +187,15 @@ impl Ctx<'_> {
         let conditional = req.headers.contains_key(header::IF_NONE_MATCH)
             || req.headers.contains_key(header::IF_MODIFIED_SINCE);
         let modified = if conditional {
-            "TCP_REFRESH_MODIFIED"
+            ResultCode::TcpRefreshModified
         } else {
-            "TCP_MISS"
+            ResultCode::TcpMiss
         };
         self.cache
             .stats
             .revalidated
             .fetch_add(conditional as u64, std::sync::atomic::Ordering::Relaxed);
-        match send(self.state, self.target, &req, empty(), rec).await {
+        match send(self.scope, self.target, &req, empty(), rec).await {
             Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
                 let merged = stored.meta().policy.after_not_modified(
                     &self.view,
@@ -230,7 +225,7 @@ impl Ctx<'_> {
                         Ok(self.serve_stored(
                             &stored,
                             h,
-                            "TCP_REFRESH_UNMODIFIED",
+                            ResultCode::TcpRefreshUnmodified,
                             "hit; fwd=stale; fwd-status=304",
                             rec,
                         ))
@@ -252,9 +247,9 @@ impl Ctx<'_> {
             Ok(resp) if denied(resp.status()) => {
                 // The stored response is no longer to be served to anyone without asking.
                 self.cache.invalidate(&self.primary).await;
-                self.store_or_pass(resp, permit, false, modified, rec).await
+                self.store_or_pass(resp, permit, modified, rec).await
             }
-            Ok(resp) => self.store_or_pass(resp, permit, false, modified, rec).await,
+            Ok(resp) => self.store_or_pass(resp, permit, modified, rec).await,
             Err(e) => {
                 permit.resolve(Outcome::Failed);
                 if self.serve_on_error(&stored) {
@@ -279,7 +274,7 @@ impl Ctx<'_> {
         self.serve_stored(
             stored,
             h,
-            "TCP_STALE_IF_ERROR",
+            ResultCode::TcpStaleIfError,
             "hit; fwd=stale; detail=stale-if-error",
             rec,
         )
@@ -290,7 +285,7 @@ impl Ctx<'_> {
         let Acquired::Leader(permit) = self.cache.locks.acquire(self.primary.hex()) else {
             return;
         };
-        let state = self.state.clone();
+        let scope = self.scope.clone();
         let cache = self.cache.clone();
         let target = self.target.clone();
         let view = self.view.clone();
@@ -305,7 +300,7 @@ impl Ctx<'_> {
         tokio::spawn(async move {
             let mut rec = AccessRecord::new(([0, 0, 0, 0], 0).into(), "GET", String::new());
             let now = SystemTime::now();
-            let Ok(resp) = send(&state, &target, &req, empty(), &mut rec).await else {
+            let Ok(resp) = send(&scope, &target, &req, empty(), &mut rec).await else {
                 permit.resolve(Outcome::Failed);
                 return;
             };
@@ -345,7 +340,7 @@ impl Ctx<'_> {
             cache
                 .fill(
                     meta,
-                    IdleTimeoutBody::new(body, state.config.timeouts.read),
+                    IdleTimeoutBody::new(body, scope.state.config.timeouts.read),
                     permit,
                 )
                 .await;
@@ -362,7 +357,7 @@ impl Ctx<'_> {
             .stats
             .coalesced
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let outcome = f.wait(self.state.config.timeouts.read).await;
+        let outcome = f.wait(self.scope.state.config.timeouts.read).await;
         match outcome {
             // A waiter joins only a fill whose response could be served to it: the same
             // variant, and credentials that may reuse it (RFC 9111 §3.5). A request that
@@ -378,8 +373,8 @@ impl Ctx<'_> {
                             Freshness::Fresh(_)
                         )) =>
             {
-                rec.hierarchy = "HIER_NONE/-".into();
-                Ok(self.serve_fill(&fill, "TCP_CF_MISS", "fwd=miss; collapsed", rec))
+                rec.hierarchy = Hierarchy::none();
+                Ok(self.serve_fill(&fill, ResultCode::TcpCfMiss, "fwd=miss; collapsed", rec))
             }
             outcome => {
                 let stored = self.cache.lookup(&self.primary, &self.out.headers).await;
@@ -390,7 +385,7 @@ impl Ctx<'_> {
                         return Ok(self.serve_stored(
                             stored,
                             h,
-                            "TCP_CF_HIT",
+                            ResultCode::TcpCfHit,
                             "hit; collapsed",
                             rec,
                         ));
@@ -416,13 +411,13 @@ impl Ctx<'_> {
         let Some(stored) = stored else {
             return self.pass(self.out, rec).await;
         };
-        match send(self.state, self.target, self.out, empty(), rec).await {
+        match send(self.scope, self.target, self.out, empty(), rec).await {
             Ok(resp) if resp.status().is_server_error() && self.serve_on_error(stored) => {
                 let status = resp.status().as_u16();
                 drop(resp);
                 Ok(self.serve_stale(stored, &format!("origin answered {status}"), rec))
             }
-            Ok(resp) => respond(self.state.clone(), self.conn, resp, None, rec),
+            Ok(resp) => respond(self.scope, resp, None, rec),
             Err(e) if self.serve_on_error(stored) => Ok(self.serve_stale(stored, e.label(), rec)),
             Err(e) => Err(e),
         }
@@ -452,7 +447,7 @@ impl Ctx<'_> {
             uri: self.out.uri.clone(),
             headers,
         };
-        let resp = send(self.state, self.target, &req, empty(), rec).await?;
+        let resp = send(self.scope, self.target, &req, empty(), rec).await?;
         if wanted_range
             && content_length(resp.headers())
                 .is_some_and(|n| n > self.cache.settings.range_fetch_limit)
@@ -463,12 +458,11 @@ impl Ctx<'_> {
             return self.pass(self.out, rec).await;
         }
         let code = if is_miss {
-            "TCP_MISS"
+            ResultCode::TcpMiss
         } else {
-            "TCP_REFRESH_MODIFIED"
+            ResultCode::TcpRefreshModified
         };
-        self.store_or_pass(resp, permit, wanted_range, code, rec)
-            .await
+        self.store_or_pass(resp, permit, code, rec).await
     }
 
     /// Stores a storable response (and serves it from the fill), or passes it through.
@@ -476,8 +470,7 @@ impl Ctx<'_> {
         &self,
         resp: Response<Incoming>,
         permit: Permit,
-        _ranged: bool,
-        code: &'static str,
+        code: ResultCode,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {
         let now = SystemTime::now();
@@ -489,7 +482,7 @@ impl Ctx<'_> {
             .flatten();
         let Some(policy) = policy.filter(|_| self.cache.can_store(content_length(&headers))) else {
             drop(permit);
-            return respond(self.state.clone(), self.conn, resp, None, rec);
+            return respond(self.scope, resp, None, rec);
         };
         note_hop(&resp, rec);
         let variant = variant_for(&headers, &self.out.headers, self.rule.as_ref());
@@ -503,7 +496,7 @@ impl Ctx<'_> {
             .cache
             .fill(
                 meta,
-                IdleTimeoutBody::new(body, self.state.config.timeouts.read),
+                IdleTimeoutBody::new(body, self.scope.state.config.timeouts.read),
                 permit,
             )
             .await;
@@ -516,14 +509,14 @@ impl Ctx<'_> {
         out: &Outgoing,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {
-        let resp = send(self.state, self.target, out, empty(), rec).await?;
-        respond(self.state.clone(), self.conn, resp, None, rec)
+        let resp = send(self.scope, self.target, out, empty(), rec).await?;
+        respond(self.scope, resp, None, rec)
     }
 
     fn serve_fill(
         &self,
         fill: &Arc<Fill>,
-        code: &'static str,
+        code: ResultCode,
         status_entry: &str,
         rec: &mut AccessRecord,
     ) -> Response<Body> {
@@ -536,7 +529,7 @@ impl Ctx<'_> {
         &self,
         fill: &Arc<Fill>,
         headers: HeaderMap,
-        code: &'static str,
+        code: ResultCode,
         status_entry: &str,
         rec: &mut AccessRecord,
     ) -> Response<Body> {
@@ -547,19 +540,19 @@ impl Ctx<'_> {
             headers,
             fill as &dyn Source,
         );
-        finish(self.state, resp, code, status_entry, rec)
+        finish(self.scope, resp, code, status_entry, rec)
     }
 
     fn serve_stored(
         &self,
         stored: &Stored,
         headers: HeaderMap,
-        code: &'static str,
+        code: ResultCode,
         status_entry: &str,
         rec: &mut AccessRecord,
     ) -> Response<Body> {
-        if !code.starts_with("TCP_REFRESH") {
-            rec.hierarchy = "HIER_NONE/-".into();
+        if !code.is_refresh() {
+            rec.hierarchy = Hierarchy::none();
         }
         let resp = serve::answer(
             &self.out.method,
@@ -568,7 +561,7 @@ impl Ctx<'_> {
             headers,
             stored as &dyn Source,
         );
-        finish(self.state, resp, code, status_entry, rec)
+        finish(self.scope, resp, code, status_entry, rec)
     }
 }
 
@@ -591,8 +584,8 @@ fn denied(status: StatusCode) -> bool {
 }
 
 fn note_hop(resp: &Response<Incoming>, rec: &mut AccessRecord) {
-    if let Some(hop) = resp.extensions().get::<Hop>() {
-        rec.hierarchy = hop.0.to_string();
+    if let Some(hop) = resp.extensions().get::<Hierarchy>() {
+        rec.hierarchy = hop.clone();
     }
 }
 
@@ -614,9 +607,9 @@ fn variant_for(resp: &HeaderMap, req: &HeaderMap, rule: Option<&Rule>) -> Varian
 
 /// Adds `Via` and `Cache-Status`, and logs the transaction when the body ends.
 fn finish(
-    state: &Arc<State>,
+    scope: &Scope,
     resp: Response<Body>,
-    code: &'static str,
+    code: ResultCode,
     status_entry: &str,
     rec: &mut AccessRecord,
 ) -> Response<Body> {
@@ -626,21 +619,15 @@ fn finish(
     rec.result = code;
     rec.status = parts.status.as_u16();
     rec.head_ready();
-    rec.content_type = super::content_type(&parts.headers);
-    let head_len = super::head_size(&parts);
-    let log = state.log.clone();
+    rec.content_type = exchange::content_type(&parts.headers);
+    let head_len = exchange::head_size(&parts);
+    let log = scope.state.log.clone();
     let mut done = rec.clone();
     let expected = content_length(&parts.headers);
     let body = CountingBody::new(body, move |bytes, end| {
         done.bytes = head_len + bytes;
         if end != BodyEnd::Complete {
-            done.result = match done.result {
-                "TCP_MISS" => "TCP_MISS_ABORTED",
-                "TCP_CF_MISS" => "TCP_CF_MISS_ABORTED",
-                "TCP_HIT" => "TCP_HIT_ABORTED",
-                "TCP_MEM_HIT" => "TCP_MEM_HIT_ABORTED",
-                other => other,
-            };
+            done.aborted = true;
         }
         log.write(&done);
     })

@@ -1,10 +1,11 @@
 //! An intercepted CONNECT: answer 200, terminate the client's TLS with a certificate minted
 //! for the CONNECT's host name (a ClientHello naming another host is refused; only for a
 //! CONNECT to an address does the SNI name decide), then serve HTTP/1.1 or HTTP/2 (by ALPN)
-//! on the decrypted stream with the listener's limits ([`crate::server::conn`]). Every inner
-//! request becomes an absolute `https://` request that re-enters `forward::handle` exactly
+//! on the decrypted stream with the listener's limits ([`crate::state::serve::serve`]). Every
+//! inner request becomes an absolute `https://` request that goes to `forward::handle` exactly
 //! like plain HTTP: cached, coalesced, logged, counted. cuttle then speaks TLS to the origin
-//! itself, verifying it.
+//! itself, verifying it. A CONNECT to an address on the HTTPS port waits for the ClientHello:
+//! an intercepted server name is intercepted, anything else becomes a blind tunnel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +15,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::app::State;
 use crate::error::ProxyError;
 use crate::http::body::{Body, empty};
-use crate::http::target::Target;
-use crate::server::conn::{self, protocol_from_alpn};
-use crate::server::dispatch::{self, ConnCtx};
-use crate::telemetry::AccessRecord;
+use crate::http::target::{self, Target};
+use crate::io::bridge;
+use crate::io::rewind::Rewind;
+use crate::io::upgrade::client_socket;
+use crate::mitm::issuer::CertIssuer;
+use crate::state::rescue::rescue;
+use crate::state::serve::{self, protocol_from_alpn};
+use crate::state::tasks::spawn_logged;
+use crate::state::{Scope, Snapshot};
+use crate::telemetry::record::{AccessRecord, Hierarchy, ResultCode};
 
 /// Whether a TLS error says the client refused cuttle's certificate.
 fn client_rejected_certificate(e: &std::io::Error) -> bool {
@@ -71,13 +77,13 @@ pub fn certificate_host<'a>(
 async fn accept<IO>(
     io: IO,
     target: &Target,
-    state: &State,
-    issuer: &crate::mitm::issuer::CertIssuer,
+    scope: &Scope,
+    issuer: &CertIssuer,
 ) -> Result<tokio_rustls::server::TlsStream<IO>, Option<&'static str>>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let limit = state.config.timeouts.header_read;
+    let limit = scope.state.config.timeouts.header_read;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(limit, acceptor).await {
         Ok(Ok(s)) => s,
@@ -87,10 +93,9 @@ where
         }
         Err(_) => return Err(None),
     };
-    let dynamic = state.dynamic();
     let sni = start.client_hello().server_name().map(str::to_string);
-    let cert_host = match certificate_host(&target.host, sni.as_deref(), |n| dynamic.intercepts(n))
-    {
+    let intercepted = |n: &str| scope.snap.intercepts(n);
+    let cert_host = match certificate_host(&target.host, sni.as_deref(), intercepted) {
         Ok(h) => h.to_string(),
         Err(why) => {
             tracing::warn!(host = %target.host, "refused an intercepted TLS handshake: {why}");
@@ -124,21 +129,20 @@ where
 /// Terminates TLS on `io` and serves the decrypted requests for `target`; returns the
 /// tunnel's record for the log.
 async fn serve<IO>(
-    state: Arc<State>,
-    ctx: Arc<ConnCtx>,
+    scope: Scope,
     io: IO,
     target: Target,
-    issuer: &crate::mitm::issuer::CertIssuer,
+    issuer: &CertIssuer,
     mut rec: AccessRecord,
 ) -> AccessRecord
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    rec.result = "TCP_BUMP";
-    let tls = match accept(io, &target, &state, issuer).await {
+    rec.result = ResultCode::TcpBump;
+    let tls = match accept(io, &target, &scope, issuer).await {
         Ok(tls) => tls,
         Err(error) => {
-            rec.result = "TCP_BUMP_ABORTED";
+            rec.aborted = true;
             rec.error = error;
             return rec;
         }
@@ -151,57 +155,74 @@ where
     };
     let user = rec.user.clone();
     let protocol = protocol_from_alpn(tls.get_ref().1.alpn_protocol());
-    let st = state.clone();
+    let (state, connection) = (scope.state.clone(), scope.conn.clone());
     let handler = move |req: Request<Incoming>| {
-        let (state, ctx, authority, user) =
-            (st.clone(), ctx.clone(), authority.clone(), user.clone());
-        async move { dispatch::intercepted(state, ctx, &authority, user, req).await }
+        // Each inner request sees the configuration of its own time, as a plain request does.
+        let scope = Scope::begin(&state, &connection);
+        let (authority, user) = (authority.clone(), user.clone());
+        async move { inner_request(&scope, &authority, user, req).await }
     };
-    if let Err(e) = conn::serve(TokioIo::new(tls), protocol, &state, handler).await {
+    if let Err(e) = serve::serve(TokioIo::new(tls), protocol, &scope.state, handler).await {
         tracing::debug!(error = %e, "intercepted connection ended with an error");
     }
     rec
 }
 
-fn no_issuer(target: &Target) -> ProxyError {
-    ProxyError::UpstreamTls {
-        host: target.authority(),
-        cause: "interception is not available (no CA); restart with --intercept set".into(),
-    }
+/// A request decrypted from an intercepted CONNECT to `authority`: made absolute
+/// (`https://authority/path`) and forwarded like any plain request. The client was checked
+/// (network, credentials) on the CONNECT.
+async fn inner_request(
+    scope: &Scope,
+    authority: &str,
+    user: Option<String>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("https://{authority}{pq}");
+    let mut rec = AccessRecord::new(scope.conn.peer, req.method().as_str(), url.clone());
+    rec.user = user;
+    let result = match url.parse::<http::Uri>() {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            rec.url = target::loggable(req.uri());
+            crate::forward::handle(scope, req, &mut rec).await
+        }
+        Err(_) => Err(ProxyError::ClientBadRequest(
+            "invalid request target".into(),
+        )),
+    };
+    rescue(scope, result, rec)
 }
 
 fn ok_200(rec: &mut AccessRecord) -> Response<Body> {
     rec.status = 200;
-    rec.hierarchy = "HIER_NONE/-".into();
+    rec.hierarchy = Hierarchy::none();
     rec.head_ready();
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::OK;
     resp
 }
 
-/// A CONNECT to a host on the intercept list.
-pub async fn handle(
-    state: Arc<State>,
-    ctx: Arc<ConnCtx>,
+/// A CONNECT to a host on the intercept list (checked by the dispatcher).
+pub fn handle(
+    scope: &Scope,
+    issuer: Arc<CertIssuer>,
     mut req: Request<Incoming>,
     target: Target,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    let issuer = state.issuer.clone().ok_or_else(|| no_issuer(&target))?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let resp = ok_200(rec);
-    let rec = rec.clone();
-    let st = state.clone();
-    let conn = ctx.clone();
-    crate::tunnel::spawn_logged(&state, &ctx, async move {
+    let mut rec = rec.clone();
+    let tunnel = scope.clone();
+    spawn_logged(scope, async move {
         match on_upgrade.await {
-            Ok(up) => serve(st, conn, TokioIo::new(up), target, &issuer, rec).await,
+            Ok(up) => serve(tunnel, TokioIo::new(up), target, &issuer, rec).await,
             Err(e) => {
                 tracing::debug!(error = %e, "client connection was not upgraded");
-                AccessRecord {
-                    result: "TCP_BUMP_ABORTED",
-                    ..rec
-                }
+                rec.result = ResultCode::TcpBump;
+                rec.aborted = true;
+                rec
             }
         }
     });
@@ -211,40 +232,37 @@ pub async fn handle(
 /// A CONNECT to an IP address while interception is on: the decision waits for the
 /// ClientHello. A server name on the intercept list is intercepted (and requests go to that
 /// name); anything else becomes a blind tunnel to the address, the ClientHello replayed.
-pub async fn handle_by_sni(
-    state: Arc<State>,
-    ctx: Arc<ConnCtx>,
+pub fn handle_by_sni(
+    scope: &Scope,
+    issuer: Arc<CertIssuer>,
     mut req: Request<Incoming>,
     target: Target,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    let issuer = state.issuer.clone().ok_or_else(|| no_issuer(&target))?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let resp = ok_200(rec);
     let mut rec = rec.clone();
-    let st = state.clone();
-    let conn = ctx.clone();
-    crate::tunnel::spawn_logged(&state, &ctx, async move {
+    let tunnel = scope.clone();
+    spawn_logged(scope, async move {
+        // Until the ClientHello decides, this is a tunnel.
+        rec.result = ResultCode::TcpTunnel;
         // The client's own socket: a blind tunnel then holds no copy buffers while idle.
-        let socket = match on_upgrade.await.map(crate::tunnel::client_socket) {
+        let socket = match on_upgrade.await.map(client_socket) {
             Ok(Ok(x)) => x,
             Ok(Err(_)) | Err(_) => {
                 tracing::debug!(target = %target, "client connection was not upgraded to its socket");
-                return AccessRecord {
-                    result: "TCP_TUNNEL_ABORTED",
-                    ..rec
-                };
+                rec.aborted = true;
+                return rec;
             }
         };
+        let limit = tunnel.state.config.timeouts.header_read;
         let mut io = Rewind::new(socket.1, socket.0);
-        let (hello, sni) = match peek_client_hello(&mut io, st.config.timeouts.header_read).await {
+        let (hello, sni) = match peek_client_hello(&mut io, limit).await {
             Ok(x) => x,
             Err(why) => {
                 tracing::debug!(target = %target, why, "no usable ClientHello");
-                return AccessRecord {
-                    result: "TCP_TUNNEL_ABORTED",
-                    ..rec
-                };
+                rec.aborted = true;
+                return rec;
             }
         };
         // Everything the client sent so far, to replay: the ClientHello and any bytes hyper
@@ -255,36 +273,35 @@ pub async fn handle_by_sni(
         } else {
             [hello, rest].concat().into()
         };
-        let dynamic = st.dynamic();
-        match sni.filter(|name| dynamic.intercepts(name)) {
+        let snap: &Snapshot = &tunnel.snap;
+        match sni.filter(|name| snap.intercepts(name)) {
             Some(name) => {
                 let named = Target {
                     host: name,
                     port: target.port,
                 };
-                if let Err(e) = dynamic.policy.check_destination(&named, true) {
-                    rec.result = "TCP_DENIED";
+                if let Err(e) = snap.policy.check_destination(&named, true) {
+                    rec.result = ResultCode::TcpDenied;
                     rec.error = Some(e.label());
                     return rec;
                 }
-                serve(st, conn, Rewind::new(hello, io), named, &issuer, rec).await
+                serve(tunnel.clone(), Rewind::new(hello, io), named, &issuer, rec).await
             }
             None => {
-                rec.result = "TCP_TUNNEL";
-                match crate::tunnel::open_upstream(&st, &dynamic, &target, &mut rec).await {
+                match snap.upstream.open_tunnel(&target, &mut rec.hierarchy).await {
                     Ok((mut upstream, early)) => {
                         use tokio::io::AsyncWriteExt;
                         if upstream.write_all(&hello).await.is_err()
                             || io.write_all(&early).await.is_err()
                         {
-                            rec.result = "TCP_TUNNEL_ABORTED";
+                            rec.aborted = true;
                             return rec;
                         }
-                        let stats = crate::tunnel::bridge::run_tcp(
+                        let stats = bridge::run_tcp(
                             io,
                             upstream,
-                            st.config.timeouts.tunnel_idle,
-                            st.hard_stop.clone(),
+                            tunnel.state.config.timeouts.tunnel_idle,
+                            tunnel.state.hard_stop.clone(),
                         )
                         .await;
                         rec.bytes = stats.upstream_to_client + early.len() as u64;
@@ -292,7 +309,7 @@ pub async fn handle_by_sni(
                     }
                     Err(e) => {
                         tracing::info!(target = %target, error = %e, "tunnel after ClientHello failed");
-                        rec.result = "TCP_TUNNEL_ABORTED";
+                        rec.aborted = true;
                         rec.error = Some(e.label());
                     }
                 }
@@ -352,64 +369,6 @@ where
         .await
         .map_err(|_| "no ClientHello in time")??;
     Ok((buf.freeze(), sni))
-}
-
-pin_project_lite::pin_project! {
-    /// Replays `prefix` before reading from `inner` (the ClientHello already consumed).
-    struct Rewind<T> {
-        prefix: bytes::Bytes,
-        #[pin]
-        inner: T,
-    }
-}
-
-impl<T> Rewind<T> {
-    fn new(prefix: bytes::Bytes, inner: T) -> Self {
-        Rewind { prefix, inner }
-    }
-
-    /// The bytes not replayed yet, and the stream.
-    fn into_parts(self) -> (bytes::Bytes, T) {
-        (self.prefix, self.inner)
-    }
-}
-
-impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Rewind<T> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.project();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return std::task::Poll::Ready(Ok(()));
-        }
-        this.inner.poll_read(cx, buf)
-    }
-}
-
-impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Rewind<T> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -1,130 +1,75 @@
-//! The hyper service entry: checks the client (network, then proxy authentication), sends
-//! CONNECT to [`crate::tunnel`] and absolute-form requests to [`crate::forward`], refuses
-//! origin-form requests, and turns every error into its response and its access-log line.
+//! The hyper service entry: loads the configuration snapshot once for the request, checks the
+//! client (network, then proxy authentication), and routes: `CONNECT` to an intercepted host
+//! to [`crate::mitm::intercept`], any other `CONNECT` to [`crate::tunnel`] (a blind tunnel,
+//! or one whose ClientHello decides), absolute-form requests to [`crate::forward`];
+//! origin-form requests are refused. Every error goes through the one [`rescue`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::app::State;
 use crate::error::ProxyError;
 use crate::http::body::Body;
-use crate::http::target;
-use crate::telemetry::AccessRecord;
-
-/// Per-connection facts shared by its requests. The permit counts the connection against
-/// `max-connections` and `max-connections-per-client` until the connection and any tunnel
-/// it became are gone.
-pub struct ConnCtx {
-    pub peer: SocketAddr,
-    pub permit: Arc<crate::server::limits::ConnPermit>,
-}
+use crate::http::target::{self, Target};
+use crate::state::conn::ConnCtx;
+use crate::state::rescue::rescue;
+use crate::state::{Scope, State};
+use crate::telemetry::record::{AccessRecord, ResultCode};
 
 pub async fn handle(
     state: Arc<State>,
-    ctx: Arc<ConnCtx>,
+    conn: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let mut rec = AccessRecord::new(ctx.peer, req.method().as_str(), target::loggable(req.uri()));
-    let result = route(&state, &ctx, req, &mut rec).await;
-    finish(&state, &ctx, result, rec)
-}
-
-/// A request decrypted from an intercepted CONNECT to `authority`: made absolute
-/// (`https://authority/path`) and forwarded like any plain request. The client was checked
-/// (network, credentials) on the CONNECT.
-pub async fn intercepted(
-    state: Arc<State>,
-    ctx: Arc<ConnCtx>,
-    authority: &str,
-    user: Option<String>,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let url = format!("https://{authority}{pq}");
-    let mut rec = AccessRecord::new(ctx.peer, req.method().as_str(), url.clone());
-    rec.user = user;
-    let result = match url.parse::<http::Uri>() {
-        Ok(uri) => {
-            *req.uri_mut() = uri;
-            rec.url = target::loggable(req.uri());
-            crate::forward::handle(state.clone(), &ctx, req, &mut rec).await
-        }
-        Err(_) => Err(ProxyError::ClientBadRequest(
-            "invalid request target".into(),
-        )),
-    };
-    finish(&state, &ctx, result, rec)
-}
-
-/// The handler's response, or the error's response and its access-log line.
-fn finish(
-    state: &Arc<State>,
-    ctx: &ConnCtx,
-    result: Result<Response<Body>, ProxyError>,
-    mut rec: AccessRecord,
-) -> Response<Body> {
-    match result {
-        // The handler owns the access-log line from here (written when the body or the
-        // tunnel ends).
-        Ok(resp) => resp,
-        Err(e) => {
-            rec.status = e.status().as_u16();
-            rec.error = Some(e.label());
-            rec.error_message = Some(e.to_string());
-            rec.deny_reason = match &e {
-                ProxyError::Denied { reason, .. } => Some(reason),
-                ProxyError::ClientAuthRequired | ProxyError::ClientAuthThrottled { .. } => {
-                    Some("auth")
-                }
-                _ => None,
-            };
-            rec.head_ready();
-            rec.result = match e {
-                ProxyError::Denied { .. }
-                | ProxyError::ClientAuthRequired
-                | ProxyError::ClientAuthThrottled { .. } => "TCP_DENIED",
-                ProxyError::ClientBadRequest(_) | ProxyError::ClientOriginForm => "NONE_NONE",
-                _ => rec.result,
-            };
-            match &e {
-                ProxyError::Denied { .. }
-                | ProxyError::ClientAuthRequired
-                | ProxyError::ClientAuthThrottled { .. } => {
-                    tracing::debug!(client = %ctx.peer, error = %e, "request refused")
-                }
-                _ => {
-                    tracing::info!(client = %ctx.peer, url = %rec.url, error = %e, "request failed")
-                }
-            }
-            let resp = e.to_response(&state.dynamic().policy.realm);
-            rec.bytes = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
-            state.log.write(&rec);
-            resp
-        }
-    }
+    let scope = Scope::begin(&state, &conn);
+    let mut rec = AccessRecord::new(
+        conn.peer,
+        req.method().as_str(),
+        target::loggable(req.uri()),
+    );
+    let result = route(&scope, req, &mut rec).await;
+    rescue(&scope, result, rec)
 }
 
 async fn route(
-    state: &Arc<State>,
-    ctx: &Arc<ConnCtx>,
+    scope: &Scope,
     req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    let policy = state.dynamic().policy.clone();
-    policy.check_client(ctx.peer.ip())?;
-    rec.user = policy.authenticate(ctx.peer.ip(), req.headers()).await?;
+    let policy = &scope.snap.policy;
+    let client = scope.conn.peer.ip();
+    policy.check_client(client)?;
+    rec.user = policy.authenticate(client, req.headers()).await?;
     if req.method() == Method::CONNECT {
-        crate::tunnel::handle(state.clone(), ctx, req, rec).await
+        connect(scope, req, rec).await
     } else if req.uri().scheme().is_some() {
-        crate::forward::handle(state.clone(), ctx, req, rec).await
+        crate::forward::handle(scope, req, rec).await
     } else {
         Err(ProxyError::ClientOriginForm)
     }
+}
+
+/// A `CONNECT`: intercepted when its host is on the intercept list; when it names an address
+/// on the HTTPS port while interception is on, the ClientHello's server name decides (only
+/// port 443: protocols whose server speaks first would wait forever for a ClientHello);
+/// otherwise a blind tunnel.
+async fn connect(
+    scope: &Scope,
+    req: Request<Incoming>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    rec.result = ResultCode::TcpTunnel;
+    let target: Target = target::connect(req.uri())?;
+    scope.snap.policy.check_destination(&target, true)?;
+    let Some(issuer) = scope.state.issuer.clone() else {
+        return crate::tunnel::handle(scope, req, target, rec).await;
+    };
+    if scope.snap.intercepts(&target.host) {
+        return crate::mitm::intercept::handle(scope, issuer, req, target, rec);
+    }
+    if !scope.snap.intercept.is_empty() && target.ip().is_some() && target.port == 443 {
+        return crate::mitm::intercept::handle_by_sni(scope, issuer, req, target, rec);
+    }
+    crate::tunnel::handle(scope, req, target, rec).await
 }

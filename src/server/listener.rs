@@ -1,7 +1,7 @@
 //! Accepting client connections: binding (IPv6 sockets are v6-only so `0.0.0.0` and `[::]`
 //! can both be listened on), the connection limits, proxy-wide and per client address (over
 //! them: a polite 503, then close), refusing connections that come from the proxy's own
-//! address (a loop), and handing each connection to [`super::conn`] (HTTP/1.1 with its header
+//! address (a loop), and handing each connection to [`serve::serve`] (HTTP/1.1 with its header
 //! limits, timeouts and drain).
 
 use std::net::SocketAddr;
@@ -12,11 +12,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::conn::Protocol;
-use super::dispatch::{self, ConnCtx};
-use super::limits::ConnPermit;
-use crate::app::State;
-use crate::telemetry::AccessRecord;
+use super::dispatch;
+use crate::state::State;
+use crate::state::conn::ConnCtx;
+use crate::state::limits::ConnPermit;
+use crate::state::serve::{self, Protocol};
+use crate::telemetry::record::{AccessRecord, ResultCode};
 
 /// Binds one listening address.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -109,7 +110,7 @@ fn refuse_loop(state: &Arc<State>, stream: TcpStream, peer: SocketAddr, local: S
     );
     let mut rec = AccessRecord::new(peer, "NONE", "error:forwarding-loop".into());
     rec.status = 403;
-    rec.result = "TCP_DENIED";
+    rec.result = ResultCode::TcpDenied;
     rec.error = Some(e.label());
     rec.error_message = Some(e.to_string());
     rec.deny_reason = Some("loop");
@@ -131,7 +132,7 @@ async fn serve_connection(stream: TcpStream, ctx: Arc<ConnCtx>, state: Arc<State
     let peer = ctx.peer;
     let svc_state = state.clone();
     let handler = move |req| dispatch::handle(svc_state.clone(), ctx.clone(), req);
-    let result = super::conn::serve(TokioIo::new(stream), Protocol::Http1, &state, handler).await;
+    let result = serve::serve(TokioIo::new(stream), Protocol::Http1, &state, handler).await;
     if let Err(e) = result {
         if e.is_parse() || e.is_parse_too_large() {
             let mut rec = AccessRecord::new(peer, "NONE", "error:invalid-request".into());

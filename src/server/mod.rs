@@ -2,7 +2,5 @@
 //! and per client address ([`limits`]), serving each connection with the request limits
 //! ([`conn`]) and routing each request ([`dispatch`]).
 
-pub mod conn;
 pub mod dispatch;
-pub mod limits;
 pub mod listener;

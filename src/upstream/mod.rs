@@ -1,24 +1,34 @@
-//! Upstream choice: a destination goes direct when there is no parent or its host is on the
-//! direct list; otherwise it goes through the parents in order (Squid's `never_direct`),
-//! skipping peers marked down. Also the direct path's connect: DNS, the post-DNS address
-//! check, and a timed TCP connect.
+//! Every way out of the proxy: the route choice ([`Upstream::route`]: direct when there is no
+//! parent or the host is on the direct list, otherwise the parents in order, Squid's
+//! `never_direct`, skipping peers marked down), the direct connect with its post-DNS address
+//! check ([`direct`]), parents and their `CONNECT` handshake ([`parent`]), the pooled HTTP
+//! clients that carry plain and HTTPS requests ([`client`]; plain requests to a parent go
+//! over [`proxied`], whose connections authenticate once with [`auth`]: Basic, NTLM or
+//! Kerberos), the TLS client configuration
+//! that verifies every HTTPS origin ([`tls`]), and the opening of blind tunnels
+//! ([`Upstream::open_tunnel`]).
 
 pub mod auth;
+pub mod client;
+pub mod direct;
 pub mod parent;
 pub mod proxied;
+pub mod settings;
+pub mod tls;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 use crate::access::Policy;
 use crate::access::hosts::HostList;
-use crate::config::ValidConfig;
 use crate::error::ProxyError;
 use crate::http::target::Target;
+use crate::telemetry::record::Hierarchy;
+use client::Clients;
 use parent::Peer;
+pub use settings::{Timeouts, UpstreamSettings};
 
 /// Where one request goes.
 pub enum Route {
@@ -27,20 +37,31 @@ pub enum Route {
     Parents(Vec<Arc<Peer>>),
 }
 
+/// The upstream side of one configuration: parents with their failover state, the direct
+/// list, the pooled clients.
 pub struct Upstream {
     peers: Vec<Arc<Peer>>,
     direct: HostList,
+    timeouts: Timeouts,
+    policy: Arc<Policy>,
+    pub clients: Clients,
 }
 
 impl Upstream {
-    pub fn new(cfg: &ValidConfig) -> Self {
+    /// `policy` is checked again on the addresses a name resolves to.
+    pub fn new(settings: &UpstreamSettings, policy: Arc<Policy>) -> Self {
+        let peers: Vec<Arc<Peer>> = settings
+            .peers
+            .iter()
+            .map(|p| Peer::new(p.clone(), settings.timeouts.peer_backoff))
+            .collect();
+        let clients = Clients::new(settings, policy.clone(), &peers);
         Self {
-            peers: cfg
-                .peers
-                .iter()
-                .map(|p| Peer::new(p.clone(), cfg.timeouts.peer_backoff))
-                .collect(),
-            direct: cfg.direct.clone(),
+            peers,
+            direct: settings.direct.clone(),
+            timeouts: settings.timeouts.clone(),
+            policy,
+            clients,
         }
     }
 
@@ -61,56 +82,43 @@ impl Upstream {
             Route::Parents(up)
         }
     }
-}
 
-/// Resolves `target`, refuses it if any address is denied, and connects to the first
-/// address that answers within the connect timeout.
-pub async fn connect_direct(
-    target: &Target,
-    policy: &Policy,
-    connect_timeout: std::time::Duration,
-) -> Result<(TcpStream, SocketAddr), ProxyError> {
-    let secs = connect_timeout.as_secs();
-    let attempt = async {
-        let addrs: Vec<SocketAddr> = match target.ip() {
-            Some(ip) => vec![SocketAddr::new(ip, target.port)],
-            None => tokio::net::lookup_host((target.host.as_str(), target.port))
-                .await
-                .map_err(|e| ProxyError::UpstreamDns {
-                    host: target.host.clone(),
-                    cause: e.to_string(),
-                })?
-                .collect(),
+    /// Opens the upstream leg of a blind tunnel to `target`: directly, or through the parents
+    /// in order (a parent that cannot be reached is marked down and the next one tried).
+    /// Returns the stream and any bytes a parent sent past its `CONNECT` answer; `hier` is the
+    /// way it went (or was last tried).
+    pub async fn open_tunnel(
+        &self,
+        target: &Target,
+        hier: &mut Hierarchy,
+    ) -> Result<(TcpStream, Bytes), ProxyError> {
+        let peers = match self.route(&target.host) {
+            Route::Direct => {
+                let (s, addr) =
+                    direct::connect_direct(target, &self.policy, self.timeouts.connect).await?;
+                *hier = Hierarchy::direct(addr.ip());
+                return Ok((s, Bytes::new()));
+            }
+            Route::Parents(peers) => peers,
         };
-        if addrs.is_empty() {
-            return Err(ProxyError::UpstreamDns {
-                host: target.host.clone(),
-                cause: "no addresses".into(),
-            });
-        }
-        for a in &addrs {
-            policy.check_address(*a)?;
-        }
         let mut last = None;
-        for a in addrs {
-            match TcpStream::connect(a).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    return Ok((s, a));
+        for peer in peers {
+            *hier = Hierarchy::parent(&peer.name);
+            match peer.open_tunnel(target, &self.timeouts).await {
+                Ok(x) => {
+                    peer.mark_up();
+                    return Ok(x);
                 }
-                Err(e) => last = Some(e),
+                Err(e) if e.is_peer_unreachable() => {
+                    peer.mark_down();
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
             }
         }
-        Err(ProxyError::UpstreamConnect {
+        Err(last.unwrap_or_else(|| ProxyError::UpstreamConnect {
             host: target.authority(),
-            cause: last.map_or_else(|| "no address".to_string(), |e| e.to_string()),
-        })
-    };
-    match timeout(connect_timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(ProxyError::UpstreamConnectTimeout {
-            host: target.authority(),
-            secs,
-        }),
+            cause: "no parent configured".into(),
+        }))
     }
 }

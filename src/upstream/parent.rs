@@ -1,7 +1,6 @@
-//! Parent proxies (`CACHE_PEER`): their configuration, their up/down state for failover, and
-//! the timed CONNECT handshake that opens a tunnel through one.
+//! Parent proxies (`CACHE_PEER`) at run time: their up/down state for failover, and the timed
+//! CONNECT handshake that opens a tunnel through one.
 
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,58 +11,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
-use crate::config::Timeouts;
+pub use super::settings::PeerConfig;
+use super::settings::Timeouts;
 use crate::error::ProxyError;
 use crate::http::target::Target;
 use crate::upstream::auth::{Choice, Credentials, Next, ParentAuth, kerberos};
 
 /// Largest CONNECT response head accepted from a parent.
 const MAX_HANDSHAKE_HEAD: usize = 16 * 1024;
-
-/// One parent as configured. `auth` is the precomputed, sensitive Basic
-/// `Proxy-Authorization`; `credentials` the same user and password for NTLM and Kerberos.
-#[derive(Clone)]
-pub struct PeerConfig {
-    pub host: String,
-    pub port: u16,
-    pub user: Option<String>,
-    pub auth: Option<HeaderValue>,
-    pub credentials: Option<Arc<Credentials>>,
-    /// `--parent-auth` (or the peer's own `auth` in the config file).
-    pub scheme: Choice,
-    /// NTLM's workstation name (`--parent-workstation`).
-    pub workstation: String,
-    /// The Kerberos client, when Negotiate is possible with this configuration.
-    pub kerberos: Option<Arc<kerberos::Client>>,
-}
-
-impl PeerConfig {
-    /// `host:port` with IPv6 bracketed: the peer's name in logs and messages.
-    pub fn name(&self) -> String {
-        Target {
-            host: self.host.clone(),
-            port: self.port,
-        }
-        .authority()
-    }
-}
-
-impl fmt::Debug for PeerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerConfig({self})")
-    }
-}
-
-/// Shows the user but never the password (`user:****@host:port`).
-impl fmt::Display for PeerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.user, &self.auth) {
-            (Some(u), _) => write!(f, "{u}:****@{}", self.name()),
-            (None, Some(_)) => write!(f, ":****@{}", self.name()),
-            (None, None) => write!(f, "{}", self.name()),
-        }
-    }
-}
 
 /// A peer with its failover state.
 pub struct Peer {

@@ -17,7 +17,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 
-use crate::config::Timeouts;
+use super::settings::Timeouts;
 use crate::error::ProxyError;
 use crate::http::body::{Body, empty, full};
 use crate::upstream::auth::Next;

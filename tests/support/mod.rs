@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cuttle::app::Proxy;
-use cuttle::config::{LogFormat, Options};
+use cuttle::config::Options;
 use cuttle::http::body::{Body, full};
 use cuttle::telemetry::AccessLog;
+use cuttle::telemetry::LogFormat;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -178,14 +179,15 @@ impl TestProxy {
             base.allow_dest = Some(LOOPBACK.iter().map(|s| s.to_string()).collect());
         }
         let o = Options::from_file(&file).unwrap().or(base.clone());
-        let reloader: cuttle::admin::Reloader =
-            Arc::new(move || cuttle::config::load(&base, Some(&file)));
+        let reloader = cuttle::config::reload::Reloader::new(Arc::new(move || {
+            cuttle::config::load(&base, Some(&file))
+        }));
         Self::start_inner(o, Some(reloader)).await.unwrap()
     }
 
     async fn start_inner(
         mut o: Options,
-        reloader: Option<cuttle::admin::Reloader>,
+        reloader: Option<cuttle::config::reload::Reloader>,
     ) -> Result<TestProxy, String> {
         let mut cache_dir = None;
         if o.cache_dir.is_none() {
@@ -212,7 +214,7 @@ impl TestProxy {
         };
         let cfg = o.validate().map_err(|e| e.join("; "))?;
         let (log, rx) = AccessLog::channel(format);
-        let proxy = Proxy::start_with(cfg, log, reloader)
+        let proxy = Proxy::start(cfg, log, reloader)
             .await
             .map_err(|e| e.to_string())?;
         Ok(TestProxy {

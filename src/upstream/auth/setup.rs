@@ -13,11 +13,11 @@ use zeroize::Zeroizing;
 use super::Choice;
 use super::kerberos::{self, KeySource, Settings};
 use super::krb5_files::{self, Krb5Conf};
-use crate::upstream::parent::PeerConfig;
+use crate::upstream::settings::PeerConfig;
 
 /// A `[[peer]]` table: authentication settings for one parent of `CACHE_PEER`, named by its
 /// `host:port`. Credentials stay in `CACHE_PEER` (a Secret), never in the config file.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PeerAuthOptions {
     /// `host:port` as written in `CACHE_PEER`.
@@ -190,7 +190,7 @@ mod tests {
     use super::*;
 
     fn peers(spec: &str) -> Vec<PeerConfig> {
-        crate::config::env::parse_cache_peer(spec).unwrap()
+        crate::config::peer::parse_cache_peer(spec).unwrap()
     }
 
     fn opts<'a>(scheme: Option<&'a str>, kdcs: &'a [String]) -> AuthOptions<'a> {

@@ -2,7 +2,7 @@
 //! sha256 `checksum` of the `.crate` file; the download URL comes from the registry's
 //! `config.json` `dl` template.
 
-use super::{Item, Parsed};
+use super::item::{Item, Parsed};
 use crate::warm::integrity::{Alg, Digest};
 
 pub fn cargo_lock(text: &str) -> Result<Parsed, String> {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
-use super::{Item, Parsed, is_http};
+use super::item::{Item, Parsed, is_http};
 use crate::warm::integrity::{Alg, Digest};
 
 fn digests(integrity: Option<&str>, what: &str) -> Result<Vec<Digest>, String> {

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::{Item, Parsed, Select, is_http};
+use super::item::{Item, Parsed, Select, is_http};
 use crate::warm::integrity::Digest;
 
 /// PEP 503 §"Normalized Names": lower-case, and every run of `-`, `_`, `.` becomes one `-`.

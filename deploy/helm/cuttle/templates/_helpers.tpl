@@ -110,6 +110,7 @@ deny-domain = {{ toJson . }}
 {{- with .Values.config.denyDest }}
 deny-dest = {{ toJson . }}
 {{- end }}
+max-connections = {{ int .Values.config.maxConnections }}
 shutdown-grace = {{ printf "%ds" (int .Values.config.shutdownGraceSeconds) | toJson }}
 log-format = {{ .Values.config.logFormat | toJson }}
 log-level = {{ .Values.config.logLevel | toJson }}
@@ -146,4 +147,30 @@ ignore-client-no-cache = {{ .ignoreClientNoCache }}
 vary = {{ toJson . }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* cache.mem in MiB, rounded up (decimal units are counted as binary ones: a little more). */}}
+{{- define "cuttle.cacheMemMiB" -}}
+{{- $m := .Values.cache.mem | toString | trim -}}
+{{- $n := regexFind "^[0-9]+" $m | int64 -}}
+{{- $u := regexReplaceAll "^[0-9]+ *" $m "" | lower -}}
+{{- if hasPrefix "t" $u }}{{ mul $n 1048576 }}
+{{- else if hasPrefix "g" $u }}{{ mul $n 1024 }}
+{{- else if hasPrefix "m" $u }}{{ $n }}
+{{- else if hasPrefix "k" $u }}{{ div (add $n 1023) 1024 }}
+{{- else }}{{ div (add $n 1048575) 1048576 }}
+{{- end -}}
+{{- end }}
+
+{{/* The memory formula (README "Sizing memory"; cuttle's src/config/sizing.rs), in MiB:
+     FIXED + 1.5 x cache-mem + disk index per GiB of cache-size + PER_CONNECTION x
+     max-connections + FILLS. Keep the constants equal to src/config/sizing.rs. */}}
+{{- define "cuttle.memoryLimitMiB" -}}
+{{- $fixed := 48 -}}
+{{- $indexMiBPerGiB := 8 -}}
+{{- $perConnKiB := 128 -}}
+{{- $fills := 64 -}}
+{{- $mem := include "cuttle.cacheMemMiB" . | int64 -}}
+{{- $conns := div (add (mul (int64 .Values.config.maxConnections) $perConnKiB) 1023) 1024 -}}
+{{- add $fixed (div (add (mul $mem 3) 1) 2) (mul (int64 .Values.cache.sizeGiB) $indexMiBPerGiB) $conns $fills -}}
 {{- end }}

@@ -2,7 +2,7 @@
 //! peer's pool holds only connections to that peer, and they are marked proxied so hyper-util
 //! sends absolute-form requests). [`UpstreamClient`] is the only way a request leaves for the
 //! next hop: it decides which proxy credentials travel with it. Connectors report where a
-//! response came from through [`Hop`] in the response extensions, for the access log.
+//! response came from through [`Hierarchy`] in the response extensions, for the access log.
 
 use std::future::Future;
 use std::io;
@@ -21,17 +21,13 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
+use super::parent::Peer;
+use super::settings::{Timeouts, UpstreamSettings};
 use crate::access::Policy;
-use crate::config::{Timeouts, ValidConfig};
 use crate::error::ProxyError;
 use crate::http::body::Body;
 use crate::http::target::Target;
-use crate::upstream::parent::Peer;
-
-/// Squid-style hierarchy of the connection that served a response (`HIER_DIRECT/1.2.3.4`,
-/// `FIRSTUP_PARENT/proxy:3128`).
-#[derive(Debug, Clone)]
-pub struct Hop(pub Arc<str>);
+use crate::telemetry::record::Hierarchy;
 
 /// The transport under an upstream HTTP connection.
 enum Transport {
@@ -43,7 +39,7 @@ enum Transport {
 /// parent proxy.
 pub struct UpstreamConn {
     io: Transport,
-    hop: Hop,
+    hop: Hierarchy,
     proxied: bool,
 }
 
@@ -169,7 +165,7 @@ impl tower_service::Service<Uri> for DirectConnector {
         let tls = self.tls.clone();
         Box::pin(async move {
             let (target, https) = target_of(&uri);
-            let (stream, addr) = crate::upstream::connect_direct(&target, &policy, timeout).await?;
+            let (stream, addr) = super::direct::connect_direct(&target, &policy, timeout).await?;
             let io = if https {
                 tls_handshake(&tls, stream, &target, timeout).await?
             } else {
@@ -177,7 +173,7 @@ impl tower_service::Service<Uri> for DirectConnector {
             };
             Ok(UpstreamConn {
                 io,
-                hop: Hop(format!("HIER_DIRECT/{}", addr.ip()).into()),
+                hop: Hierarchy::direct(addr.ip()),
                 proxied: false,
             })
         })
@@ -247,7 +243,7 @@ impl tower_service::Service<Uri> for ParentConnector {
         let tls = self.tls.clone();
         Box::pin(async move {
             let (target, _) = target_of(&dst);
-            let hop = Hop(format!("FIRSTUP_PARENT/{}", peer.name).into());
+            let hop = Hierarchy::parent(&peer.name);
             if parent_leg(&dst) == ParentLeg::Tunnelled {
                 let (stream, early) = peer.open_tunnel(&target, &timeouts).await?;
                 if !early.is_empty() {
@@ -317,15 +313,11 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new(
-        cfg: &ValidConfig,
-        policy: Arc<Policy>,
-        peers: &[Arc<Peer>],
-        tls: Arc<ClientConfig>,
-    ) -> Self {
+    pub fn new(settings: &UpstreamSettings, policy: Arc<Policy>, peers: &[Arc<Peer>]) -> Self {
+        let (timeouts, tls) = (&settings.timeouts, &settings.tls);
         let builder = || {
             let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(cfg.timeouts.pool_idle)
+            b.pool_idle_timeout(timeouts.pool_idle)
                 .pool_timer(TokioTimer::new())
                 .pool_max_idle_per_host(64)
                 .set_host(true);
@@ -334,7 +326,7 @@ impl Clients {
         let direct = UpstreamClient {
             inner: builder().build(DirectConnector {
                 policy,
-                timeout: cfg.timeouts.connect,
+                timeout: timeouts.connect,
                 tls: tls.clone(),
             }),
             parent_auth: None,
@@ -346,17 +338,14 @@ impl Clients {
                     tunnelled: UpstreamClient {
                         inner: builder().build(ParentConnector {
                             peer: p.clone(),
-                            timeouts: cfg.timeouts.clone(),
+                            timeouts: timeouts.clone(),
                             tls: tls.clone(),
                         }),
                         // Only https goes this way: its requests are read by the origin and
                         // carry no parent credentials (the CONNECT had them).
                         parent_auth: None,
                     },
-                    proxied: crate::upstream::proxied::ProxiedClient::new(
-                        p.clone(),
-                        cfg.timeouts.clone(),
-                    ),
+                    proxied: super::proxied::ProxiedClient::new(p.clone(), timeouts.clone()),
                 };
                 (p.clone(), c)
             })

@@ -1,6 +1,7 @@
-//! The TLS client side of interception: cuttle verifies every origin itself, always, against
-//! the system roots (or the bundled WebPKI roots when the system has none, as in a `FROM
-//! scratch` image) plus the `--upstream-ca` bundle.
+//! The TLS client side of every HTTPS origin (absolute `https://` requests, intercepted
+//! tunnels): cuttle verifies every origin itself, always, against the system roots (or the
+//! bundled WebPKI roots when the system has none, as in a `FROM scratch` image) plus the
+//! `--upstream-ca` bundle.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! Environment-only inputs: `CACHE_PEER` (the Squid image's parent-proxy variable) parsing,
-//! and reading secrets from `*_FILE` paths.
+//! The `CACHE_PEER` grammar (the Squid image's parent-proxy variable: user, password, host
+//! and port, several for failover) and reading secrets from `*_FILE` paths.
 
 use percent_encoding::percent_decode_str;
 

@@ -1,5 +1,6 @@
-//! Serving one client HTTP connection with the proxy's limits, for listener connections and
-//! for the decrypted side of intercepted CONNECTs alike, so the limits hold by construction:
+//! Serving one client connection as HTTP with the proxy's limits ([`serve`]), for listener
+//! connections and for the decrypted side of intercepted CONNECTs alike, so the limits hold
+//! by construction:
 //! request-head size, header-read timeout, a keep-alive idle timeout, HTTP/2 stream and
 //! header-list limits, graceful drain when shutdown starts and a hard stop after the grace.
 
@@ -18,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use crate::app::State;
+use super::State;
 use crate::http::body::{Body, BoxError};
 
 /// The protocol spoken on a connection.

@@ -8,8 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::metrics::{byte_source, is_cache_hit};
-use crate::telemetry::AccessRecord;
+use super::record::AccessRecord;
 
 /// Hosts tracked at most; when full, the one with the fewest bytes makes room.
 const MAX_HOSTS: usize = 1024;
@@ -92,8 +91,8 @@ pub fn without_query(url: &str) -> &str {
 impl LiveStats {
     pub fn observe(&self, rec: &AccessRecord) {
         let now = now_secs();
-        let hit = is_cache_hit(rec.result) || rec.result.starts_with("TCP_CF_MISS");
-        let from_cache = byte_source(rec.result).starts_with("cache");
+        let hit = rec.result.is_served_by_cache();
+        let from_cache = rec.result.byte_source().is_cache();
         let cacheable = matches!(rec.method.as_str(), "GET" | "HEAD") && rec.error.is_none();
         let mut s = self.inner.lock();
         s.requests_total += 1;
@@ -101,7 +100,7 @@ impl LiveStats {
         if from_cache {
             s.bytes_cache_total += rec.bytes;
         }
-        *s.results.entry(rec.result).or_insert(0) += 1;
+        *s.results.entry(rec.result_str()).or_insert(0) += 1;
 
         let minute = now - now % 60;
         if s.minutes.back().is_none_or(|m| m.t != minute) {
@@ -270,12 +269,12 @@ mod tests {
     fn counts_hits_and_hosts() {
         let st = LiveStats::default();
         let mut r = AccessRecord::new("127.0.0.1:1".parse().unwrap(), "GET", "http://a/x".into());
-        r.result = "TCP_MISS";
+        r.result = crate::telemetry::record::ResultCode::TcpMiss;
         r.bytes = 100;
         st.observe(&r);
-        r.result = "TCP_MEM_HIT";
+        r.result = crate::telemetry::record::ResultCode::TcpMemHit;
         st.observe(&r);
-        r.result = "TCP_HIT";
+        r.result = crate::telemetry::record::ResultCode::TcpHit;
         r.url = "http://b/y".into();
         r.bytes = 10;
         st.observe(&r);

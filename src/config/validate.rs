@@ -1,0 +1,403 @@
+//! Checking the options, one function per section (server, access, upstream, cache,
+//! interception, admin, logs). Each turns its options into the settings its module owns and
+//! records every problem, naming the field, so one run reports them all. The options arrive
+//! with their defaults filled in ([`Options::with_defaults`]).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::options::{Options, Secret, defaults};
+use super::peer;
+use super::settings::{InterceptSettings, Timeouts, ValidConfig};
+use crate::access::AccessSettings;
+use crate::access::auth::Users;
+use crate::access::hosts::{HostList, PortSet};
+use crate::cache::CacheSettings;
+use crate::cache::rules::Rules;
+use crate::mitm::ca::Ca;
+use crate::telemetry::LogFormat;
+use crate::upstream::{self, UpstreamSettings};
+
+/// Problems found so far, and the parsers that record them.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, p: String) {
+        self.0.push(p);
+    }
+
+    /// A positive duration (`10s`, `5m`).
+    fn duration(&mut self, field: &str, v: Option<String>) -> Duration {
+        let s = v.unwrap_or_default();
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.push(format!("{field}: must be greater than zero"));
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                self.push(format!("{field}: invalid duration `{s}`: {e}"));
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    /// A duration that may be zero (`0s` turns the feature off).
+    fn duration_or_zero(&mut self, field: &str, v: Option<String>) -> Duration {
+        let s = v.unwrap_or_default();
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.push(format!("{field}: invalid duration `{s}`: {e}"));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// A byte size (`512MiB`, `10GiB`, `4096`).
+    fn size(&mut self, field: &str, v: Option<String>) -> u64 {
+        let s = v.unwrap_or_default();
+        match parse_size(&s) {
+            Some(n) => n,
+            None => {
+                self.push(format!(
+                    "{field}: `{s}` is not a size (e.g. 512MiB, 10GiB, 4096)"
+                ));
+                0
+            }
+        }
+    }
+
+    /// A count of at least `min`.
+    fn count(&mut self, field: &str, v: Option<u64>, min: u64) -> usize {
+        let n = v.unwrap_or(min);
+        if n < min {
+            self.push(format!("{field}: must be at least {min}"));
+        }
+        usize::try_from(n).unwrap_or(usize::MAX)
+    }
+
+    fn hosts(&mut self, field: &str, v: Option<Vec<String>>) -> HostList {
+        match HostList::parse(&v.unwrap_or_default()) {
+            Ok(l) => l,
+            Err(e) => {
+                self.push(format!("{field}: {e}"));
+                HostList::default()
+            }
+        }
+    }
+
+    fn nets(&mut self, field: &str, v: Option<Vec<String>>) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for s in v.unwrap_or_default() {
+            let s = s.trim();
+            if s.is_empty() {
+                continue;
+            }
+            match s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+            {
+                Ok(n) => out.push(n),
+                Err(_) => self.push(format!("{field}: `{s}` is not an IP network")),
+            }
+        }
+        out
+    }
+
+    /// A secret given directly or as a file (the file counts only when no value is given).
+    /// An empty file means "none" unless `required_in_file`.
+    fn secret(
+        &mut self,
+        field: &str,
+        value: Option<Secret>,
+        file: Option<std::path::PathBuf>,
+        required_in_file: bool,
+    ) -> Option<String> {
+        match (value, file) {
+            (Some(v), _) if !v.expose().trim().is_empty() => Some(v.expose().to_string()),
+            (_, Some(path)) => match peer::read_secret_file(&path) {
+                Ok(v) if !v.trim().is_empty() => Some(v),
+                Ok(_) if !required_in_file => None,
+                Ok(_) => {
+                    self.push(format!("{field}-file: the file is empty"));
+                    None
+                }
+                Err(e) => {
+                    self.push(format!("{field}-file: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
+    let mut p = Problems::default();
+    let timeouts = Timeouts {
+        read: p.duration("read-timeout", o.read_timeout.clone()),
+        tunnel_idle: p.duration("tunnel-idle-timeout", o.tunnel_idle_timeout.clone()),
+        header_read: p.duration("header-read-timeout", o.header_read_timeout.clone()),
+        shutdown_grace: p.duration("shutdown-grace", o.shutdown_grace.clone()),
+    };
+    let listen = listen(&mut p, &o);
+    let max_header_size = p.count(
+        "max-header-size",
+        o.max_header_size,
+        defaults::MIN_HEADER_SIZE,
+    );
+    let max_connections = p.count("max-connections", o.max_connections, 1);
+    let max_connections_per_client = p.count(
+        "max-connections-per-client",
+        o.max_connections_per_client,
+        1,
+    );
+    let access = access(&mut p, &o);
+    let upstream = upstream(&mut p, &o);
+    let cache = cache(&mut p, &o, timeouts.read);
+    let intercept = intercept(&mut p, &o);
+    let admin_listen = admin_listen(&mut p, &o);
+    let admin_token = p
+        .secret(
+            "admin-token",
+            o.admin_token.clone(),
+            o.admin_token_file.clone(),
+            true,
+        )
+        .map(|t| t.trim().parse().unwrap_or_default());
+    let log_format = match o.log_format.as_deref().map(str::trim) {
+        Some("json") => LogFormat::Json,
+        Some("squid") | None => LogFormat::Squid,
+        Some(other) => {
+            p.push(format!("log-format: `{other}` is not one of squid, json"));
+            LogFormat::Squid
+        }
+    };
+    // The upstream TLS configuration is needed by everything that follows; without it there
+    // is no configuration to return.
+    let upstream = match upstream {
+        Some(u) => u,
+        None => return Err(p.0),
+    };
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    Ok(ValidConfig {
+        log_level: o.log_level.clone().unwrap_or_default(),
+        options: o,
+        listen,
+        timeouts,
+        max_header_size,
+        max_connections,
+        max_connections_per_client,
+        access,
+        upstream,
+        cache,
+        intercept,
+        admin_listen,
+        admin_token,
+        log_format,
+    })
+}
+
+fn listen(p: &mut Problems, o: &Options) -> Vec<SocketAddr> {
+    let mut listen = Vec::new();
+    for a in o.listen.clone().unwrap_or_default() {
+        match a.trim().parse::<SocketAddr>() {
+            Ok(sa) => listen.push(sa),
+            Err(_) => p.push(format!(
+                "listen: `{a}` is not an address:port (IPv6 as [::]:3128)"
+            )),
+        }
+    }
+    if listen.is_empty() && p.0.is_empty() {
+        p.push("listen: at least one address is needed".into());
+    }
+    listen
+}
+
+fn access(p: &mut Problems, o: &Options) -> AccessSettings {
+    let users = o.auth_file.as_deref().and_then(|path: &Path| {
+        Users::load(path)
+            .map_err(|e| p.push(format!("auth-file: {e}")))
+            .ok()
+    });
+    let connect_ports = match PortSet::parse(&o.connect_ports.clone().unwrap_or_default()) {
+        Ok(ports) => ports,
+        Err(e) => {
+            p.push(format!("connect-ports: {e}"));
+            PortSet::Any
+        }
+    };
+    AccessSettings {
+        allow_client: p.nets("allow-client", o.allow_client.clone()),
+        users,
+        realm: o.auth_realm.clone().unwrap_or_default(),
+        allow_domain: p.hosts("allow-domain", o.allow_domain.clone()),
+        deny_domain: p.hosts("deny-domain", o.deny_domain.clone()),
+        connect_ports,
+        deny_dest: p.nets("deny-dest", o.deny_dest.clone()),
+        allow_dest: p.nets("allow-dest", o.allow_dest.clone()),
+    }
+}
+
+/// `None` when the TLS client configuration cannot be built (the problem is recorded).
+fn upstream(p: &mut Problems, o: &Options) -> Option<UpstreamSettings> {
+    let mut peers = match p.secret(
+        "cache-peer",
+        o.cache_peer.clone(),
+        o.cache_peer_file.clone(),
+        false,
+    ) {
+        Some(text) => peer::parse_cache_peer(&text).unwrap_or_else(|e| {
+            p.push(format!("CACHE_PEER: {e}"));
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    let timeouts = upstream::Timeouts {
+        connect: p.duration("connect-timeout", o.connect_timeout.clone()),
+        parent_connect: p.duration("parent-connect-timeout", o.parent_connect_timeout.clone()),
+        parent_handshake: p.duration(
+            "parent-handshake-timeout",
+            o.parent_handshake_timeout.clone(),
+        ),
+        peer_backoff: p.duration("peer-backoff", o.peer_backoff.clone()),
+        pool_idle: p.duration("pool-idle-timeout", o.pool_idle_timeout.clone()),
+    };
+    for problem in upstream::auth::setup::apply(
+        &mut peers,
+        &upstream::auth::setup::AuthOptions {
+            scheme: o.parent_auth.as_deref(),
+            workstation: o.parent_workstation.as_deref(),
+            keytab: o.parent_keytab.as_deref(),
+            krb5_conf: o.krb5_conf.as_deref(),
+            realm: o.krb5_realm.as_deref(),
+            kdcs: o.krb5_kdc.as_deref().unwrap_or_default(),
+            per_peer: o.peer.as_deref().unwrap_or_default(),
+            kdc_timeout: timeouts.parent_connect,
+        },
+    ) {
+        p.push(problem);
+    }
+    let direct = p.hosts("direct", o.direct.clone());
+    match upstream::tls::client_config(o.upstream_ca.as_deref()) {
+        Ok(tls) => Some(UpstreamSettings {
+            peers,
+            direct,
+            tls,
+            timeouts,
+        }),
+        Err(e) => {
+            p.push(e);
+            None
+        }
+    }
+}
+
+fn cache(p: &mut Problems, o: &Options, read_timeout: Duration) -> Option<CacheSettings> {
+    let disk_size = p.size("cache-size", o.cache_size.clone());
+    let mem_size = p.size("cache-mem", o.cache_mem.clone());
+    let max_object = p.size("max-object-size", o.max_object_size.clone());
+    let mem_object = p.size("max-mem-object-size", o.max_mem_object_size.clone());
+    let range_fetch_limit = p.size("range-fetch-limit", o.range_fetch_limit.clone());
+    let serve_stale = p.duration_or_zero("serve-stale-on-error", o.serve_stale_on_error.clone());
+    let purge_allow = p.nets("purge-allow", o.purge_allow.clone());
+    let rules = Rules::build(
+        &o.cache_rule.clone().unwrap_or_default(),
+        o.builtin_cache_rules
+            .unwrap_or(defaults::BUILTIN_CACHE_RULES),
+    )
+    .unwrap_or_else(|e| {
+        p.push(e);
+        Rules::default()
+    });
+    (disk_size > 0 || mem_size > 0).then(|| CacheSettings {
+        dir: (disk_size > 0).then(|| o.cache_dir.clone().unwrap_or_else(defaults::cache_dir)),
+        disk_size,
+        mem_size,
+        mem_object: mem_object.min(mem_size),
+        max_object,
+        serve_stale_on_error: serve_stale,
+        range_fetch_limit,
+        rules,
+        purge_allow,
+        reader_stall: read_timeout,
+    })
+}
+
+fn intercept(p: &mut Problems, o: &Options) -> InterceptSettings {
+    let patterns = o.intercept.clone().unwrap_or_default();
+    let hosts = p.hosts("intercept", o.intercept.clone());
+    let exclude = p.hosts("no-intercept", o.no_intercept.clone());
+    let ca = match (&o.ca_cert, &o.ca_key) {
+        (Some(c), Some(k)) => Ca::load(c, k)
+            .map(std::sync::Arc::new)
+            .map_err(|e| p.push(format!("ca-cert/ca-key: {e}")))
+            .ok(),
+        (None, None) => None,
+        _ => {
+            p.push("ca-cert/ca-key: give both the CA certificate and its key".into());
+            None
+        }
+    };
+    if let Some(ca) = &ca {
+        let outside = ca.outside_constraints(&patterns);
+        if !outside.is_empty() {
+            p.push(format!(
+                "intercept: {} outside the name constraints of the CA in ca-cert (clients \
+                 would reject its certificates); make a CA for this list with \
+                 `cuttle ca init --intercept ...`",
+                outside.join(", ")
+            ));
+        }
+    }
+    InterceptSettings {
+        hosts,
+        patterns,
+        exclude,
+        ca,
+    }
+}
+
+fn admin_listen(p: &mut Problems, o: &Options) -> Option<SocketAddr> {
+    match o.admin_listen.as_deref().map(str::trim) {
+        Some("off") | Some("none") | Some("") | None => None,
+        Some(a) => match a.parse::<SocketAddr>() {
+            Ok(sa) => Some(sa),
+            Err(_) => {
+                p.push(format!(
+                    "admin-listen: `{a}` is not an address:port (or off)"
+                ));
+                None
+            }
+        },
+    }
+}
+
+/// Parses a byte size: a number with an optional unit (K, M, G, T as powers of 1024;
+/// KB/MB/GB/TB as powers of 1000; KiB, MiB... explicitly binary).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
