@@ -14,10 +14,18 @@ log() { echo "test.sh: $*" >&2; }
 # or an absolute path (squid lives in /usr/sbin, which is not on every user's PATH).
 # chromium drives the admin status page (tests/status_page.rs); npm, pip, a JDK (java,
 # keytool), openssl and sha1sum are the real clients of tests/intercept_clients.rs (the
-# machine image has them already; Debian's packages are the fallback).
+# machine image has them already; Debian's packages are the fallback). The MIT KDC and
+# Squid's NTLM and Kerberos helpers are the parents of tests/parent_auth.rs (faketime gives
+# one KDC a skewed clock).
 REQUIREMENTS=(
   "squid /usr/sbin/squid"
   "squid /usr/lib/squid/basic_ncsa_auth"
+  "squid /usr/lib/squid/ntlm_fake_auth"
+  "squid /usr/lib/squid/negotiate_kerberos_auth"
+  "krb5-kdc /usr/sbin/krb5kdc"
+  "krb5-kdc /usr/sbin/kdb5_util"
+  "krb5-admin-server /usr/sbin/kadmin.local"
+  "faketime /usr/bin/faketime"
   "curl curl"
   "chromium /usr/bin/chromium"
   "npm npm"

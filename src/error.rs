@@ -57,6 +57,8 @@ pub enum ProxyError {
          in CACHE_PEER"
     )]
     ParentAuthRejected { peer: HostName },
+    #[error("parent proxy {peer} did not accept cuttle's authentication: {reason}")]
+    ParentAuthFailed { peer: HostName, reason: String },
     #[error("parent proxy {peer} refused the tunnel to {host}: {status}")]
     ParentRefused {
         peer: HostName,
@@ -87,6 +89,7 @@ impl ProxyError {
             | UpstreamConnect { .. }
             | UpstreamProtocol { .. }
             | ParentAuthRejected { .. }
+            | ParentAuthFailed { .. }
             | ParentRefused { .. }
             | ParentProtocol { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -116,7 +119,7 @@ impl ProxyError {
             UpstreamReadTimeout { .. } => "ERR_READ_TIMEOUT",
             UpstreamProtocol { .. } => "ERR_READ_ERROR",
             UpstreamTls { .. } => "ERR_SECURE_CONNECT_FAIL",
-            ParentAuthRejected { .. } => "ERR_PARENT_AUTH",
+            ParentAuthRejected { .. } | ParentAuthFailed { .. } => "ERR_PARENT_AUTH",
             ParentRefused { .. } | ParentProtocol { .. } | ParentHandshakeTimeout { .. } => {
                 "ERR_PARENT_FAIL"
             }

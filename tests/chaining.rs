@@ -29,6 +29,9 @@ fn squid_user() -> String {
 fn peer_opts(cache_peer: &str) -> Options {
     let mut o = opts();
     o.cache_peer = Some(cache_peer.into());
+    // These tests are about Basic sent with every request (the default `auto` waits for the
+    // parent's 407 first: tests/parent_auth.rs).
+    o.parent_auth = Some("basic".into());
     o
 }
 

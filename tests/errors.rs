@@ -547,6 +547,8 @@ const PEER_PASS: &str = "s3cretpw";
 fn peer_opts(parent: SocketAddr) -> cuttle::config::Options {
     let mut o = opts();
     o.cache_peer = Some(format!("user:{PEER_PASS}:{}:{}", parent.ip(), parent.port()).into());
+    // Basic sent with every request (the default `auto` waits for a 407 first).
+    o.parent_auth = Some("basic".into());
     o
 }
 

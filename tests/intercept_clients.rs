@@ -746,6 +746,9 @@ async fn intercepted_requests_reach_the_origin_through_squid() {
     let (reg, jar_path, _) = maven_repo(work.path()).await;
     let mut o = intercepting(&reg.origin);
     o.cache_peer = Some(squid.cache_peer().into());
+    // Basic with the first CONNECT, so Squid logs exactly one (the default `auto` first
+    // learns the scheme from a 407).
+    o.parent_auth = Some("basic".into());
     let p = TestProxy::start(o).await;
     let ca = proxy_ca(&p, work.path()).await;
     let url = reg.origin.url(&jar_path);

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::cache::rules::RuleConfig;
+use crate::upstream::auth::setup::PeerAuthOptions;
 
 /// The default of every option that has one.
 pub mod defaults {
@@ -29,6 +30,8 @@ pub mod defaults {
         "100.64.0.0/10",
     ];
     pub const AUTH_REALM: &str = "cuttle";
+    /// Answer the parent's 407 with the strongest scheme it offers; nothing is sent before.
+    pub const PARENT_AUTH: &str = "auto";
     pub const CONNECT_TIMEOUT: &str = "10s";
     pub const READ_TIMEOUT: &str = "5m";
     pub const PARENT_CONNECT_TIMEOUT: &str = "10s";
@@ -154,6 +157,37 @@ options! {
     /// File holding the CACHE_PEER value (e.g. a mounted Kubernetes Secret).
     #[arg(long, env = "CACHE_PEER_FILE")]
     cache_peer_file: PathBuf;
+
+    /// How to authenticate to the parent: auto (answer its 407 with the strongest scheme it
+    /// offers: Negotiate, then NTLM, then Basic), basic (sent pre-emptively), ntlm, negotiate.
+    #[arg(long, env = "CUTTLE_PARENT_AUTH")]
+    parent_auth: String = || defaults::PARENT_AUTH.into();
+
+    /// Workstation name sent in NTLM authentication (default: none).
+    #[arg(long, env = "CUTTLE_PARENT_WORKSTATION")]
+    parent_workstation: String;
+
+    /// Keytab with the Kerberos key for Negotiate to the parent (the principal is the
+    /// CACHE_PEER user, or the keytab's first one).
+    #[arg(long, env = "CUTTLE_PARENT_KEYTAB")]
+    parent_keytab: PathBuf;
+
+    /// krb5.conf giving the default realm and the realms' KDCs.
+    #[arg(long, env = "CUTTLE_KRB5_CONF")]
+    krb5_conf: PathBuf;
+
+    /// Kerberos realm of the parent user (default: krb5.conf's default_realm).
+    #[arg(long, env = "CUTTLE_KRB5_REALM")]
+    krb5_realm: String;
+
+    /// KDCs as host[:port] (comma-separated; default: the realm's kdc lines in krb5.conf).
+    #[arg(long, env = "CUTTLE_KRB5_KDC", value_delimiter = ',')]
+    krb5_kdc: Vec<String>;
+
+    /// Per-parent authentication (config file only: `[[peer]]` tables with name = "host:port",
+    /// auth, workstation, keytab).
+    #[arg(skip)]
+    peer: Vec<PeerAuthOptions>;
 
     /// Destinations reached without the parent (NO_PROXY syntax: suffixes, *.corp, IPs, CIDRs).
     #[arg(long, env = "CUTTLE_DIRECT", value_delimiter = ',')]

@@ -1,10 +1,9 @@
 //! The `CACHE_PEER` grammar (the Squid image's parent-proxy variable: user, password, host
 //! and port, several for failover) and reading secrets from `*_FILE` paths.
 
-use base64::Engine;
-use http::HeaderValue;
 use percent_encoding::percent_decode_str;
 
+use crate::upstream::auth::{Choice, Credentials};
 use crate::upstream::parent::PeerConfig;
 
 /// Parses `CACHE_PEER`: comma-separated peers, each either
@@ -119,26 +118,26 @@ fn split_host_port(hp: &str) -> Result<(String, u16), String> {
 fn build(host: String, port: u16, user: &str, pass: &str) -> Result<PeerConfig, String> {
     let user = percent_decode_str(user).collect::<Vec<u8>>();
     let pass = percent_decode_str(pass).collect::<Vec<u8>>();
-    let (auth, user_display) = if user.is_empty() && pass.is_empty() {
-        (None, None)
+    let credentials = if user.is_empty() && pass.is_empty() {
+        None
     } else {
-        if user.contains(&b':') {
-            return Err("user must not contain ':' (Basic authentication cannot carry it)".into());
-        }
-        let mut raw = user.clone();
-        raw.push(b':');
-        raw.extend_from_slice(&pass);
-        let token = base64::engine::general_purpose::STANDARD.encode(raw);
-        let mut v = HeaderValue::from_str(&format!("Basic {token}"))
-            .map_err(|_| "credentials cannot be encoded")?;
-        v.set_sensitive(true);
-        (Some(v), Some(String::from_utf8_lossy(&user).into_owned()))
+        // NTLM and Kerberos need text; Basic alone could carry bytes, but a password that
+        // is not UTF-8 is a typo far more often than a real credential.
+        let user = String::from_utf8(user).map_err(|_| "user is not UTF-8 once decoded")?;
+        let pass = zeroize::Zeroizing::new(
+            String::from_utf8(pass).map_err(|_| "password is not UTF-8 once decoded")?,
+        );
+        Some(std::sync::Arc::new(Credentials::new(&user, &pass)?))
     };
     Ok(PeerConfig {
         host,
         port,
-        user: user_display,
-        auth,
+        user: credentials.as_ref().map(|c| c.login.clone()),
+        auth: credentials.as_ref().map(|c| c.basic().clone()),
+        credentials,
+        scheme: Choice::Auto,
+        workstation: String::new(),
+        kerberos: None,
     })
 }
 
@@ -152,6 +151,7 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     fn basic(p: &PeerConfig) -> String {
         let v = p.auth.as_ref().unwrap().to_str().unwrap();

@@ -95,6 +95,20 @@ impl fmt::Display for ValidConfig {
         writeln!(f, "\n# What cuttle made of the options above:\n[effective]")?;
         let parents = self.upstream.peers.iter().map(|p| p.to_string()).collect();
         writeln!(f, "parents = {}", list(parents))?;
+        let schemes = self
+            .upstream
+            .peers
+            .iter()
+            .map(|p| {
+                let krb = p
+                    .kerberos
+                    .as_ref()
+                    .map(|k| format!(" (kerberos {})", k.settings().principal_name()))
+                    .unwrap_or_default();
+                format!("{}={}{krb}", p.name(), p.scheme)
+            })
+            .collect();
+        writeln!(f, "parent-auth = {}", list(schemes))?;
         // The built-in networks, then the configured ones.
         let deny = crate::access::ip_guard::builtin_deny()
             .iter()

@@ -248,7 +248,7 @@ fn access(p: &mut Problems, o: &Options) -> AccessSettings {
 
 /// `None` when the TLS client configuration cannot be built (the problem is recorded).
 fn upstream(p: &mut Problems, o: &Options) -> Option<UpstreamSettings> {
-    let peers = match p.secret(
+    let mut peers = match p.secret(
         "cache-peer",
         o.cache_peer.clone(),
         o.cache_peer_file.clone(),
@@ -270,6 +270,21 @@ fn upstream(p: &mut Problems, o: &Options) -> Option<UpstreamSettings> {
         peer_backoff: p.duration("peer-backoff", o.peer_backoff.clone()),
         pool_idle: p.duration("pool-idle-timeout", o.pool_idle_timeout.clone()),
     };
+    for problem in upstream::auth::setup::apply(
+        &mut peers,
+        &upstream::auth::setup::AuthOptions {
+            scheme: o.parent_auth.as_deref(),
+            workstation: o.parent_workstation.as_deref(),
+            keytab: o.parent_keytab.as_deref(),
+            krb5_conf: o.krb5_conf.as_deref(),
+            realm: o.krb5_realm.as_deref(),
+            kdcs: o.krb5_kdc.as_deref().unwrap_or_default(),
+            per_peer: o.peer.as_deref().unwrap_or_default(),
+            kdc_timeout: timeouts.parent_connect,
+        },
+    ) {
+        p.push(problem);
+    }
     let direct = p.hosts("direct", o.direct.clone());
     match upstream::tls::client_config(o.upstream_ca.as_deref()) {
         Ok(tls) => Some(UpstreamSettings {

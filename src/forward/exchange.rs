@@ -19,6 +19,7 @@ use crate::state::Scope;
 use crate::state::tasks::spawn_logged;
 use crate::telemetry::record::{AccessRecord, Hierarchy};
 use crate::upstream::Route;
+use crate::upstream::client;
 
 /// The request head to send upstream; rebuilt for each attempt.
 pub struct Outgoing {
@@ -89,18 +90,26 @@ async fn send_on_route(
                 };
                 rec.hierarchy = Hierarchy::parent(&peer.name);
                 let req = out.request(slot.attempt());
-                match tokio::time::timeout(read, client.request(req)).await {
-                    Ok(Ok(r)) if r.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
-                        return Err(ProxyError::ParentAuthRejected {
-                            peer: peer.name.clone(),
-                        });
+                // Parent authentication is per connection (`upstream::proxied` for plain
+                // http, the CONNECT for https); nothing is added to the request here, so
+                // no credential can travel inside a tunnel to an origin.
+                let sent = async {
+                    if client::parent_leg(&out.uri) == client::ParentLeg::Tunnelled {
+                        client
+                            .tunnelled
+                            .request(req)
+                            .await
+                            .map_err(|e| map_client_error(&e, target))
+                    } else {
+                        client.proxied.send(req).await
                     }
+                };
+                match tokio::time::timeout(read, sent).await {
                     Ok(Ok(r)) => {
                         peer.mark_up();
                         return Ok(r);
                     }
-                    Ok(Err(e)) => {
-                        let err = map_client_error(&e, target);
+                    Ok(Err(err)) => {
                         if err.is_peer_unreachable() {
                             peer.mark_down();
                             if slot.is_untouched() {

@@ -184,7 +184,7 @@ impl tower_service::Service<Uri> for DirectConnector {
 /// this says and [`proxy_credentials`] decides from it which credentials the request carries,
 /// so the two cannot disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ParentLeg {
+pub(crate) enum ParentLeg {
     /// The request goes to the parent in absolute form: the parent reads it.
     Forwarded,
     /// The parent only relays bytes (CONNECT); the request inside is read by the origin.
@@ -193,7 +193,7 @@ enum ParentLeg {
 
 /// `https` origins are reached through a CONNECT tunnel (cuttle speaks TLS to the origin
 /// inside it); anything else is sent to the parent itself.
-fn parent_leg(uri: &Uri) -> ParentLeg {
+pub(crate) fn parent_leg(uri: &Uri) -> ParentLeg {
     if uri.scheme_str() == Some("https") {
         ParentLeg::Tunnelled
     } else {
@@ -295,7 +295,15 @@ where
 }
 
 pub type DirectClient = UpstreamClient<DirectConnector>;
-pub type ParentClient = UpstreamClient<ParentConnector>;
+
+/// The clients for one parent: `https` origins through a CONNECT tunnel (authenticated on
+/// the CONNECT, never inside the tunnel) with TLS to the origin inside, pooled per origin;
+/// plain `http` in absolute form over the parent's own pool of authenticated connections
+/// ([`crate::upstream::proxied`]), which sets the parent's credentials itself.
+pub struct ParentClient {
+    pub tunnelled: UpstreamClient<ParentConnector>,
+    pub proxied: Arc<crate::upstream::proxied::ProxiedClient>,
+}
 
 /// The clients of one configuration.
 pub struct Clients {
@@ -326,13 +334,18 @@ impl Clients {
         let parents = peers
             .iter()
             .map(|p| {
-                let c = UpstreamClient {
-                    inner: builder().build(ParentConnector {
-                        peer: p.clone(),
-                        timeouts: timeouts.clone(),
-                        tls: tls.clone(),
-                    }),
-                    parent_auth: p.config.auth.clone(),
+                let c = ParentClient {
+                    tunnelled: UpstreamClient {
+                        inner: builder().build(ParentConnector {
+                            peer: p.clone(),
+                            timeouts: timeouts.clone(),
+                            tls: tls.clone(),
+                        }),
+                        // Only https goes this way: its requests are read by the origin and
+                        // carry no parent credentials (the CONNECT had them).
+                        parent_auth: None,
+                    },
+                    proxied: super::proxied::ProxiedClient::new(p.clone(), timeouts.clone()),
                 };
                 (p.clone(), c)
             })

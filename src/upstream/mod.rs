@@ -2,13 +2,17 @@
 //! parent or the host is on the direct list, otherwise the parents in order, Squid's
 //! `never_direct`, skipping peers marked down), the direct connect with its post-DNS address
 //! check ([`direct`]), parents and their `CONNECT` handshake ([`parent`]), the pooled HTTP
-//! clients that carry plain and HTTPS requests ([`client`]), the TLS client configuration
+//! clients that carry plain and HTTPS requests ([`client`]; plain requests to a parent go
+//! over [`proxied`], whose connections authenticate once with [`auth`]: Basic, NTLM or
+//! Kerberos), the TLS client configuration
 //! that verifies every HTTPS origin ([`tls`]), and the opening of blind tunnels
 //! ([`Upstream::open_tunnel`]).
 
+pub mod auth;
 pub mod client;
 pub mod direct;
 pub mod parent;
+pub mod proxied;
 pub mod settings;
 pub mod tls;
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -14,6 +15,7 @@ pub use super::settings::PeerConfig;
 use super::settings::Timeouts;
 use crate::error::ProxyError;
 use crate::http::target::Target;
+use crate::upstream::auth::{Choice, Credentials, Next, ParentAuth, kerberos};
 
 /// Largest CONNECT response head accepted from a parent.
 const MAX_HANDSHAKE_HEAD: usize = 16 * 1024;
@@ -22,6 +24,8 @@ const MAX_HANDSHAKE_HEAD: usize = 16 * 1024;
 pub struct Peer {
     pub config: PeerConfig,
     pub name: String,
+    /// How this parent wants to be authenticated, and how it went.
+    pub auth: Arc<ParentAuth>,
     epoch: Instant,
     /// Milliseconds after `epoch` until which the peer is skipped; 0 = up.
     down_until_ms: AtomicU64,
@@ -32,8 +36,18 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(config: PeerConfig, backoff: Duration) -> Arc<Peer> {
+        let name = config.name();
+        let auth = Arc::new(ParentAuth::new(
+            name.clone(),
+            config.host.clone(),
+            config.scheme,
+            config.credentials.clone(),
+            config.workstation.clone(),
+            config.kerberos.clone(),
+        ));
         Arc::new(Peer {
-            name: config.name(),
+            name,
+            auth,
             config,
             epoch: Instant::now(),
             down_until_ms: AtomicU64::new(0),
@@ -117,74 +131,82 @@ impl Peer {
         }
     }
 
-    /// Connects and asks the peer to tunnel to `target`. Returns the stream and any bytes
-    /// the peer already sent past its response head (they belong to the tunnel).
+    /// Connects and asks the peer to tunnel to `target`, authenticating the connection as
+    /// the parent asks (Basic, NTLM's three messages, or a Kerberos token) before the tunnel
+    /// exists: nothing of the client's reaches the tunnel until then. Returns the stream and
+    /// any bytes the peer already sent past its response head (they belong to the tunnel).
     pub async fn open_tunnel(
         &self,
         target: &Target,
         t: &Timeouts,
     ) -> Result<(TcpStream, Bytes), ProxyError> {
         let mut stream = self.connect(t).await?;
-        let secs = t.parent_handshake.as_secs();
-        match timeout(t.parent_handshake, self.handshake(&mut stream, target)).await {
-            Ok(Ok(rest)) => Ok((stream, rest)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ProxyError::ParentHandshakeTimeout {
-                peer: self.name.clone(),
-                secs,
-            }),
+        let authority = target.authority();
+        let mut hs = self.auth.begin();
+        let mut header = hs.start().await?;
+        for _ in 0..MAX_LEGS {
+            let mut head =
+                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
+            if let Some(h) = &header {
+                head.extend_from_slice(b"Proxy-Authorization: ");
+                head.extend_from_slice(h.as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+            head.extend_from_slice(b"\r\n");
+            let resp = self.timed_exchange(&mut stream, &head, true, t).await?;
+            match resp.status {
+                200..=299 => {
+                    hs.succeeded(&resp.headers);
+                    return Ok((stream, resp.rest));
+                }
+                407 => {
+                    let Next::Retry {
+                        header: next,
+                        same_connection,
+                    } = hs.on_407(&resp.headers).await?;
+                    if !resp.reusable {
+                        if same_connection {
+                            return Err(self.auth.fail(self.protocol(
+                                "closed the connection in the middle of the NTLM handshake",
+                            )));
+                        }
+                        stream = self.connect(t).await?;
+                    }
+                    header = next;
+                }
+                code => {
+                    return Err(ProxyError::ParentRefused {
+                        peer: self.name.clone(),
+                        host: authority,
+                        status: code,
+                    });
+                }
+            }
         }
+        Err(self
+            .auth
+            .fail(self.protocol("authentication did not finish")))
     }
 
-    async fn handshake(
+    /// [`exchange`] within the parent handshake timeout.
+    pub(crate) async fn timed_exchange(
         &self,
         stream: &mut TcpStream,
-        target: &Target,
-    ) -> Result<Bytes, ProxyError> {
-        let authority = target.authority();
-        let mut head =
-            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
-        if let Some(auth) = &self.config.auth {
-            head.extend_from_slice(b"Proxy-Authorization: ");
-            head.extend_from_slice(auth.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
-        let io_err = |e: std::io::Error| ProxyError::ParentProtocol {
-            peer: self.name.clone(),
-            cause: e.to_string(),
-        };
-        stream.write_all(&head).await.map_err(io_err)?;
-
-        let mut buf = BytesMut::with_capacity(1024);
-        loop {
-            if buf.len() >= MAX_HANDSHAKE_HEAD {
-                return Err(self.protocol("response head too large"));
-            }
-            let n = stream.read_buf(&mut buf).await.map_err(io_err)?;
-            if n == 0 {
-                return Err(self.protocol("connection closed during CONNECT handshake"));
-            }
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Partial) => continue,
-                Ok(httparse::Status::Complete(len)) => {
-                    let code = resp.code.unwrap_or(0);
-                    return match code {
-                        200..=299 => Ok(buf.split_off(len).freeze()),
-                        407 => Err(ProxyError::ParentAuthRejected {
-                            peer: self.name.clone(),
-                        }),
-                        _ => Err(ProxyError::ParentRefused {
-                            peer: self.name.clone(),
-                            host: authority,
-                            status: code,
-                        }),
-                    };
-                }
-                Err(e) => return Err(self.protocol(&format!("malformed CONNECT response: {e}"))),
-            }
+        head: &[u8],
+        connect: bool,
+        t: &Timeouts,
+    ) -> Result<RawResponse, ProxyError> {
+        match timeout(
+            t.parent_handshake,
+            exchange(stream, head, connect, &self.name),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::ParentHandshakeTimeout {
+                peer: self.name.clone(),
+                secs: t.parent_handshake.as_secs(),
+            }),
         }
     }
 
@@ -194,4 +216,169 @@ impl Peer {
             cause: cause.to_string(),
         }
     }
+}
+
+/// Most authentication round trips on one connection (NTLM needs three, one more covers a
+/// first unauthenticated try).
+const MAX_LEGS: usize = 4;
+/// Largest error body drained to keep a connection for the next leg.
+const MAX_DRAINED_BODY: usize = 64 * 1024;
+
+/// A parent's answer to a request cuttle wrote itself (a CONNECT or a probe).
+pub(crate) struct RawResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// For a 2xx answer to CONNECT: bytes past the head, which belong to the tunnel.
+    pub rest: Bytes,
+    /// Whether the connection can carry the next request (body read, no `close`).
+    pub reusable: bool,
+}
+
+/// Writes `head` and reads the answer's head (bounded). A 1xx or a 2xx to CONNECT returns
+/// at once; any other answer has its body (at most 64 KiB, by Content-Length or chunked)
+/// read so that the connection can carry the next leg of an authentication.
+pub(crate) async fn exchange(
+    stream: &mut TcpStream,
+    head: &[u8],
+    connect: bool,
+    peer: &str,
+) -> Result<RawResponse, ProxyError> {
+    let io_err = |e: std::io::Error| ProxyError::ParentProtocol {
+        peer: peer.to_string(),
+        cause: e.to_string(),
+    };
+    let protocol = |cause: String| ProxyError::ParentProtocol {
+        peer: peer.to_string(),
+        cause,
+    };
+    stream.write_all(head).await.map_err(io_err)?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let (status, headers, version, len) = loop {
+        if buf.len() >= MAX_HANDSHAKE_HEAD {
+            return Err(protocol("response head too large".into()));
+        }
+        let n = stream.read_buf(&mut buf).await.map_err(io_err)?;
+        if n == 0 {
+            return Err(protocol(
+                "connection closed before the response head".into(),
+            ));
+        }
+        let mut raw = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut raw);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(len)) => {
+                let mut headers = HeaderMap::new();
+                for h in resp.headers.iter() {
+                    if let (Ok(k), Ok(v)) = (
+                        http::HeaderName::from_bytes(h.name.as_bytes()),
+                        HeaderValue::from_bytes(h.value),
+                    ) {
+                        headers.append(k, v);
+                    }
+                }
+                break (
+                    resp.code.unwrap_or(0),
+                    headers,
+                    resp.version.unwrap_or(0),
+                    len,
+                );
+            }
+            Err(e) => return Err(protocol(format!("malformed response: {e}"))),
+        }
+    };
+    let rest = buf.split_off(len);
+    if (100..200).contains(&status) || (connect && (200..300).contains(&status)) {
+        return Ok(RawResponse {
+            status,
+            headers,
+            rest: rest.freeze(),
+            reusable: false,
+        });
+    }
+    let close = crate::http::headers::connection_has(&headers, "close")
+        || (version == 0 && !crate::http::headers::connection_has(&headers, "keep-alive"));
+    let chunked = headers
+        .get(http::header::TRANSFER_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let drained = if chunked {
+        drain_chunked(stream, rest).await
+    } else {
+        match crate::http::headers::content_length(&headers) {
+            Some(n) if n as usize <= MAX_DRAINED_BODY => {
+                drain_exact(stream, rest, n as usize).await
+            }
+            _ => false,
+        }
+    };
+    Ok(RawResponse {
+        status,
+        headers,
+        rest: Bytes::new(),
+        reusable: drained && !close,
+    })
+}
+
+/// Reads a body of `n` bytes (some already in `have`); true when exactly that was read.
+async fn drain_exact(stream: &mut TcpStream, mut have: BytesMut, n: usize) -> bool {
+    while have.len() < n {
+        match stream.read_buf(&mut have).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    have.len() == n
+}
+
+/// Reads a chunked body (RFC 9112 §7.1) of at most 64 KiB; true when it ended cleanly.
+async fn drain_chunked(stream: &mut TcpStream, mut buf: BytesMut) -> bool {
+    let mut at = 0;
+    loop {
+        // One chunk-size line, then its data and CRLF; a zero size ends at the empty line.
+        let Some(eol) = find_crlf(&buf[at..]) else {
+            if buf.len() > MAX_DRAINED_BODY || !read_more(stream, &mut buf).await {
+                return false;
+            }
+            continue;
+        };
+        let line = String::from_utf8_lossy(&buf[at..at + eol]).to_string();
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size_text, 16) else {
+            return false;
+        };
+        if size == 0 {
+            // Trailers end with an empty line.
+            let mut t = at + eol + 2;
+            loop {
+                match find_crlf(&buf[t..]) {
+                    Some(0) => return t + 2 == buf.len(),
+                    Some(n) => t += n + 2,
+                    None => {
+                        if buf.len() > MAX_DRAINED_BODY || !read_more(stream, &mut buf).await {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        let need = at + eol + 2 + size + 2;
+        if need > MAX_DRAINED_BODY {
+            return false;
+        }
+        while buf.len() < need {
+            if !read_more(stream, &mut buf).await {
+                return false;
+            }
+        }
+        at = need;
+    }
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+    matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
 }

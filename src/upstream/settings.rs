@@ -11,6 +11,7 @@ use rustls::ClientConfig;
 
 use crate::access::hosts::HostList;
 use crate::http::target::Target;
+use crate::upstream::auth::{Choice, Credentials, kerberos};
 
 /// Timeouts of the connections cuttle opens.
 #[derive(Debug, Clone)]
@@ -38,13 +39,21 @@ pub struct UpstreamSettings {
     pub timeouts: Timeouts,
 }
 
-/// One parent as configured. `auth` is the precomputed, sensitive `Proxy-Authorization`.
+/// One parent as configured. `auth` is the precomputed, sensitive Basic
+/// `Proxy-Authorization`; `credentials` the same user and password for NTLM and Kerberos.
 #[derive(Clone)]
 pub struct PeerConfig {
     pub host: String,
     pub port: u16,
     pub user: Option<String>,
     pub auth: Option<HeaderValue>,
+    pub credentials: Option<Arc<Credentials>>,
+    /// `--parent-auth` (or the peer's own `auth` in the config file).
+    pub scheme: Choice,
+    /// NTLM's workstation name (`--parent-workstation`).
+    pub workstation: String,
+    /// The Kerberos client, when Negotiate is possible with this configuration.
+    pub kerberos: Option<Arc<kerberos::Client>>,
 }
 
 impl PeerConfig {
@@ -74,3 +83,4 @@ impl fmt::Display for PeerConfig {
         }
     }
 }
+

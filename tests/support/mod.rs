@@ -3,6 +3,7 @@
 //! `squid`) a real Squid as an authenticating parent. Nothing here uses fixed ports.
 #![allow(dead_code, clippy::disallowed_types)]
 
+pub mod parent_auth;
 pub mod squid;
 pub mod tls;
 

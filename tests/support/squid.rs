@@ -53,7 +53,7 @@ rm -f /dev/shm/"$3"-*
 exit "$rc"
 "#;
 
-static INSTANCE: AtomicU32 = AtomicU32::new(0);
+pub(crate) static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
 /// A running Squid requiring `Proxy-Authorization: Basic base64(user:password)`.
 pub struct SquidParent {
@@ -213,14 +213,14 @@ impl Drop for SquidParent {
 }
 
 /// The `/bin/sh` wrapper running squid (see `WRAPPER`).
-struct SquidProcess {
+pub(crate) struct SquidProcess {
     wrapper: Option<Child>,
     /// Closing it tells the wrapper to kill squid.
     stdin: Option<ChildStdin>,
 }
 
 impl SquidProcess {
-    fn spawn(squid: &Path, conf: &Path, service: &str, dir: &Path) -> SquidProcess {
+    pub(crate) fn spawn(squid: &Path, conf: &Path, service: &str, dir: &Path) -> SquidProcess {
         let out = std::fs::OpenOptions::new()
             .append(true)
             .open(dir.join("squid.out"))
@@ -247,7 +247,7 @@ impl SquidProcess {
 
     /// Ok once squid answers an HTTP request on `addr`; Err(diagnostics) when squid exited
     /// because the port was taken meanwhile. Panics on any other failure.
-    async fn wait_ready(&mut self, addr: SocketAddr, dir: &Path) -> Result<(), String> {
+    pub(crate) async fn wait_ready(&mut self, addr: SocketAddr, dir: &Path) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
         loop {
             let exited = self
@@ -279,7 +279,7 @@ impl SquidProcess {
         clippy::disallowed_methods,
         reason = "Drop cannot await; this blocks only while squid dies after SIGKILL"
     )]
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         // EOF on the wrapper's stdin: its watcher SIGKILLs squid, the wrapper reaps it,
         // removes squid's shared memory segments and exits.
         drop(self.stdin.take());
@@ -304,7 +304,7 @@ impl Drop for SquidProcess {
     }
 }
 
-fn diagnostics(dir: &Path) -> String {
+pub(crate) fn diagnostics(dir: &Path) -> String {
     let mut text = String::new();
     for name in ["squid.conf", "cache.log", "squid.out"] {
         let content = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
@@ -313,7 +313,7 @@ fn diagnostics(dir: &Path) -> String {
     text
 }
 
-fn create_log(path: &Path) {
+pub(crate) fn create_log(path: &Path) {
     std::fs::write(path, "").unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     set_mode(path, 0o666);
 }
@@ -377,18 +377,18 @@ access_log stdio:{dir}/access.log !cuttle_probe
     )
 }
 
-fn set_mode(path: &Path, mode: u32) {
+pub(crate) fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 /// A port that was free a moment ago; squid may lose a race for it, hence the retries.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
 }
 
-fn find_squid() -> PathBuf {
+pub(crate) fn find_squid() -> PathBuf {
     if let Some(path) = std::env::var_os("CUTTLE_TEST_SQUID") {
         let path = PathBuf::from(path);
         assert!(
