@@ -335,7 +335,8 @@ def policy(args: argparse.Namespace) -> None:
                 report(args.expect_intercept in line and 'ca = "loaded"' in out,
                        t("check-config: interception on with the CA from the Secret"), line)
             if args.expect_peer:
-                line = next((ln for ln in out.splitlines() if ln.startswith("cache-peer")), "")
+                # The parents as cuttle read them (from CACHE_PEER or its file), password masked.
+                line = next((ln for ln in out.splitlines() if ln.startswith("parents =")), "")
                 report(args.expect_peer in line, t(f"check-config shows the parent {args.expect_peer}"), line)
 
     # Services, NodePort, NetworkPolicy, PDB
