@@ -6,7 +6,7 @@
 //! [`tunnel`] (a blind byte bridge, [`io::bridge`]) or to [`mitm::intercept`] (TLS terminated
 //! with cuttle's CA), absolute-form requests to [`forward::handle`], which answers from the
 //! [`cache`] or goes out through [`upstream`] (direct, or a `CACHE_PEER` parent with
-//! failover). Every exchange ends in one access record ([`telemetry::record`]); errors
+//! failover, answering a parent that wants Basic, NTLM or Kerberos with [`upstream::auth`]). Every exchange ends in one access record ([`telemetry::record`]); errors
 //! become responses in [`state::rescue`]. [`config`] merges and validates the options once;
 //! [`app`] wires it together. `ARCHITECTURE.md` is the map, with the layer rules.
 

@@ -26,7 +26,7 @@ const NTLM_PASSWORD: &str = "Ntlm-s3cret-pw";
 /// Options for a proxy behind `cache_peer`, without a cache (every request goes upstream).
 fn peer_opts(cache_peer: String) -> cuttle::config::Options {
     cuttle::config::Options {
-        cache_peer: Some(cache_peer),
+        cache_peer: Some(cache_peer.into()),
         cache_size: Some("0".into()),
         cache_mem: Some("0".into()),
         ..opts()

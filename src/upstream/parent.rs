@@ -15,7 +15,7 @@ pub use super::settings::PeerConfig;
 use super::settings::Timeouts;
 use crate::error::ProxyError;
 use crate::http::target::Target;
-use crate::upstream::auth::{Choice, Credentials, Next, ParentAuth, kerberos};
+use crate::upstream::auth::{Next, ParentAuth};
 
 /// Largest CONNECT response head accepted from a parent.
 const MAX_HANDSHAKE_HEAD: usize = 16 * 1024;
