@@ -9,6 +9,7 @@
 //! variant while `Bearer AbCdEf` and `Bearer aBcDeF` do not.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -196,12 +197,17 @@ enum Equivalence {
     /// `Accept`: media ranges whose type, subtype and parameter names are case-insensitive
     /// (RFC 9110 §8.3.1); parameter values are kept as sent.
     MediaRanges,
+    /// Credentials (`Authorization`, `Proxy-Authorization`, `Cookie`): compared exactly, but
+    /// through a keyed fingerprint ([`fingerprint`]), so a `Vary` on them never puts the
+    /// credentials into a key or a file on disk.
+    Credentials,
 }
 
 fn equivalence(name: &str) -> Equivalence {
     match name {
         "accept-encoding" | "accept-charset" | "accept-language" => Equivalence::Tokens,
         "accept" => Equivalence::MediaRanges,
+        "authorization" | "proxy-authorization" | "cookie" => Equivalence::Credentials,
         _ => Equivalence::Exact,
     }
 }
@@ -219,6 +225,10 @@ pub(crate) fn normalised(req: &HeaderMap, name: &str) -> Option<String> {
     let mut values = req.get_all(name).iter().peekable();
     values.peek()?;
     let eq = equivalence(name);
+    if eq == Equivalence::Credentials {
+        let lines: Vec<&[u8]> = values.map(|v| trim_ows(v.as_bytes())).collect();
+        return Some(format!("fp-{}", fingerprint(&lines.join(&b'\n'))));
+    }
     if eq == Equivalence::Exact {
         // Lines are kept apart: combining them is only allowed for list-based fields.
         return Some(
@@ -298,6 +308,22 @@ fn escape(v: &[u8]) -> String {
 pub struct EntryKey {
     pub primary: String,
     pub variant: String,
+}
+
+/// A fingerprint of credentials that tells two requests' credentials apart without keeping
+/// them: HMAC-SHA256 under a key made at start and never written anywhere, so entries on disk
+/// hold nothing that can be tested against guessed passwords (after a restart their
+/// fingerprints match nothing and credentialed entries are revalidated). Empty when no key
+/// could be made (then credentials never match).
+pub(crate) fn fingerprint(credentials: &[u8]) -> String {
+    static KEY: OnceLock<Option<ring::hmac::Key>> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new()).ok()
+    });
+    match key {
+        Some(k) => hex::encode(ring::hmac::sign(k, credentials).as_ref()),
+        None => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -407,6 +433,28 @@ mod tests {
         assert!(!with("Bearer AbCdEf", "a=1,b=2", &["t1", "t2"]));
         assert!(!with("Bearer AbCdEf", "a=1, b=2", &["t1, t2"]));
         assert!(!with("Bearer AbCdEf", "a=1, b=2", &["t2", "t1"]));
+    }
+
+    #[test]
+    fn varied_credentials_are_kept_only_as_fingerprints() {
+        let vary = h(&[("vary", "Authorization, Cookie, Proxy-Authorization")]);
+        let req = h(&[
+            ("authorization", "Basic c2VjcmV0OnB3"),
+            ("cookie", "session=TOPSECRET"),
+            ("proxy-authorization", "Basic cHJveHk6cHc="),
+        ]);
+        let v = Variant::of(&vary, &req);
+        let text = format!("{v:?} {}", serde_json::to_string(&v).unwrap());
+        for secret in ["c2VjcmV0OnB3", "TOPSECRET", "cHJveHk6cHc="] {
+            assert!(!text.contains(secret), "{secret} kept in {text}");
+        }
+        assert!(v.matches(&req));
+        let other = h(&[
+            ("authorization", "Basic b3RoZXI6cHc="),
+            ("cookie", "session=TOPSECRET"),
+            ("proxy-authorization", "Basic cHJveHk6cHc="),
+        ]);
+        assert!(!v.matches(&other));
     }
 
     #[test]

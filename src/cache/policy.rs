@@ -18,7 +18,6 @@
 //! built from, and the RFC 5861 extensions (`stale-while-revalidate`, `stale-if-error`) are
 //! read here too.
 
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 #[cfg(test)]
@@ -349,22 +348,6 @@ fn authorization(req: &http::request::Parts) -> Option<Vec<u8>> {
     Some(lines.map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b'\n'))
 }
 
-/// A fingerprint of credentials that tells two requests' credentials apart without keeping
-/// them: HMAC-SHA256 under a key made at start and never written anywhere, so entries on disk
-/// hold nothing that can be tested against guessed passwords (after a restart their
-/// fingerprints match nothing and credentialed entries are revalidated). Empty when no key
-/// could be made (then credentials never match).
-fn fingerprint(credentials: &[u8]) -> String {
-    static KEY: OnceLock<Option<ring::hmac::Key>> = OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new()).ok()
-    });
-    match key {
-        Some(k) => hex::encode(ring::hmac::sign(k, credentials).as_ref()),
-        None => String::new(),
-    }
-}
-
 /// The response fields as `http-cache-semantics` is given them:
 /// - directive names lower-cased (RFC 9111 §5.2; the crate matches them as sent);
 /// - `proxy-revalidate`: the crate treats it as zero freshness in a shared cache, but RFC 9111
@@ -535,7 +518,7 @@ impl StoredPolicy {
             origin_cache_control,
             date: Some(date),
             credentialed: credentials.is_some(),
-            credentials: credentials.map(|c| fingerprint(&c)),
+            credentials: credentials.map(|c| super::key::fingerprint(&c)),
             recorded: true,
         })
     }
@@ -552,7 +535,7 @@ impl StoredPolicy {
         }
         match (authorization(req), &self.credentials) {
             (None, None) => true,
-            (Some(a), Some(fp)) => !fp.is_empty() && fingerprint(&a) == *fp,
+            (Some(a), Some(fp)) => !fp.is_empty() && super::key::fingerprint(&a) == *fp,
             _ => false,
         }
     }
