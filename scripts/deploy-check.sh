@@ -260,7 +260,7 @@ image_run() {
   r1=$(fetch "$paddr")
   check "image serves through the proxy" "$r1" -- [ "$r1" == "200 $ARTIFACT_SHA" ]
   check "image's /var/cache/cuttle is writable by the random UID" "$(find "$mnt/var/cache/cuttle" -type f | wc -l) file(s) under /var/cache/cuttle" -- \
-    wait_for 10 bash -c "[[ -n \$(find '$mnt/var/cache/cuttle/v1/objects' -type f 2>/dev/null) ]] && ! grep -q 'disk cache unavailable' '$out.stderr'"
+    wait_for 10 bash -c "[[ -n \$(find '$mnt/var/cache/cuttle/v2/objects' -type f 2>/dev/null) ]] && ! grep -q 'disk cache unavailable' '$out.stderr'"
   kill -TERM "$cpid" 2>/dev/null || true
   local rc=0
   wait "$RUN_PID" || rc=$?
@@ -351,7 +351,7 @@ proof_run() {
   check "proof: second request is a cache hit (access log on stdout)" "$(grep -o 'TCP_[A-Z_]*/200' "$P_OUT" | tr '\n' ' ')" -- \
     bash -c "grep -q 'TCP_MISS/200' '$P_OUT' && grep -Eq 'TCP_(MEM_)?HIT/200' '$P_OUT'"
   check "proof: cache written to disk (only place written)" "" -- \
-    wait_for 10 bash -c "[[ -n \$(find '$PROOF_DIR/cache/v1/objects' -type f -user $PROOF_UID 2>/dev/null) ]]"
+    wait_for 10 bash -c "[[ -n \$(find '$PROOF_DIR/cache/v2/objects' -type f -user $PROOF_UID 2>/dev/null) ]]"
   check "proof: diagnostics on stderr, access log on stdout only" "" -- \
     bash -c "grep -q 'cuttle listening' '$P_ERR' && ! grep -q 'cuttle listening' '$P_OUT' && ! grep -q 'TCP_' '$P_ERR'"
   proof_stop

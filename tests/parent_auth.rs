@@ -573,6 +573,8 @@ impl CuttleProcess {
         ])
         .env("CUTTLE_CACHE_SIZE", "0")
         .env("CUTTLE_ADMIN_LISTEN", "off")
+        // The test origins are on loopback, which the default deny list refuses.
+        .env("CUTTLE_ALLOW_DEST", support::LOOPBACK.join(","))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         for (k, v) in envs {
@@ -672,6 +674,14 @@ async fn no_secret_in_any_output_of_ntlm_and_kerberos_runs() {
             .build()
             .unwrap();
         let r = client.get(origin.url("/s1")).send().await.unwrap();
+        // Through the parent: a success, or a 502 that names the parent's refusal (the run
+        // with the wrong password), never a refusal by cuttle itself before the parent.
+        assert!(
+            r.status() == 200 || r.status() == 502,
+            "{} {}",
+            r.status(),
+            c.output()
+        );
         let _ = r.text().await;
         let r = client
             .post(origin.url("/s2"))
@@ -768,4 +778,41 @@ async fn parent_credentials_never_reach_an_https_origin_through_the_tunnel() {
     let log = squid.wait_for_access_log("CONNECT localhost").await;
     assert!(log.contains("TCP_TUNNEL/200"), "{log}");
     assert!(log.contains(" alice "), "{log}");
+}
+
+/// A parent that keeps refusing the credentials is one warning in the log, not one per
+/// request (issue 14: one log line per parent state change); the state is per parent.
+#[tokio::test]
+async fn a_refusing_parent_is_logged_once_not_per_request() {
+    let parent = ntlm_refusing_parent().await;
+    let origin = echo_origin().await;
+    let c = CuttleProcess::start(&[(
+        "CACHE_PEER",
+        format!("CORP%5Cbuild:{NTLM_PASSWORD}:{parent}"),
+    )]);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .proxy(reqwest::Proxy::all(format!("http://{}", c.addr)).unwrap())
+        .build()
+        .unwrap();
+    for i in 0..6 {
+        let r = client
+            .get(origin.url(&format!("/refused{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let _ = r.text().await;
+    }
+    let (head, _) = tunnel_get(c.addr, origin.addr, "/refused-tunnel").await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = c.output();
+    assert!(out.contains("/refused5"), "the requests were logged: {out}");
+    assert_eq!(
+        out.matches("authentication to parent proxy failed").count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(origin.hits(), 0);
 }

@@ -249,24 +249,27 @@ mod tests {
     fn ecosystem_urls() {
         let cases = [
             (
-                "http://registry.npmjs.org/left-pad/-/left-pad-1.3.0.tgz",
+                "http://registry.example.org/left-pad/-/left-pad-1.3.0.tgz",
                 Some("npm-tarball"),
             ),
             (
-                "http://registry.npmjs.org/@types/node/-/node-20.1.0.tgz",
+                "http://registry.example.org/@types/node/-/node-20.1.0.tgz",
                 Some("npm-tarball"),
             ),
-            ("http://registry.npmjs.org/left-pad", Some("npm-packument")),
             (
-                "http://registry.npmjs.org/@types%2fnode",
+                "http://registry.example.org/left-pad",
                 Some("npm-packument"),
             ),
             (
-                "http://repo.maven.apache.org/maven2/org/x/a/1.0/a-1.0.jar",
+                "http://registry.example.org/@types%2fnode",
+                Some("npm-packument"),
+            ),
+            (
+                "http://maven.example.org/maven2/org/x/a/1.0/a-1.0.jar",
                 Some("maven-release"),
             ),
             (
-                "http://repo.maven.apache.org/maven2/org/x/a/1.0/a-1.0.jar.sha1",
+                "http://maven.example.org/maven2/org/x/a/1.0/a-1.0.jar.sha1",
                 Some("maven-release"),
             ),
             (
@@ -282,39 +285,42 @@ mod tests {
                 Some("maven-metadata"),
             ),
             (
-                "http://files.pythonhosted.org/packages/ab/cd/x-1.0-py3-none-any.whl",
+                "http://files.example.org/packages/ab/cd/x-1.0-py3-none-any.whl",
                 Some("pypi-file"),
             ),
-            ("http://pypi.org/simple/requests/", Some("pypi-simple")),
             (
-                "http://static.crates.io/crates/serde/1.0.0/download",
+                "http://pypi.example.org/simple/requests/",
+                Some("pypi-simple"),
+            ),
+            (
+                "http://static.example.org/crates/serde/1.0.0/download",
                 Some("crate"),
             ),
             (
-                "http://deb.debian.org/debian/pool/main/c/curl/curl_7.88_amd64.deb",
+                "http://apt.example.org/debian/pool/main/c/curl/curl_7.88_amd64.deb",
                 Some("apt-pool"),
             ),
             (
-                "http://deb.debian.org/debian/dists/bookworm/InRelease",
+                "http://apt.example.org/debian/dists/bookworm/InRelease",
                 Some("apt-index"),
             ),
             (
-                "http://deb.debian.org/debian/dists/bookworm/main/binary-amd64/Packages.xz",
+                "http://apt.example.org/debian/dists/bookworm/main/binary-amd64/Packages.xz",
                 Some("apt-index"),
             ),
             (
-                "http://deb.debian.org/debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/0a1b",
+                "http://apt.example.org/debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/0a1b",
                 Some("apt-by-hash"),
             ),
             (
-                "http://proxy.golang.org/github.com/x/y/@v/v1.2.3.zip",
+                "http://goproxy.example.org/github.com/x/y/@v/v1.2.3.zip",
                 Some("go-module"),
             ),
             (
-                "http://proxy.golang.org/github.com/x/y/@v/list",
+                "http://goproxy.example.org/github.com/x/y/@v/list",
                 Some("go-list"),
             ),
-            ("http://index.crates.io/se/rd/serde", Some("cargo-index")),
+            ("http://index.example.org/se/rd/serde", Some("cargo-index")),
             ("http://example.com/index.html", None),
         ];
         for (url, want) in cases {
