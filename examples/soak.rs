@@ -471,6 +471,8 @@ async fn start_cuttle(
         .args(["--peer-backoff", "1s", "--connect-timeout", "3s"])
         .args(["--parent-connect-timeout", "3s", "--read-timeout", "20s"])
         .args(["--log-level", "info"])
+        // The origin and the parent are on loopback, which cuttle refuses by default.
+        .args(["--allow-dest", "127.0.0.0/8"])
         .env_remove("CACHE_PEER")
         .env_remove("CACHE_PEER_FILE")
         .env_remove("HTTP_PROXY")
@@ -480,7 +482,8 @@ async fn start_cuttle(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(p) = parent {
-        cmd.args(["--cache-peer", &format!("::127.0.0.1:{}", p.port())]);
+        // In the environment: a flag would make cuttle warn that `ps` shows it.
+        cmd.env("CACHE_PEER", format!("::127.0.0.1:{}", p.port()));
     }
     if let Some(lib) = &args.preload {
         cmd.env("LD_PRELOAD", lib);
@@ -571,15 +574,20 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 
 fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// A `kB` field of `/proc/<pid>/status` (0 when it cannot be read).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|n| n.parse::<u64>().ok())
         })
-        .map_or(0, |kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 fn threads(pid: u32) -> u64 {
@@ -1596,6 +1604,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     // cuttle must still be alive, and stop cleanly.
     let alive = cuttle.child.try_wait().ok().flatten().is_none();
+    // The kernel's high-water mark of RSS: peaks between two samples count too.
+    let peak_rss = status_kib(cuttle.pid, "VmHWM:") * 1024;
     let _ = signal(cuttle.pid, "TERM");
     let exit = tokio::time::timeout(Duration::from_secs(40), cuttle.child.wait()).await;
     let clean_exit = matches!(exit, Ok(Ok(s)) if s.success());
@@ -1629,6 +1639,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         format!(
             "max {:.1} MiB, bound {:.1} MiB",
             mib(max_rss as f64),
+            mib(b.rss as f64)
+        ),
+    );
+    check(
+        "peak rss (VmHWM) within the memory formula",
+        peak_rss <= b.rss,
+        format!(
+            "peak {:.1} MiB, bound {:.1} MiB",
+            mib(peak_rss as f64),
             mib(b.rss as f64)
         ),
     );
