@@ -33,7 +33,7 @@ use crate::http::body::{Body, BoxError};
 
 /// Objects up to this size are read and verified whole before the first byte is served.
 pub const VERIFY_WHOLE_LIMIT: u64 = 16 * 1024 * 1024;
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 /// The layout directory under `--cache-dir`. v1 kept one directory per URL, which was left
 /// empty by every eviction; its entries are moved into this layout at start.
 const LAYOUT: &str = "v2";

@@ -36,7 +36,7 @@ const SMALL_WINDOW: u64 = 256 * 1024;
 const WRITER_QUEUE: u64 = 16 * 1024 * 1024;
 /// A writer that makes no progress for this long is stalled: the entry is abandoned.
 const WRITER_STALL: Duration = Duration::from_secs(2);
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FillState {

@@ -71,8 +71,10 @@ pub struct CacheStats {
 pub enum Stored {
     /// From the memory tier.
     Mem(Arc<MemEntry>),
-    /// From the disk tier, read whole into memory and verified (small objects).
-    DiskRead(Arc<MemEntry>),
+    /// From the disk tier, read whole into memory and verified (small objects). The share
+    /// of the fill budget stays taken until every body served from it has been dropped: the
+    /// memory tier may not keep the copy, and then only the budget accounts for it.
+    DiskRead(Arc<MemEntry>, Arc<fill::Held>),
     /// From the disk tier, streamed (verified as it is read).
     Disk(Arc<Disk>, DiskHit),
 }
@@ -80,7 +82,7 @@ pub enum Stored {
 impl Stored {
     pub fn meta(&self) -> &Arc<Meta> {
         match self {
-            Stored::Mem(e) | Stored::DiskRead(e) => &e.meta,
+            Stored::Mem(e) | Stored::DiskRead(e, _) => &e.meta,
             Stored::Disk(_, h) => &h.meta,
         }
     }
@@ -96,10 +98,13 @@ impl Stored {
                 meta,
                 body: e.body.clone(),
             })),
-            Stored::DiskRead(e) => Stored::DiskRead(Arc::new(MemEntry {
-                meta,
-                body: e.body.clone(),
-            })),
+            Stored::DiskRead(e, held) => Stored::DiskRead(
+                Arc::new(MemEntry {
+                    meta,
+                    body: e.body.clone(),
+                }),
+                held,
+            ),
             Stored::Disk(d, h) => Stored::Disk(d, DiskHit { meta, ..h }),
         }
     }
@@ -108,33 +113,38 @@ impl Stored {
 impl serve::Source for Stored {
     fn total_len(&self) -> Option<u64> {
         Some(match self {
-            Stored::Mem(e) | Stored::DiskRead(e) => e.body.len() as u64,
+            Stored::Mem(e) | Stored::DiskRead(e, _) => e.body.len() as u64,
             Stored::Disk(_, h) => h.len,
         })
     }
 
     fn range(&self, start: u64, end: u64) -> Body {
         match self {
-            Stored::Mem(e) | Stored::DiskRead(e) => {
-                in_frames(e.body.slice(start as usize..end as usize))
-            }
+            Stored::Mem(e) => in_frames(e.body.slice(start as usize..end as usize), None),
+            Stored::DiskRead(e, held) => in_frames(
+                e.body.slice(start as usize..end as usize),
+                Some(held.clone()),
+            ),
             Stored::Disk(d, h) => d.stream(h, start, end),
         }
     }
 
     fn all(&self) -> Body {
         match self {
-            Stored::Mem(e) | Stored::DiskRead(e) => in_frames(e.body.clone()),
+            Stored::Mem(e) => in_frames(e.body.clone(), None),
+            Stored::DiskRead(e, held) => in_frames(e.body.clone(), Some(held.clone())),
             Stored::Disk(d, h) => d.stream(h, 0, h.len),
         }
     }
 }
 
 /// A stored body sent as slices of it (no copy): the access log then counts what really
-/// left, and a client that goes away mid-object is logged as aborted.
-fn in_frames(body: Bytes) -> Body {
+/// left, and a client that goes away mid-object is logged as aborted. `held` (a share of the
+/// fill budget) is released when the body is dropped.
+fn in_frames(body: Bytes, held: Option<Arc<fill::Held>>) -> Body {
     const FRAME: usize = 256 * 1024;
     let frames = (0..body.len().div_ceil(FRAME)).map(move |i| {
+        let _budget = &held;
         let end = ((i + 1) * FRAME).min(body.len());
         Ok::<_, BoxError>(http_body::Frame::data(body.slice(i * FRAME..end)))
     });
@@ -231,7 +241,7 @@ impl Cache {
         // hits never hold whole objects in memory.
         if hit.len <= VERIFY_WHOLE_LIMIT
             && self.memory.admits(hit.len)
-            && let Some(_held) = self.fill_budget.try_take(hit.len)
+            && let Some(held) = self.fill_budget.try_take(hit.len)
         {
             let body = disk.read_verified(&hit).await?;
             let entry = Arc::new(MemEntry {
@@ -242,7 +252,7 @@ impl Cache {
                 meta: entry.meta.clone(),
                 body: entry.body.clone(),
             });
-            return Some(Stored::DiskRead(entry));
+            return Some(Stored::DiskRead(entry, Arc::new(held)));
         }
         Some(Stored::Disk(disk.clone(), hit))
     }

@@ -320,6 +320,7 @@ impl Clients {
             b.pool_idle_timeout(timeouts.pool_idle)
                 .pool_timer(TokioTimer::new())
                 .pool_max_idle_per_host(64)
+                .http1_max_buf_size(super::settings::READ_BUF_MAX)
                 .set_host(true);
             b
         };

@@ -306,6 +306,7 @@ impl ProxiedClient {
     async fn open(&self) -> Result<http1::SendRequest<Body>, ProxyError> {
         let stream = self.peer.connect(&self.timeouts).await?;
         let (tx, conn) = http1::Builder::new()
+            .max_buf_size(super::settings::READ_BUF_MAX)
             .handshake::<_, Body>(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::ParentProtocol {

@@ -41,6 +41,11 @@ pub struct UpstreamSettings {
 
 /// One parent as configured. `auth` is the precomputed, sensitive Basic
 /// `Proxy-Authorization`; `credentials` the same user and password for NTLM and Kerberos.
+/// The most an upstream HTTP/1 connection buffers of what it reads (hyper's default grows to
+/// 400 KiB on a fast body and keeps it while the connection is pooled). One term of the
+/// per-connection cost in the memory formula (`config::sizing`).
+pub const READ_BUF_MAX: usize = 64 * 1024;
+
 #[derive(Clone)]
 pub struct PeerConfig {
     pub host: String,
