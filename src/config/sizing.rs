@@ -22,6 +22,13 @@ pub const PER_CONNECTION: u64 = 128 << 10;
 /// (the budget `cache::fill` enforces).
 pub const FILLS: u64 = crate::cache::fill::FILLS_BUDGET;
 
+/// An allowance measured, not derived: under the soak's slow-origin fault RSS peaks about
+/// 80 MiB above its steady level (jemalloc, debug build: 148 MiB steady, 228 MiB peak), above
+/// everything counted here. Fills whose client has gone away keep going to store the
+/// object, with their upstream connection, disk-writer thread and window overshoot, and
+/// nothing bounds how many there are. Remove this term once they are bounded (issue 15).
+pub const UNBUDGETED: u64 = 96 << 20;
+
 /// The memory bound in bytes.
 pub fn memory_bound(cache_mem: u64, cache_size: u64, max_connections: u64) -> u64 {
     let entries = cache_size / crate::cache::disk::BYTES_PER_ENTRY;
@@ -30,6 +37,7 @@ pub fn memory_bound(cache_mem: u64, cache_size: u64, max_connections: u64) -> u6
         .saturating_add(entries.saturating_mul(INDEX_PER_ENTRY))
         .saturating_add(max_connections.saturating_mul(PER_CONNECTION))
         .saturating_add(FILLS)
+        .saturating_add(UNBUDGETED)
 }
 
 #[cfg(test)]
@@ -41,7 +49,7 @@ mod tests {
         let m = memory_bound(32 << 20, 256 << 20, 256);
         assert_eq!(
             m,
-            FIXED + (48 << 20) + 8192 * INDEX_PER_ENTRY + 256 * PER_CONNECTION + FILLS
+            FIXED + (48 << 20) + 8192 * INDEX_PER_ENTRY + 256 * PER_CONNECTION + FILLS + UNBUDGETED
         );
         assert!(memory_bound(u64::MAX, u64::MAX, u64::MAX) > 0);
     }
