@@ -9,11 +9,15 @@
 #   bench/soak.sh --duration 1h --warmup 5m             # the long run
 #   bench/soak.sh --duration 2m --clients 32            # what CI runs (scripts/test.sh, debug build)
 #   bench/soak.sh measure                               # per-connection and per-tunnel memory
+#   SOAK_NO_DEFAULT_FEATURES=1 SOAK_FEATURES=mimalloc bench/soak.sh --label mimalloc
+#                                                       # another allocator than jemalloc (none: the
+#                                                       # system malloc; README "Sizing memory")
 #   bench/soak.sh --preload /usr/lib/x86_64-linux-gnu/libmimalloc.so.2 --label mimalloc
 #                                                       # another malloc, without rebuilding
 #
 # Environment (optional):
 #   SOAK_FEATURES   cargo features for cuttle
+#   SOAK_NO_DEFAULT_FEATURES=1  build cuttle without jemalloc (its default feature)
 #   SOAK_PROFILE    release (default) or dev
 #   SOAK_NO_BUILD=1 use the binaries already built
 set -euo pipefail
@@ -31,6 +35,7 @@ unset HTTP_PROXY http_proxy HTTPS_PROXY https_proxy ALL_PROXY all_proxy NO_PROXY
 if [[ ${SOAK_NO_BUILD:-0} != 1 ]]; then
   features=()
   [[ -n ${SOAK_FEATURES:-} ]] && features=(--features "$SOAK_FEATURES")
+  [[ ${SOAK_NO_DEFAULT_FEATURES:-0} == 1 ]] && features+=(--no-default-features)
   cargo build --profile "$PROFILE" --bin cuttle "${features[@]}"
   cargo build --profile "$PROFILE" --example soak
 fi
