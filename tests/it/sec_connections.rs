@@ -10,7 +10,6 @@
 //! limits too), idle CONNECT tunnels stay small enough for `--max-connections` to fit the
 //! pod's memory limit (measured on the real binary), and interception mints certificates
 //! only for the name the client asked the proxy for, at a bounded rate.
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,10 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::tls::TlsOrigin;
+use crate::support::*;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::tls::TlsOrigin;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;

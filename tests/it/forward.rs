@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Plain HTTP forwarding through cuttle: listening on several addresses (IPv6 too), every
 //! method, streaming large bodies both ways without buffering, keep-alive on both legs,
 //! `Expect: 100-continue`, hop-by-hop headers, upgrades, origin-form refusal, curl as a real
 //! client, and the access-log formats.
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -249,9 +247,11 @@ async fn large_bodies_stream_both_ways_without_buffering() {
     // process: other tests of this file (or the backtrace a failing one symbolizes) would
     // otherwise count as growth.
     if std::env::var_os(STREAM_CHILD).is_none() {
-        let name = "large_bodies_stream_both_ways_without_buffering";
+        // The test's name in the `it` binary: its module path without the crate.
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let name = format!("{module}::large_bodies_stream_both_ways_without_buffering");
         let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .args(["--exact", &name, "--nocapture", "--test-threads=1"])
             .env(STREAM_CHILD, "1")
             .output()
             .await

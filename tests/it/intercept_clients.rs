@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Real clients through TLS interception, with no internet: npm against an npm-style
 //! registry, pip against a PEP 503 simple index, cargo against a sparse registry, curl and the
 //! JDK's HTTP client against a Maven-style repository, all served by an in-process HTTPS
@@ -9,17 +8,17 @@
 //!
 //! Every package client runs three times: cold; in a clean directory with a clean client
 //! cache (served from cuttle's cache, metadata only revalidated); with the origin stopped.
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::tls::TlsOrigin;
+use crate::support::*;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use support::tls::TlsOrigin;
-use support::*;
 
 /// A client command gets this long before the test fails (a stuck client must not hang CI).
 const CLIENT_DEADLINE: Duration = Duration::from_secs(60);

@@ -1,9 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! CONNECT tunnels through cuttle: bytes both ways, half-close, the idle timeout, the
 //! connect-ports rule, connect failures, curl's --proxytunnel, bytes pipelined after the
 //! CONNECT head, many tunnels at once, and the byte counts in the access log.
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

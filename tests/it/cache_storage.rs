@@ -1,9 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The cache's storage machinery: one upstream fetch shared by many clients as it streams,
 //! fills that survive their client, responses that are never committed when incomplete, the
 //! memory and disk tiers, restart, corruption, a real crash (SIGKILL) of the binary, eviction
 //! bounds, unusable and full disks, and the object-size limit.
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -13,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use cuttle::cache::Cache;
 use cuttle::http::body::{Body, boxed, full};
@@ -20,7 +19,6 @@ use futures_util::StreamExt;
 use http::Response;
 use http_body::Frame;
 use sha2::{Digest, Sha256};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};

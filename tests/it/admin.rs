@@ -1,12 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The admin port: probes (never logged), Prometheus metrics checked against known traffic,
 //! the status JSON, the admin token, reload (valid and invalid), readiness while draining, and
 //! the `cuttle status` / `cuttle cache` client commands.
-mod support;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(url: &str, token: Option<&str>) -> (u16, String) {

@@ -4,9 +4,7 @@
 //! (tunnel loops) and bound each client's connections, must throttle failed logins per
 //! address; the admin API caps request bodies, takes the `Bearer` scheme in any case and
 //! shows no query strings; secrets given as flags are warned about.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

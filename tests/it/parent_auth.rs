@@ -1,11 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Parents that want NTLM or Kerberos (issue 14): cuttle behind a real Squid with
 //! `ntlm_fake_auth`, and behind a real Squid with `negotiate_kerberos_auth` checking tickets
 //! from a throwaway MIT KDC started by the test. Plain requests and CONNECT tunnels, pooled
 //! connections authenticated once, bodies never sent twice, failover, the documented errors,
 //! and no secret in any output.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -15,9 +14,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
+use crate::support::parent_auth::{AuthSquid, Kdc, ParentKind, REALM, ROBOT, USER, USER_PASSWORD};
+use crate::support::{Origin, TestProxy, opts, read_body, read_head};
 use http_body_util::BodyExt;
-use support::parent_auth::{AuthSquid, Kdc, ParentKind, REALM, ROBOT, USER, USER_PASSWORD};
-use support::{Origin, TestProxy, opts, read_body, read_head};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -10,7 +10,6 @@
 //! in-process; the second run finds everything in cuttle's cache. Also: digest mismatches
 //! (reported, exit 1), https through interception, the mirror mode, argument errors (exit 2),
 //! and the progress display as plain lines and as a bar on a terminal (under `script`).
-mod support;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,6 +20,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::tls::TlsOrigin;
+use crate::support::*;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -29,8 +30,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use parking_lot::{Mutex, RwLock};
 use sha2::Digest;
-use support::tls::TlsOrigin;
-use support::*;
 use tokio::sync::Semaphore;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cuttle");

@@ -7,7 +7,6 @@
 )]
 //! The `cuttle` binary itself: configuration precedence and errors (`check-config`), secrets
 //! that never reach any output, and graceful shutdown on SIGTERM.
-mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -15,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cuttle");

@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Security regressions around credentials and message framing: the parent's
 //! `Proxy-Authorization` goes only to the parent (never into a tunnel to an origin), the
 //! client's never leaves cuttle; a response's `Content-Length` beside `Transfer-Encoding` is
 //! dropped; malformed client request bodies are the client's 400, not an upstream 502.
-mod support;
-use support::squid::SquidParent;
-use support::*;
+use crate::support::squid::SquidParent;
+use crate::support::*;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

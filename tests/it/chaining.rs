@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Parent proxies against a real Squid requiring Basic auth: plain requests and CONNECT
 //! tunnels through it with credentials full of '@', ':', '%' and '\', curl as the client,
 //! a rejected password, failover past a dead peer and its retry after the backoff, the
 //! direct list, request bodies, and the `http://user:pass@host:port` form.
-mod support;
-use support::squid::SquidParent;
-use support::*;
+use crate::support::squid::SquidParent;
+use crate::support::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,9 +1,7 @@
 //! Access control end to end: client networks, proxy authentication (Basic against a bcrypt
 //! htpasswd file), destination rules (deny-dest, the proxy's own address, deny-domain,
 //! allow-domain) and the check of resolved addresses, for GET and CONNECT alike.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::time::Duration;
 

@@ -2,9 +2,7 @@
 //! when DNS, connect, reads or parents fail, when the origin dies mid-body, when the client
 //! sends malformed or oversized input or stalls, and when the connection limit is reached;
 //! and that the proxy keeps serving afterwards. Also `CACHE_PEER` validation messages.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! TLS interception: an intercepted host is served through cuttle's CA and cached; other
 //! hosts stay blind tunnels; origin certificate problems are named; leaf certificates are
 //! minted once per host under concurrency.
-mod support;
 
-use support::tls::TlsOrigin;
-use support::*;
+use crate::support::tls::TlsOrigin;
+use crate::support::*;
 
 async fn artifact_origin() -> TlsOrigin {
     TlsOrigin::start(|req| async move {

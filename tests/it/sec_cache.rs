@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Security regressions in the cache (the security issue's items 3, 8, 9, 10, 15 and 16):
 //! responses obtained with credentials or carrying another client's cookie, Vary matching on
 //! case-sensitive fields, trailing-dot hosts, range amplification, stale serving to coalesced
 //! requests, and RFC 9111 details (Age lists, directive case, Date, error statuses, 1xx).
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

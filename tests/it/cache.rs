@@ -1,9 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! HTTP cache semantics seen from a client (RFC 9111, RFC 5861, RFC 9110 conditionals and
 //! ranges, RFC 9211 Cache-Status), against in-process origins that count requests. Disk tiers,
 //! restarts, eviction and large-scale coalescing are covered in other files.
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
