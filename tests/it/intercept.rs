@@ -52,24 +52,6 @@ async fn curl_via(
     )
 }
 
-async fn proxy_ca(p: &TestProxy, dir: &std::path::Path) -> std::path::PathBuf {
-    let pem = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/ca.pem", p.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
-    let path = dir.join("cuttle-ca.pem");
-    std::fs::write(&path, pem).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn intercepted_artifacts_are_cached_and_served_offline() {
     let origin = artifact_origin().await;

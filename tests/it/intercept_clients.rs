@@ -11,7 +11,7 @@
 use crate::support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,25 +117,6 @@ fn intercepting(origin: &TlsOrigin) -> cuttle::config::Options {
     o
 }
 
-/// cuttle's CA certificate from `GET /ca.pem` on the admin port, written to `dir`.
-async fn proxy_ca(p: &TestProxy, dir: &Path) -> PathBuf {
-    let pem = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/ca.pem", p.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
-    let path = dir.join("cuttle-ca.pem");
-    std::fs::write(&path, pem).unwrap();
-    path
-}
-
 struct Ran {
     ok: bool,
     stdout: String,
@@ -144,25 +125,7 @@ struct Ran {
 
 /// A client command with none of this machine's proxy, trust or client settings.
 fn client(program: &str) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(program);
-    for v in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        // requests (in pip) lets these override pip's own `--cert`.
-        "NODE_EXTRA_CA_CERTS",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-    ] {
-        cmd.env_remove(v);
-    }
+    let mut cmd = crate::support::client(program);
     // Nor configuration (PIP_CERT, PIP_FIND_LINKS, npm_config_*).
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
@@ -170,7 +133,7 @@ fn client(program: &str) -> tokio::process::Command {
             cmd.env_remove(k);
         }
     }
-    cmd
+    tokio::process::Command::from(cmd)
 }
 
 /// Runs a client to completion (killed after `CLIENT_DEADLINE`).
@@ -835,17 +798,9 @@ async fn http2_inside_the_intercepted_tunnel() {
     p.shutdown().await;
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_cuttle");
-
 /// The cuttle binary with none of this machine's CUTTLE_* settings.
 fn cuttle_cmd() -> tokio::process::Command {
-    let mut c = client(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CUTTLE_") || k.starts_with("CACHE_PEER") {
-            c.env_remove(k);
-        }
-    }
-    c
+    tokio::process::Command::from(cuttle())
 }
 
 fn mode(path: &Path) -> u32 {

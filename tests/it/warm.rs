@@ -32,7 +32,6 @@ use parking_lot::{Mutex, RwLock};
 use sha2::Digest;
 use tokio::sync::Semaphore;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cuttle");
 const DEADLINE: Duration = Duration::from_secs(60);
 
 // ---- an origin serving what the test puts in it ------------------------------------------
@@ -143,18 +142,8 @@ fn artifact(name: &str) -> Vec<u8> {
 // ---- running the binary ----------------------------------------------------------------
 
 fn warm() -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = cuttle();
     c.arg("warm");
-    for k in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-    ] {
-        c.env_remove(k);
-    }
     c
 }
 
@@ -707,18 +696,7 @@ async fn https_artifacts_are_cached_through_interception() {
     o.intercept = Some(vec!["localhost".into()]);
     o.upstream_ca = Some(origin.ca_file.clone());
     let p = TestProxy::start(o).await;
-    let pem = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/ca.pem", p.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let ca = write(dir.path(), "cuttle-ca.pem", &pem);
+    let ca = proxy_ca(&p, dir.path()).await;
     warm_twice(
         &p,
         &[
@@ -953,7 +931,7 @@ async fn a_progress_bar_on_a_terminal() {
     let p = TestProxy::start(opts()).await;
     // script(1) gives the command a pseudo-terminal: stderr is a terminal there.
     let cmd = format!(
-        "'{BIN}' warm --proxy '{}' --progress-interval 100ms '{}'",
+        "'{CUTTLE_BIN}' warm --proxy '{}' --progress-interval 100ms '{}'",
         p.url(),
         lock.display()
     );
