@@ -943,14 +943,20 @@ impl Drop for DiskWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::cache::key::Variant;
     use crate::cache::policy::{StoredPolicy, request_view};
     use http::StatusCode;
     use std::time::SystemTime;
 
-    fn meta(url: &str, len: Option<usize>) -> Meta {
+    /// A cacheable 200 for `url` (max-age=60), with a `Content-Length` when `len` is known.
+    pub(in crate::cache) fn meta(url: &str, len: Option<usize>) -> Meta {
+        meta_varying(url, len, Variant::default())
+    }
+
+    /// [`meta`] for one `Vary` selection.
+    pub(in crate::cache) fn meta_varying(url: &str, len: Option<usize>, variant: Variant) -> Meta {
         let req = request_view(
             &http::Method::GET,
             &url.parse().unwrap(),
@@ -967,14 +973,19 @@ mod tests {
             StoredPolicy::new(&req, StatusCode::OK, &headers, SystemTime::now(), None).unwrap();
         Meta::new(
             &PrimaryKey::from_url(url.into()),
-            Variant::default(),
+            variant,
             StatusCode::OK,
             headers,
             policy,
         )
     }
 
-    async fn store(d: &Arc<Disk>, url: &str, body: &[u8], with_len: bool) -> PathBuf {
+    pub(in crate::cache) async fn store(
+        d: &Arc<Disk>,
+        url: &str,
+        body: &[u8],
+        with_len: bool,
+    ) -> PathBuf {
         let m = meta(url, with_len.then_some(body.len()));
         let (d, body) = (d.clone(), body.to_vec());
         tokio::task::spawn_blocking(move || {
@@ -989,7 +1000,7 @@ mod tests {
     }
 
     /// What `du` would count under `dir`: files in whole blocks, and every directory.
-    fn du(dir: &Path) -> (u64, u64, u64) {
+    pub(in crate::cache) fn du(dir: &Path) -> (u64, u64, u64) {
         let (mut bytes, mut files, mut dirs) = (0, 0, 0);
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -1007,7 +1018,7 @@ mod tests {
         (bytes, files, dirs)
     }
 
-    fn key(url: &str) -> PrimaryKey {
+    pub(in crate::cache) fn key(url: &str) -> PrimaryKey {
         PrimaryKey::from_url(url.into())
     }
 
