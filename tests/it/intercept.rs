@@ -2,7 +2,7 @@
 //! hosts stay blind tunnels; origin certificate problems are named; leaf certificates are
 //! minted once per host under concurrency.
 
-use crate::support::tls::TlsOrigin;
+use crate::support::tls::{TlsOrigin, intercepting};
 use crate::support::*;
 
 async fn artifact_origin() -> TlsOrigin {
@@ -14,13 +14,6 @@ async fn artifact_origin() -> TlsOrigin {
             .unwrap()
     })
     .await
-}
-
-fn intercepting(origin: &TlsOrigin) -> cuttle::config::Options {
-    let mut o = opts();
-    o.intercept = Some(vec!["localhost".into()]);
-    o.upstream_ca = Some(origin.ca_file.clone());
-    o
 }
 
 /// curl through the proxy to `url`, trusting only `ca` (a PEM file); returns (exit, stdout, stderr).

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::tls::TlsOrigin;
+use crate::support::tls::{TlsOrigin, intercepting};
 use crate::support::*;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -108,13 +108,6 @@ impl Registry {
     fn requests(&self) -> Vec<String> {
         self.log.lock().clone()
     }
-}
-
-fn intercepting(origin: &TlsOrigin) -> cuttle::config::Options {
-    let mut o = opts();
-    o.intercept = Some(vec!["localhost".into()]);
-    o.upstream_ca = Some(origin.ca_file.clone());
-    o
 }
 
 struct Ran {

@@ -17,7 +17,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::tls::TlsOrigin;
+use crate::support::tls::{TlsOrigin, intercepting};
 use crate::support::*;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,13 +32,6 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(30);
 async fn artifact_origin() -> TlsOrigin {
     TlsOrigin::start(|req| async move { respond(200, format!("artifact at {}", req.uri().path())) })
         .await
-}
-
-fn intercepting(origin: &TlsOrigin) -> cuttle::config::Options {
-    let mut o = opts();
-    o.intercept = Some(vec!["localhost".into()]);
-    o.upstream_ca = Some(origin.ca_file.clone());
-    o
 }
 
 /// CONNECT `target`, then a TLS handshake with `sni`, trusting `roots`, offering `alpn`.

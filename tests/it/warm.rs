@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::tls::TlsOrigin;
+use crate::support::tls::{TlsOrigin, intercepting};
 use crate::support::*;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -692,10 +692,7 @@ async fn https_artifacts_are_cached_through_interception() {
             sri512(&a)
         ),
     );
-    let mut o = opts();
-    o.intercept = Some(vec!["localhost".into()]);
-    o.upstream_ca = Some(origin.ca_file.clone());
-    let p = TestProxy::start(o).await;
+    let p = TestProxy::start(intercepting(&origin)).await;
     let ca = proxy_ca(&p, dir.path()).await;
     warm_twice(
         &p,
