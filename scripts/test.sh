@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs the outside programs the integration tests
 # drive when they are missing, then runs every Cargo test target. Extra arguments go to
-# `cargo test`, e.g. `scripts/test.sh --test chaining -- --nocapture`.
+# `cargo test`, e.g. `scripts/test.sh --test it chaining:: -- --nocapture`.
 #
 # Set CUTTLE_TEST_NO_INSTALL=1 to never install anything (missing programs then make the
 # tests that need them fail, loudly: they never skip).
@@ -12,10 +12,10 @@ log() { echo "test.sh: $*" >&2; }
 
 # What the tests need from outside Cargo: "apt-package probe", the probe being a command name
 # or an absolute path (squid lives in /usr/sbin, which is not on every user's PATH).
-# chromium drives the admin status page (tests/status_page.rs); npm, pip, a JDK (java,
-# keytool), openssl and sha1sum are the real clients of tests/intercept_clients.rs (the
+# chromium drives the admin status page (tests/it/status_page.rs); npm, pip, a JDK (java,
+# keytool), openssl and sha1sum are the real clients of tests/it/intercept_clients.rs (the
 # machine image has them already; Debian's packages are the fallback). The MIT KDC and
-# Squid's NTLM and Kerberos helpers are the parents of tests/parent_auth.rs (faketime gives
+# Squid's NTLM and Kerberos helpers are the parents of tests/it/parent_auth.rs (faketime gives
 # one KDC a skewed clock).
 REQUIREMENTS=(
   "squid /usr/sbin/squid"

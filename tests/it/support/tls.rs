@@ -128,3 +128,12 @@ impl Drop for TlsOrigin {
         self.task.abort();
     }
 }
+
+/// Options for a test proxy (`super::opts`) that intercepts `localhost` and trusts
+/// `origin`'s CA on the way out.
+pub fn intercepting(origin: &TlsOrigin) -> cuttle::config::Options {
+    let mut o = super::opts();
+    o.intercept = Some(vec!["localhost".into()]);
+    o.upstream_ca = Some(origin.ca_file.clone());
+    o
+}

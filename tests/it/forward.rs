@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Plain HTTP forwarding through cuttle: listening on several addresses (IPv6 too), every
 //! method, streaming large bodies both ways without buffering, keep-alive on both legs,
 //! `Expect: 100-continue`, hop-by-hop headers, upgrades, origin-form refusal, curl as a real
 //! client, and the access-log formats.
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -21,67 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 // ---- helpers --------------------------------------------------------------------------------
-
-/// Value of header `name` in a raw response head (case-insensitive name), first instance.
-fn header_of(head: &str, name: &str) -> Option<String> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
-}
-
-fn status_of(head: &str) -> u16 {
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"))
-}
-
-async fn read_exact_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
-        .await
-        .expect("timed out reading a body")
-        .unwrap();
-    buf
-}
-
-async fn read_line(s: &mut TcpStream) -> String {
-    let mut line = Vec::new();
-    while !line.ends_with(b"\r\n") {
-        line.extend(read_exact_n(s, 1).await);
-    }
-    String::from_utf8_lossy(&line[..line.len() - 2]).into_owned()
-}
-
-/// Reads one whole response (head, then a Content-Length or chunked body) from `s`.
-async fn read_response(s: &mut TcpStream, head_request: bool) -> (String, Vec<u8>) {
-    let head = read_head(s).await;
-    let status = status_of(&head);
-    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        return (head, Vec::new());
-    }
-    if let Some(len) = header_of(&head, "content-length") {
-        let body = read_exact_n(s, len.parse().unwrap()).await;
-        return (head, body);
-    }
-    let te = header_of(&head, "transfer-encoding").unwrap_or_default();
-    assert!(te.contains("chunked"), "no framing in {head:?}");
-    let mut body = Vec::new();
-    loop {
-        let size = read_line(s).await;
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            // Trailers (none expected) end with an empty line.
-            while !read_line(s).await.is_empty() {}
-            return (head, body);
-        }
-        body.extend(read_exact_n(s, size).await);
-        assert_eq!(read_line(s).await, "");
-    }
-}
 
 /// An origin answering `METHOD URI\n` followed by the request body it received.
 async fn echo_origin() -> Origin {
@@ -249,9 +186,11 @@ async fn large_bodies_stream_both_ways_without_buffering() {
     // process: other tests of this file (or the backtrace a failing one symbolizes) would
     // otherwise count as growth.
     if std::env::var_os(STREAM_CHILD).is_none() {
-        let name = "large_bodies_stream_both_ways_without_buffering";
+        // The test's name in the `it` binary: its module path without the crate.
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let name = format!("{module}::large_bodies_stream_both_ways_without_buffering");
         let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .args(["--exact", &name, "--nocapture", "--test-threads=1"])
             .env(STREAM_CHILD, "1")
             .output()
             .await
@@ -651,21 +590,13 @@ async fn origin_form_request_gets_400_explaining_forward_proxy() {
 async fn curl_gets_and_heads_through_the_proxy() {
     let origin = Origin::text("curl body").await;
     let p = TestProxy::start(opts()).await;
-    let out = tokio::process::Command::from(curl())
-        .args(["-sS", "-x", &p.url(), &origin.url("/c?x=1")])
-        .output()
-        .await
-        .unwrap();
+    let out = run_curl(["-sS", "-x", &p.url(), &origin.url("/c?x=1")]).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "curl body");
     assert_eq!(origin.last().uri, "/c?x=1");
     assert_eq!(origin.last().headers["via"], "1.1 cuttle");
 
-    let out = tokio::process::Command::from(curl())
-        .args(["-sS", "-I", "-x", &p.url(), &origin.url("/c")])
-        .output()
-        .await
-        .unwrap();
+    let out = run_curl(["-sS", "-I", "-x", &p.url(), &origin.url("/c")]).await;
     assert!(out.status.success(), "{out:?}");
     let head = String::from_utf8_lossy(&out.stdout);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

@@ -10,7 +10,6 @@
 //! in-process; the second run finds everything in cuttle's cache. Also: digest mismatches
 //! (reported, exit 1), https through interception, the mirror mode, argument errors (exit 2),
 //! and the progress display as plain lines and as a bar on a terminal (under `script`).
-mod support;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,6 +20,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::tls::{TlsOrigin, intercepting};
+use crate::support::*;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -29,11 +30,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use parking_lot::{Mutex, RwLock};
 use sha2::Digest;
-use support::tls::TlsOrigin;
-use support::*;
 use tokio::sync::Semaphore;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cuttle");
 const DEADLINE: Duration = Duration::from_secs(60);
 
 // ---- an origin serving what the test puts in it ------------------------------------------
@@ -144,18 +142,8 @@ fn artifact(name: &str) -> Vec<u8> {
 // ---- running the binary ----------------------------------------------------------------
 
 fn warm() -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = cuttle();
     c.arg("warm");
-    for k in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-    ] {
-        c.env_remove(k);
-    }
     c
 }
 
@@ -704,22 +692,8 @@ async fn https_artifacts_are_cached_through_interception() {
             sri512(&a)
         ),
     );
-    let mut o = opts();
-    o.intercept = Some(vec!["localhost".into()]);
-    o.upstream_ca = Some(origin.ca_file.clone());
-    let p = TestProxy::start(o).await;
-    let pem = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/ca.pem", p.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let ca = write(dir.path(), "cuttle-ca.pem", &pem);
+    let p = TestProxy::start(intercepting(&origin)).await;
+    let ca = proxy_ca(&p, dir.path()).await;
     warm_twice(
         &p,
         &[
@@ -954,7 +928,7 @@ async fn a_progress_bar_on_a_terminal() {
     let p = TestProxy::start(opts()).await;
     // script(1) gives the command a pseudo-terminal: stderr is a terminal there.
     let cmd = format!(
-        "'{BIN}' warm --proxy '{}' --progress-interval 100ms '{}'",
+        "'{CUTTLE_BIN}' warm --proxy '{}' --progress-interval 100ms '{}'",
         p.url(),
         lock.display()
     );

@@ -2,9 +2,7 @@
 //! when DNS, connect, reads or parents fail, when the origin dies mid-body, when the client
 //! sends malformed or oversized input or stalls, and when the connection limit is reached;
 //! and that the proxy keeps serving afterwards. Also `CACHE_PEER` validation messages.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,33 +11,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
-
-/// Sends raw bytes and reads until the proxy closes the connection, which must happen
-/// within 10 s.
-async fn raw_until_close(addr: SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the proxy did not close the connection")
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Reads a request head from an upstream connection (a fake origin or parent).
-async fn read_request_head(s: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(String::from_utf8_lossy(&buf).into_owned())
-}
 
 /// What a raw upstream does after reading a request head.
 #[derive(Clone, Copy)]
@@ -176,11 +147,7 @@ async fn refused_connection_is_502_naming_host_and_port() {
     let body = r.text().await.unwrap();
     assert!(body.contains(&dead.to_string()), "{body}");
 
-    let (head, body) = exchange(
-        p.addr,
-        &format!("CONNECT {dead} HTTP/1.1\r\nHost: {dead}\r\n\r\n"),
-    )
-    .await;
+    let (head, body) = exchange(p.addr, &connect_request(dead, "")).await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert!(body.starts_with("ERR_CONNECT_FAIL"), "{body}");
     assert!(body.contains(&dead.to_string()), "{body}");
@@ -231,11 +198,7 @@ async fn connect_timeout_is_504() {
     let line = p.next_log().await;
     assert!(line.contains("/504 "), "{line}");
 
-    let (head, body) = exchange(
-        p.addr,
-        &format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
-    )
-    .await;
+    let (head, body) = exchange(p.addr, &connect_request(addr, "")).await;
     assert!(head.starts_with("HTTP/1.1 504"), "{head}");
     assert!(body.contains("timed out"), "{body}");
     p.shutdown().await;
@@ -489,13 +452,7 @@ async fn max_connections_refuses_with_503_then_recovers() {
 
     // Hold one idle connection and one CONNECT tunnel.
     let idle = TcpStream::connect(p.addr).await.unwrap();
-    let mut tunnel = TcpStream::connect(p.addr).await.unwrap();
-    tunnel
-        .write_all(format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", origin.addr).as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut tunnel).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut tunnel = tunnel(p.addr, origin.addr).await;
 
     // The refusal comes unasked (sending a request would make the close a reset).
     let out = raw_until_close(p.addr, b"").await;

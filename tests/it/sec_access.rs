@@ -4,9 +4,7 @@
 //! (tunnel loops) and bound each client's connections, must throttle failed logins per
 //! address; the admin API caps request bodies, takes the `Bearer` scheme in any case and
 //! shows no query strings; secrets given as flags are warned about.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -14,10 +12,6 @@ use std::time::Duration;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-fn connect_req(target: &str) -> String {
-    format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")
-}
 
 fn get_req(url: &str) -> String {
     format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -115,7 +109,7 @@ async fn the_admin_api_is_not_reachable_through_the_proxy() {
         "2130706433",
         "0.0.0.0",
     ] {
-        requests.push(connect_req(&format!("{target}:{admin}")));
+        requests.push(connect_request(format!("{target}:{admin}"), ""));
     }
     for r in &requests {
         refused(&p, r).await;
@@ -148,8 +142,8 @@ async fn the_admin_port_stays_refused_when_loopback_is_allowed() {
         get_req(&format!("http://127.0.0.1:{admin}/api/stats")),
         get_req(&format!("http://localhost:{admin}/metrics")),
         get_req(&format!("http://[::ffff:127.0.0.1]:{admin}/metrics")),
-        connect_req(&format!("127.0.0.1:{admin}")),
-        connect_req(&format!("localhost:{admin}")),
+        connect_request(format!("127.0.0.1:{admin}"), ""),
+        connect_request(format!("localhost:{admin}"), ""),
     ] {
         let body = refused(&p, &r).await;
         assert!(body.contains("forwarding loop"), "{r:?}: {body}");
@@ -184,10 +178,10 @@ async fn loopback_destinations_are_denied_by_default() {
         "localhost",
     ] {
         requests.push(get_req(&format!("http://{host}:{port}/")));
-        requests.push(connect_req(&format!("{host}:{port}")));
+        requests.push(connect_request(format!("{host}:{port}"), ""));
     }
     requests.push(get_req(&format!("http://[::1]:{}/", v6.addr.port())));
-    requests.push(connect_req(&format!("[::1]:{}", v6.addr.port())));
+    requests.push(connect_request(format!("[::1]:{}", v6.addr.port()), ""));
     for r in &requests {
         let body = refused(&p, r).await;
         assert!(body.contains("allow-dest"), "{r:?}: {body}");
@@ -261,7 +255,7 @@ async fn nested_connects_through_a_service_leave_room_for_other_clients() {
 
     let mut attack = String::new();
     for _ in 0..150 {
-        attack += &connect_req(&svc.to_string());
+        attack += &connect_request(svc, "");
     }
     let mut attacker = connect_from("127.0.0.3", p.addr).await;
     attacker.write_all(attack.as_bytes()).await.unwrap();
@@ -573,12 +567,7 @@ async fn failed_logins_are_throttled_per_address() {
 // ---- secrets on the command line -------------------------------------------------------------
 
 fn cuttle_cmd() -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cuttle"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CUTTLE_") || k.starts_with("CACHE_PEER") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = crate::support::cuttle();
     c.env("CUTTLE_CACHE_SIZE", "0");
     c
 }

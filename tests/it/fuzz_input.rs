@@ -1,20 +1,18 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Property tests for every parser of outside input (no panic, whatever the bytes), and a
 //! live proxy fed random and mutated request bytes that must never panic and keep serving.
 //! (cargo-fuzz needs a nightly toolchain, which this project's machines do not have; these
 //! run on stable in every test run.)
-mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use cuttle::access::auth::Users;
 use cuttle::access::hosts::{HostList, PortSet};
 use cuttle::config::peer::parse_cache_peer;
 use cuttle::http::target;
 use proptest::prelude::*;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 proptest! {

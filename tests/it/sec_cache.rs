@@ -1,19 +1,17 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Security regressions in the cache (the security issue's items 3, 8, 9, 10, 15 and 16):
 //! responses obtained with credentials or carrying another client's cookie, Vary matching on
 //! case-sensitive fields, trailing-dot hosts, range amplification, stale serving to coalesced
 //! requests, and RFC 9111 details (Age lists, directive case, Date, error statuses, 1xx).
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cuttle::config::Options;
 use cuttle::http::body::{Body, BoxError, boxed, full};
-use http::{HeaderMap, Response};
+use http::Response;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,91 +25,6 @@ fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Respo
         b = b.header(*k, *v);
     }
     b.body(full(body.into())).unwrap()
-}
-
-struct Got {
-    status: u16,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-async fn fetch(c: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Got {
-    let mut rb = c.get(url);
-    for (k, v) in headers {
-        rb = rb.header(*k, *v);
-    }
-    let r = rb.send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.bytes().await.unwrap();
-    Got {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// Waits (bounded) for `cond`.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// A proxy and a client using it.
-struct Px {
-    p: TestProxy,
-    c: reqwest::Client,
-}
-
-impl Px {
-    async fn start(o: Options) -> Px {
-        let p = TestProxy::start(o).await;
-        let c = p.client();
-        Px { p, c }
-    }
-
-    fn cache(&self) -> Arc<cuttle::cache::Cache> {
-        self.p.proxy().state().cache.clone().expect("cache enabled")
-    }
-
-    fn finished_fills(&self) -> u64 {
-        let s = &self.cache().stats;
-        s.stored.load(Ordering::SeqCst) + s.not_stored.load(Ordering::SeqCst)
-    }
-
-    /// A GET; when the answer started a cache fill, waits for the fill to finish so the next
-    /// request is a plain lookup.
-    async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Got {
-        let before = self.finished_fills();
-        let g = fetch(&self.c, url, headers).await;
-        let filled = g
-            .headers
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("stored"));
-        if filled {
-            let cache = self.cache();
-            wait_for("the fill to finish", || {
-                let s = &cache.stats;
-                s.stored.load(Ordering::SeqCst) + s.not_stored.load(Ordering::SeqCst) > before
-            })
-            .await;
-        }
-        g
-    }
-
-    async fn get(&self, url: &str) -> Got {
-        self.get_with(url, &[]).await
-    }
 }
 
 /// How a [`RawOrigin`] treats the next connections.
@@ -385,7 +298,7 @@ async fn sec3_request_without_credentials_does_not_join_a_credentialed_fill() {
             .unwrap();
     let cache = p.cache();
     let (c, u) = (p.c.clone(), url.clone());
-    let anon = tokio::spawn(async move { fetch(&c, &u, &[]).await });
+    let anon = tokio::spawn(async move { fetch(&c, http::Method::GET, &u, &[]).await });
     wait_for("the second request to join or reach the origin", || {
         o.hits() >= 2 || cache.stats.coalesced.load(Ordering::SeqCst) >= 1
     })
@@ -605,7 +518,9 @@ async fn sec15_every_request_for_a_stale_entry_is_served_stale_when_the_upstream
     let mut tasks = Vec::new();
     for _ in 0..N {
         let (c, u) = (p.c.clone(), url.clone());
-        tasks.push(tokio::spawn(async move { fetch(&c, &u, &[]).await }));
+        tasks.push(tokio::spawn(async move {
+            fetch(&c, http::Method::GET, &u, &[]).await
+        }));
     }
     // One request revalidates (its connection is held); the others wait for it.
     wait_for("one revalidation and the others waiting for it", || {

@@ -1,25 +1,23 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Parents that want NTLM or Kerberos (issue 14): cuttle behind a real Squid with
 //! `ntlm_fake_auth`, and behind a real Squid with `negotiate_kerberos_auth` checking tickets
 //! from a throwaway MIT KDC started by the test. Plain requests and CONNECT tunnels, pooled
 //! connections authenticated once, bodies never sent twice, failover, the documented errors,
 //! and no secret in any output.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use std::time::Duration;
 
+use crate::support::parent_auth::{AuthSquid, Kdc, ParentKind, REALM, ROBOT, USER, USER_PASSWORD};
+use crate::support::{Origin, TestProxy, connect_via, opts, read_body, read_head};
 use http_body_util::BodyExt;
-use support::parent_auth::{AuthSquid, Kdc, ParentKind, REALM, ROBOT, USER, USER_PASSWORD};
-use support::{Origin, TestProxy, opts, read_body, read_head};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const NTLM_PASSWORD: &str = "Ntlm-s3cret-pw";
 
@@ -46,11 +44,7 @@ async fn echo_origin() -> Origin {
 /// CONNECT through `proxy` to `origin`, then one GET inside the tunnel: returns the CONNECT
 /// answer's head and, if it was 200, the inner response's body.
 async fn tunnel_get(proxy: SocketAddr, origin: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut s).await;
+    let (mut s, head) = connect_via(proxy, origin).await;
     if !head.starts_with("HTTP/1.1 200") {
         let body = read_body(&mut s, &head).await;
         return (head, body);
@@ -557,12 +551,7 @@ struct CuttleProcess {
 
 impl CuttleProcess {
     fn start(envs: &[(&str, String)]) -> CuttleProcess {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cuttle"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CUTTLE_") || k.starts_with("CACHE_PEER") {
-                c.env_remove(k);
-            }
-        }
+        let mut c = crate::support::cuttle();
         c.args([
             "--listen",
             "127.0.0.1:0",

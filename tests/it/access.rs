@@ -1,17 +1,11 @@
 //! Access control end to end: client networks, proxy authentication (Basic against a bcrypt
 //! htpasswd file), destination rules (deny-dest, the proxy's own address, deny-domain,
 //! allow-domain) and the check of resolved addresses, for GET and CONNECT alike.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::time::Duration;
 
 use base64::Engine;
-
-fn connect_req(target: &str, extra: &str) -> String {
-    format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n")
-}
 
 /// Splits a Squid native access-log line into its fields.
 fn fields(line: &str) -> Vec<String> {
@@ -36,7 +30,7 @@ async fn client_outside_allow_client_is_denied_for_get_and_connect() {
     assert!(line.contains("TCP_DENIED/403"), "{line}");
     assert!(line.contains(&origin.url("/x")), "{line}");
 
-    let (head, body) = exchange(p.addr, &connect_req(&origin.addr.to_string(), "")).await;
+    let (head, body) = exchange(p.addr, &connect_request(origin.addr, "")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(body.contains("allow-client"), "{body}");
     let line = p.log_with("CONNECT").await;
@@ -57,7 +51,7 @@ async fn default_allow_client_admits_loopback() {
     let r = p.client().get(origin.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "ok");
-    let (head, _) = exchange(p.addr, &connect_req(&origin.addr.to_string(), "")).await;
+    let (head, _) = exchange(p.addr, &connect_request(origin.addr, "")).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     p.shutdown().await;
 }
@@ -143,8 +137,8 @@ async fn proxy_auth_challenges_rejects_and_admits() {
     );
 
     // CONNECT: without credentials 407 with the challenge, with them a tunnel.
-    let target = origin.addr.to_string();
-    let (head, _) = exchange(p.addr, &connect_req(&target, "")).await;
+    let target = origin.addr;
+    let (head, _) = exchange(p.addr, &connect_request(target, "")).await;
     assert!(head.starts_with("HTTP/1.1 407"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -153,8 +147,8 @@ async fn proxy_auth_challenges_rejects_and_admits() {
     );
     let (head, _) = exchange(
         p.addr,
-        &connect_req(
-            &target,
+        &connect_request(
+            target,
             &format!("Proxy-Authorization: {}\r\n", basic(USER, "nope")),
         ),
     )
@@ -164,8 +158,8 @@ async fn proxy_auth_challenges_rejects_and_admits() {
         p.addr,
         format!(
             "{}GET /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            connect_req(
-                &target,
+            connect_request(
+                target,
                 &format!("Proxy-Authorization: {}\r\n", basic(USER, PASS))
             )
         )
@@ -229,7 +223,7 @@ async fn link_local_metadata_is_denied_by_default() {
 
     let (head, body) = tokio::time::timeout(
         Duration::from_secs(5),
-        exchange(p.addr, &connect_req("169.254.169.254:80", "")),
+        exchange(p.addr, &connect_request("169.254.169.254:80", "")),
     )
     .await
     .expect("metadata CONNECT hung");
@@ -246,7 +240,7 @@ async fn link_local_metadata_is_denied_by_default() {
     assert!(body.contains("fe80::1"), "{body}");
 
     // An IPv4-mapped spelling of the same address is the same address.
-    let (head, _) = exchange(p.addr, &connect_req("[::ffff:169.254.169.254]:80", "")).await;
+    let (head, _) = exchange(p.addr, &connect_request("[::ffff:169.254.169.254]:80", "")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     p.shutdown().await;
 }
@@ -276,7 +270,7 @@ async fn requests_to_the_proxy_itself_are_a_forwarding_loop() {
     let body = r.text().await.unwrap();
     assert!(body.contains("forwarding loop"), "{body}");
 
-    let (head, body) = exchange(p.addr, &connect_req(&format!("127.0.0.1:{port}"), "")).await;
+    let (head, body) = exchange(p.addr, &connect_request(format!("127.0.0.1:{port}"), "")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(body.contains("forwarding loop"), "{body}");
     p.shutdown().await;
@@ -301,7 +295,7 @@ async fn deny_domain_names_the_pattern() {
     let line = p.next_log().await;
     assert!(line.contains("TCP_DENIED/403"), "{line}");
 
-    let (head, body) = exchange(p.addr, &connect_req("Deep.Sub.BLOCKED.test:443", "")).await;
+    let (head, body) = exchange(p.addr, &connect_request("Deep.Sub.BLOCKED.test:443", "")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(body.contains("*.blocked.test"), "{body}");
 
@@ -330,7 +324,7 @@ async fn allow_domain_admits_only_listed_hosts() {
     assert!(body.contains("allow-domain"), "{body}");
     assert_eq!(origin.hits(), 0);
 
-    let (head, body) = exchange(p.addr, &connect_req(&format!("127.0.0.1:{port}"), "")).await;
+    let (head, body) = exchange(p.addr, &connect_request(format!("127.0.0.1:{port}"), "")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(body.contains("allow-domain"), "{body}");
 
@@ -368,7 +362,7 @@ async fn names_resolving_to_denied_networks_are_denied() {
     let line = p.next_log().await;
     assert!(line.contains("TCP_DENIED/403"), "{line}");
 
-    let (head, body) = exchange(p.addr, &connect_req(&format!("localhost:{port}"), "")).await;
+    let (head, body) = exchange(p.addr, &connect_request(format!("localhost:{port}"), "")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(body.contains("deny-dest"), "{body}");
     let line = p.log_with("CONNECT").await;

@@ -3,8 +3,6 @@
 //! and inline), and fails on an import against the declared layer order or a cycle between
 //! files, naming the offending line. Test code (`#[cfg(test)]` onwards) is not counted.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,6 @@
 )]
 //! The `cuttle` binary itself: configuration precedence and errors (`check-config`), secrets
 //! that never reach any output, and graceful shutdown on SIGTERM.
-mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -15,21 +14,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cuttle");
-
 fn cuttle() -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = crate::support::cuttle();
     // These tests are not about the cache: keep it in memory (no shared /tmp directory).
     c.env("CUTTLE_CACHE_SIZE", "0");
     c.env("CUTTLE_ADMIN_LISTEN", "127.0.0.1:0");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CUTTLE_") || k == "CACHE_PEER" || k == "CACHE_PEER_FILE" {
-            c.env_remove(k);
-        }
-    }
     // The test origins are on loopback, which cuttle refuses unless allowed.
     c.env("CUTTLE_ALLOW_DEST", "127.0.0.0/8,::1");
     c
@@ -301,17 +293,12 @@ async fn secrets_never_reach_any_output() {
     );
     // tunnel through the parent
     let token = base64_basic("alice", CLIENT_PASS);
-    let mut s = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
-    s.write_all(
-        format!(
-            "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\nProxy-Authorization: Basic {token}\r\n\r\n",
-            a = origin.addr
-        )
-        .as_bytes(),
+    let (mut s, head) = connect_with(
+        proc.addr,
+        origin.addr,
+        &format!("Proxy-Authorization: Basic {token}\r\n"),
     )
-    .await
-    .unwrap();
-    let head = read_head(&mut s).await;
+    .await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
@@ -363,11 +350,7 @@ async fn secrets_never_reach_any_output() {
     assert!(body.contains("rejected cuttle's credentials"), "{body}");
     let raw_connect = raw(
         proc2.addr,
-        format!(
-            "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n",
-            a = origin.addr
-        )
-        .as_bytes(),
+        connect_request(origin.addr, "Connection: close\r\n").as_bytes(),
     )
     .await;
     assert!(raw_connect.starts_with("HTTP/1.1 502"), "{raw_connect}");
@@ -428,12 +411,7 @@ async fn sigterm_drains_in_flight_work_then_exits_0() {
         Running::start(cuttle().args(["--listen", "127.0.0.1:0", "--shutdown-grace", "20s"]));
     let addr = proc.addr;
     // An open tunnel that keeps working during the drain.
-    let mut tunnel = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tunnel
-        .write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n", a = origin.addr).as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 200"));
+    let mut tunnel = crate::support::tunnel(addr, origin.addr).await;
 
     let slow = tokio::spawn({
         let url = origin.url("/slow");
@@ -489,12 +467,7 @@ async fn grace_period_bounds_shutdown() {
     let origin = Origin::text("x").await;
     let mut proc =
         Running::start(cuttle().args(["--listen", "127.0.0.1:0", "--shutdown-grace", "1s"]));
-    let mut tunnel = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
-    tunnel
-        .write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n", a = origin.addr).as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 200"));
+    let mut tunnel = crate::support::tunnel(proc.addr, origin.addr).await;
     proc.sigterm();
     let mut buf = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(15), tunnel.read_to_end(&mut buf)).await;

@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Security regressions around credentials and message framing: the parent's
 //! `Proxy-Authorization` goes only to the parent (never into a tunnel to an origin), the
 //! client's never leaves cuttle; a response's `Content-Length` beside `Transfer-Encoding` is
 //! dropped; malformed client request bodies are the client's 400, not an upstream 502.
-mod support;
-use support::squid::SquidParent;
-use support::*;
+use crate::support::squid::SquidParent;
+use crate::support::*;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,8 +16,7 @@ use parking_lot::Mutex;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -317,69 +314,18 @@ async fn intercepted_session(
     p: &TestProxy,
     origin: &RawOrigin,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let pem = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/ca.pem", p.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-
+    let cfg = tls_client_config(proxy_roots(p).await);
     let authority = format!("localhost:{}", origin.addr.port());
-    let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(
-        format!(
-            "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: {}\r\n\r\n",
-            basic(CLIENT_USER, CLIENT_PASS)
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let head = read_head(&mut s).await;
+    let auth = format!(
+        "Proxy-Authorization: {}\r\n",
+        basic(CLIENT_USER, CLIENT_PASS)
+    );
+    let (s, head) = connect_with(p.addr, authority, &auth).await;
     assert!(head.starts_with("HTTP/1.1 200"), "CONNECT failed: {head}");
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from("localhost").unwrap(), s)
         .await
         .unwrap()
-}
-
-/// Reads from `s` until `needle` appears (or EOF / 20 s), returning what was read.
-async fn read_until<S: AsyncRead + Unpin>(s: &mut S, needle: &str) -> String {
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&out).contains(needle) {
-        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no {needle:?} within 20s: {:?}",
-                    String::from_utf8_lossy(&out)
-                )
-            })
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A request decrypted from an intercepted CONNECT goes to the origin through a tunnel

@@ -10,18 +10,17 @@
 //! limits too), idle CONNECT tunnels stay small enough for `--max-connections` to fit the
 //! pod's memory limit (measured on the real binary), and interception mints certificates
 //! only for the name the client asked the proxy for, at a bounded rate.
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::tls::{TlsOrigin, intercepting};
+use crate::support::*;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::tls::TlsOrigin;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -35,44 +34,6 @@ async fn artifact_origin() -> TlsOrigin {
         .await
 }
 
-fn intercepting(origin: &TlsOrigin) -> cuttle::config::Options {
-    let mut o = opts();
-    o.intercept = Some(vec!["localhost".into()]);
-    o.upstream_ca = Some(origin.ca_file.clone());
-    o
-}
-
-/// The proxy's CA certificate (`GET /ca.pem` on the admin port), as rustls roots.
-async fn proxy_roots(p: &TestProxy) -> rustls::RootCertStore {
-    let pem = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/ca.pem", p.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    roots
-}
-
-/// Sends `CONNECT target` and returns the stream after a 200.
-async fn connect(proxy: SocketAddr, target: &str) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut s).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    s
-}
-
 /// CONNECT `target`, then a TLS handshake with `sni`, trusting `roots`, offering `alpn`.
 async fn tls_via(
     proxy: SocketAddr,
@@ -81,14 +42,8 @@ async fn tls_via(
     roots: &rustls::RootCertStore,
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let s = connect(proxy, target).await;
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots.clone())
-    .with_no_client_auth();
+    let s = tunnel(proxy, target).await;
+    let mut cfg = tls_client_config(roots.clone());
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
     tokio::time::timeout(
@@ -449,12 +404,7 @@ struct Binary {
 
 impl Binary {
     fn start(args: &[&str]) -> Binary {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cuttle"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CUTTLE_") || k == "CACHE_PEER" || k == "CACHE_PEER_FILE" {
-                c.env_remove(k);
-            }
-        }
+        let mut c = crate::support::cuttle();
         let mut child = c
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--cache-size", "0", "--cache-mem", "0"])
@@ -526,7 +476,7 @@ async fn echo_origin() -> SocketAddr {
 /// Opens a tunnel to `origin` and passes 64 KiB each way through it (the size of a copy
 /// buffer).
 async fn used_tunnel(proxy: SocketAddr, origin: SocketAddr) -> TcpStream {
-    let mut s = connect(proxy, &origin.to_string()).await;
+    let mut s = tunnel(proxy, origin).await;
     let msg = vec![b'a'; 64 * 1024];
     s.write_all(&msg).await.unwrap();
     let mut back = vec![0u8; msg.len()];

@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! TLS interception: an intercepted host is served through cuttle's CA and cached; other
 //! hosts stay blind tunnels; origin certificate problems are named; leaf certificates are
 //! minted once per host under concurrency.
-mod support;
 
-use support::tls::TlsOrigin;
-use support::*;
+use crate::support::tls::{TlsOrigin, intercepting};
+use crate::support::*;
 
 async fn artifact_origin() -> TlsOrigin {
     TlsOrigin::start(|req| async move {
@@ -16,13 +14,6 @@ async fn artifact_origin() -> TlsOrigin {
             .unwrap()
     })
     .await
-}
-
-fn intercepting(origin: &TlsOrigin) -> cuttle::config::Options {
-    let mut o = opts();
-    o.intercept = Some(vec!["localhost".into()]);
-    o.upstream_ca = Some(origin.ca_file.clone());
-    o
 }
 
 /// curl through the proxy to `url`, trusting only `ca` (a PEM file); returns (exit, stdout, stderr).
@@ -52,24 +43,6 @@ async fn curl_via(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-async fn proxy_ca(p: &TestProxy, dir: &std::path::Path) -> std::path::PathBuf {
-    let pem = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/ca.pem", p.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
-    let path = dir.join("cuttle-ca.pem");
-    std::fs::write(&path, pem).unwrap();
-    path
 }
 
 #[tokio::test]

@@ -1,9 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! CONNECT tunnels through cuttle: bytes both ways, half-close, the idle timeout, the
 //! connect-ports rule, connect failures, curl's --proxytunnel, bytes pipelined after the
 //! CONNECT head, many tunnels at once, and the byte counts in the access log.
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -41,52 +39,6 @@ async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let _ = w.shutdown().await;
     })
     .await
-}
-
-async fn read_exact_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
-        .await
-        .expect("timed out reading from the tunnel")
-        .unwrap();
-    buf
-}
-
-fn header_of(head: &str, name: &str) -> Option<String> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
-}
-
-/// Sends a CONNECT for `target` and returns the stream and the response head.
-async fn connect_via(proxy: SocketAddr, target: SocketAddr) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut s).await;
-    (s, head)
-}
-
-/// Reads a Content-Length body after a head already read.
-async fn body_of(s: &mut TcpStream, head: &str) -> String {
-    let len: usize = header_of(head, "content-length")
-        .unwrap_or_else(|| panic!("no content-length in {head}"))
-        .parse()
-        .unwrap();
-    String::from_utf8(read_exact_n(s, len).await).unwrap()
-}
-
-async fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("tunnel did not close")
-        .unwrap();
-    out
 }
 
 // ---- tests ------------------------------------------------------------------------------------
@@ -145,8 +97,7 @@ async fn reply_after_eof_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 async fn half_close_still_delivers_the_reply_and_logs_byte_counts() {
     let (upstream, _task) = reply_after_eof_server().await;
     let p = TestProxy::start(opts()).await;
-    let (mut s, head) = connect_via(p.addr, upstream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut s = tunnel(p.addr, upstream).await;
     s.write_all(b"0123456789").await.unwrap();
     s.shutdown().await.unwrap(); // our write side only
     let reply = read_to_eof(&mut s).await;
@@ -170,8 +121,7 @@ async fn half_close_byte_counts_in_json_log() {
         ..opts()
     })
     .await;
-    let (mut s, head) = connect_via(p.addr, upstream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut s = tunnel(p.addr, upstream).await;
     let sent = b"seventeen bytes!!";
     s.write_all(sent).await.unwrap();
     s.shutdown().await.unwrap();
@@ -196,8 +146,7 @@ async fn idle_tunnel_is_closed_by_the_proxy() {
         ..opts()
     })
     .await;
-    let (mut s, head) = connect_via(p.addr, upstream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut s = tunnel(p.addr, upstream).await;
     s.write_all(b"alive").await.unwrap();
     assert_eq!(read_exact_n(&mut s, 5).await, b"alive");
     let quiet_since = Instant::now();
@@ -224,7 +173,7 @@ async fn connect_ports_limits_tunnels() {
     .await;
     let (mut s, head) = connect_via(p.addr, upstream).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-    let body = body_of(&mut s, &head).await;
+    let body = read_body(&mut s, &head).await;
     assert!(body.contains("connect-ports"), "{body}");
     assert!(body.contains("ERR_ACCESS_DENIED"), "{body}");
     let line = p.log_with("CONNECT").await;
@@ -233,8 +182,7 @@ async fn connect_ports_limits_tunnels() {
 
     // Default: any port.
     let p = TestProxy::start(opts()).await;
-    let (mut s, head) = connect_via(p.addr, upstream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut s = tunnel(p.addr, upstream).await;
     s.write_all(b"ok").await.unwrap();
     assert_eq!(read_exact_n(&mut s, 2).await, b"ok");
     drop(s);
@@ -251,7 +199,7 @@ async fn connect_to_a_closed_port_is_502() {
     let p = TestProxy::start(opts()).await;
     let (mut s, head) = connect_via(p.addr, closed).await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
-    let body = body_of(&mut s, &head).await;
+    let body = read_body(&mut s, &head).await;
     assert!(body.contains("ERR_CONNECT_FAIL"), "{body}");
     let line = p.log_with("CONNECT").await;
     assert!(line.contains("/502"), "{line}");
@@ -269,7 +217,7 @@ async fn connect_to_a_closed_port_is_502() {
     .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(body_of(&mut s, &head).await, "still here");
+    assert_eq!(read_body(&mut s, &head).await, "still here");
     p.shutdown().await;
 }
 
@@ -277,11 +225,7 @@ async fn connect_to_a_closed_port_is_502() {
 async fn curl_proxytunnel_fetches_through_connect() {
     let origin = Origin::text("tunnelled body").await;
     let p = TestProxy::start(opts()).await;
-    let out = tokio::process::Command::from(curl())
-        .args(["-sS", "-p", "-x", &p.url(), &origin.url("/t?x=1")])
-        .output()
-        .await
-        .unwrap();
+    let out = run_curl(["-sS", "-p", "-x", &p.url(), &origin.url("/t?x=1")]).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "tunnelled body");
     // Through a tunnel the origin sees curl's own request: no Via from cuttle.
@@ -317,8 +261,7 @@ async fn bytes_sent_before_the_200_reach_the_upstream() {
     assert_eq!(f[3], "TCP_TUNNEL/200", "{line}");
     assert_eq!(f[4], "15", "{line}");
     // The proxy keeps serving.
-    let (mut s2, head) = connect_via(p.addr, upstream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut s2 = tunnel(p.addr, upstream).await;
     s2.write_all(b"next").await.unwrap();
     assert_eq!(read_exact_n(&mut s2, 4).await, b"next");
     drop(s2);

@@ -1,9 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The cache's storage machinery: one upstream fetch shared by many clients as it streams,
 //! fills that survive their client, responses that are never committed when incomplete, the
 //! memory and disk tiers, restart, corruption, a real crash (SIGKILL) of the binary, eviction
 //! bounds, unusable and full disks, and the object-size limit.
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -13,14 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
-use cuttle::cache::Cache;
 use cuttle::http::body::{Body, boxed, full};
 use futures_util::StreamExt;
 use http::Response;
 use http_body::Frame;
 use sha2::{Digest, Sha256};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -125,39 +122,6 @@ fn streamed(
     }
     r.body(boxed(http_body_util::StreamBody::new(stream)))
         .unwrap()
-}
-
-/// The cache of an in-process proxy.
-fn cache(p: &TestProxy) -> Arc<Cache> {
-    p.proxy().state().cache.clone().expect("cache enabled")
-}
-
-/// Waits until `n` fills have finished (stored or not): a finished fill has committed its
-/// entry, so what follows sees it.
-async fn settled(p: &TestProxy, n: u64) {
-    let c = cache(p);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let done =
-            c.stats.stored.load(Ordering::SeqCst) + c.stats.not_stored.load(Ordering::SeqCst);
-        if done >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} of {n} fills finished within 20s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Polls `cond` every 5 ms for up to `secs` seconds.
-async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// GET through `client`; the status, the `Cache-Status` field and the body (or the error that
@@ -369,8 +333,8 @@ async fn fifty_clients_share_one_streaming_fetch() {
         CLIENTS - 1,
         "{logs:#?}"
     );
-    settled(&p, 1).await;
-    assert_eq!(cache(&p).stats.stored.load(Ordering::SeqCst), 1);
+    p.settled(1).await;
+    assert_eq!(p.cache().stats.stored.load(Ordering::SeqCst), 1);
     drop(client);
     p.shutdown().await;
 }
@@ -406,8 +370,8 @@ async fn fill_survives_its_client() {
     open.send(true).unwrap();
     let line = p.log_with("/leaver.bin").await;
     assert!(line.contains(" TCP_MISS_ABORTED/200 "), "{line}");
-    settled(&p, 1).await;
-    assert_eq!(cache(&p).stats.stored.load(Ordering::SeqCst), 1);
+    p.settled(1).await;
+    assert_eq!(p.cache().stats.stored.load(Ordering::SeqCst), 1);
     let line = fetch_ok(&p, &url, &body).await;
     assert!(line.contains("HIT/200 "), "{line}");
     assert!(!line.contains("MISS"), "{line}");
@@ -493,8 +457,8 @@ async fn cut_response_is_not_committed(
     );
     let line = p.log_with("/cut.bin").await;
     assert!(line.contains("ABORTED"), "{line}");
-    settled(&p, 1).await;
-    let c = cache(&p);
+    p.settled(1).await;
+    let c = p.cache();
     assert_eq!(c.stats.stored.load(Ordering::SeqCst), 0);
     assert_eq!(c.stats.not_stored.load(Ordering::SeqCst), 1);
     assert!(stored(p.cache_dir.as_ref().unwrap().path()).is_empty());
@@ -503,7 +467,7 @@ async fn cut_response_is_not_committed(
     assert!(line.contains(" TCP_MISS/200 "), "{line}");
     assert_eq!(origin.hits(), 2);
     // ...and that complete answer is stored.
-    settled(&p, 2).await;
+    p.settled(2).await;
     let line = fetch_ok(&p, &url, &body).await;
     assert!(line.contains("HIT/200 "), "{line}");
     assert_eq!(origin.hits(), 2);
@@ -581,7 +545,7 @@ async fn small_objects_from_memory_large_from_disk() {
     let (su, lu) = (origin.url("/small"), origin.url("/large"));
     assert!(fetch_ok(&p, &su, &small).await.contains(" TCP_MISS/200 "));
     assert!(fetch_ok(&p, &lu, &large).await.contains(" TCP_MISS/200 "));
-    settled(&p, 2).await;
+    p.settled(2).await;
     for _ in 0..2 {
         let line = fetch_ok(&p, &su, &small).await;
         assert!(line.contains(" TCP_MEM_HIT/200 "), "{line}");
@@ -589,7 +553,7 @@ async fn small_objects_from_memory_large_from_disk() {
         assert!(line.contains(" TCP_HIT/200 "), "{line}");
     }
     assert_eq!(origin.hits(), 2);
-    let u = cache(&p).usage();
+    let u = p.cache().usage();
     assert_eq!((u.mem_objects, u.disk_objects), (1, 2), "{u:?}");
     p.shutdown().await;
 }
@@ -633,7 +597,7 @@ async fn restart_serves_from_disk() {
         let line = fetch_ok(&p, &origin.url(path), body).await;
         assert!(line.contains(" TCP_MISS/200 "), "{line}");
     }
-    settled(&p, 3).await;
+    p.settled(3).await;
     p.shutdown().await;
     assert_eq!(stored(dir.path()).len(), 3);
     assert!(stored(dir.path()).iter().all(|f| f.valid));
@@ -694,7 +658,7 @@ async fn corrupt_files_are_refetched_never_served() {
     for (path, body) in &objects {
         fetch_ok(&p, &origin.url(path), body).await;
     }
-    settled(&p, 4).await;
+    p.settled(4).await;
     p.shutdown().await;
 
     let f = stored_for(dir.path(), &origin.url("/flipped"));
@@ -739,15 +703,15 @@ async fn corrupt_files_are_refetched_never_served() {
     );
     // The next request (after the fill, if the first one refetched) is correct and the
     // origin was asked exactly once more.
-    settled(&p, 3 + u64::from(first.is_ok())).await;
+    p.settled(3 + u64::from(first.is_ok())).await;
     let (status, _, second) = get(&p.client(), &large_url).await;
     assert_eq!(status, 200);
     assert!(second.unwrap() == objects[1].1, "refetched body differs");
     assert_eq!(hits_for(&origin, "/large"), 2);
-    let u = cache(&p).usage();
+    let u = p.cache().usage();
     assert!(u.disk_corrupt >= 3, "{u:?}");
     // What is on disk now is the refetched, valid data.
-    settled(&p, 4).await;
+    p.settled(4).await;
     let now = stored(dir.path());
     assert_eq!(now.len(), 4, "{now:#?}");
     assert!(now.iter().all(|f| f.valid), "{now:#?}");
@@ -768,12 +732,7 @@ impl Bin {
     async fn start(dir: &Path) -> Bin {
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_cuttle"));
-            for (k, _) in std::env::vars() {
-                if k.starts_with("CUTTLE_") || k == "CACHE_PEER" || k == "CACHE_PEER_FILE" {
-                    c.env_remove(k);
-                }
-            }
+            let mut c = crate::support::cuttle();
             let mut child = c
                 .arg("--listen")
                 .arg("127.0.0.1:0")
@@ -1004,13 +963,13 @@ async fn eviction_keeps_bounds_and_lru_order() {
     })
     .await;
     let dir = p.cache_dir.as_ref().unwrap().path().to_path_buf();
-    let c = cache(&p);
+    let c = p.cache();
     let mut fills = 0;
     for (i, body) in bodies.iter().enumerate() {
         let line = fetch_ok(&p, &origin.url(&format!("/o{i}")), body).await;
         assert!(line.contains(" TCP_MISS/200 "), "{line}");
         fills += 1;
-        settled(&p, fills).await;
+        p.settled(fills).await;
         // Object 0 is used after every other fetch: it stays the most recently used.
         let line = fetch_ok(&p, &origin.url("/o0"), &bodies[0]).await;
         assert!(line.contains(" TCP_HIT/200 "), "/o0 after /o{i}: {line}");
@@ -1043,7 +1002,7 @@ async fn eviction_keeps_bounds_and_lru_order() {
     for (i, body) in smalls.iter().enumerate() {
         fetch_ok(&p, &origin.url(&format!("/s{i}")), body).await;
     }
-    settled(&p, fills + 1 + smalls.len() as u64).await;
+    p.settled(fills + 1 + smalls.len() as u64).await;
     let u = c.usage();
     assert!(u.mem_objects >= 1, "{u:?}");
     assert!(u.mem_bytes <= u.mem_capacity, "{u:?}");
@@ -1065,13 +1024,13 @@ async fn unusable_cache_dir_still_serves() {
     let large = data(10 * MIB, 17);
     let origin = object_origin(vec![("/s", small.clone()), ("/l", large.clone())], None).await;
     let p = TestProxy::start(opts_in(file.path())).await;
-    assert!(!cache(&p).has_disk());
+    assert!(!p.cache().has_disk());
     assert!(
         fetch_ok(&p, &origin.url("/s"), &small)
             .await
             .contains(" TCP_MISS/200 ")
     );
-    settled(&p, 1).await;
+    p.settled(1).await;
     assert!(
         fetch_ok(&p, &origin.url("/s"), &small)
             .await
@@ -1141,7 +1100,7 @@ async fn full_disk_keeps_proxying_and_commits_nothing_partial() {
         ..opts_in(fs.path())
     })
     .await;
-    assert!(cache(&p).has_disk());
+    assert!(p.cache().has_disk());
     let mut fills = 0;
     for round in 0..2 {
         for (path, body) in &objects {
@@ -1149,7 +1108,7 @@ async fn full_disk_keeps_proxying_and_commits_nothing_partial() {
             assert!(line.contains("/200 "), "round {round} {path}: {line}");
             if line.contains("MISS") {
                 fills += 1;
-                settled(&p, fills).await;
+                p.settled(fills).await;
             }
             let files = stored(fs.path());
             assert!(
@@ -1161,7 +1120,7 @@ async fn full_disk_keeps_proxying_and_commits_nothing_partial() {
     // The 3 MiB object never fits: fetched every time, never stored.
     assert_eq!(hits_for(&origin, "/big"), 2);
     assert!(!stored(fs.path()).iter().any(|f| f.url.ends_with("/big")));
-    let u = cache(&p).usage();
+    let u = p.cache().usage();
     assert!(u.disk_write_errors >= 1, "{u:?}");
     assert!(
         files_under(&fs.path().join("v2/tmp")).is_empty(),
@@ -1206,18 +1165,18 @@ async fn objects_over_max_object_size_are_not_stored() {
             // Without a length the response is filled until it proves too large.
             if path == "/chunked" {
                 fills += 1;
-                settled(&p, fills).await;
+                p.settled(fills).await;
             }
         }
         assert_eq!(hits_for(&origin, path), 2, "{path} is not stored");
     }
     // Below the limit, the same proxy stores.
     fetch_ok(&p, &origin.url("/small"), &small).await;
-    settled(&p, 3).await;
+    p.settled(3).await;
     let line = fetch_ok(&p, &origin.url("/small"), &small).await;
     assert!(line.contains("HIT/200 "), "{line}");
     let on_disk = stored(p.cache_dir.as_ref().unwrap().path());
     assert_eq!(on_disk.len(), 1, "{on_disk:#?}");
-    assert_eq!(cache(&p).usage().mem_objects, 1);
+    assert_eq!(p.cache().usage().mem_objects, 1);
     p.shutdown().await;
 }

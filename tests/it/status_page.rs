@@ -2,9 +2,7 @@
 //! against the sample `tests/fixtures/stats.json` from a tiny in-test server, then against
 //! cuttle's own admin port. Each run dumps the DOM, takes a screenshot under `target/`, and
 //! fails on any console output (the page logs nothing in normal operation).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +14,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use regex::Regex;
 
-const PAGE: &str = include_str!("../src/admin/status.html");
-const FIXTURE: &str = include_str!("fixtures/stats.json");
+const PAGE: &str = include_str!("../../src/admin/status.html");
+const FIXTURE: &str = include_str!("../fixtures/stats.json");
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// One browser at a time: several Chromiums at once on a 2-core machine only slow each other.

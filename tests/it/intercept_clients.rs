@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Real clients through TLS interception, with no internet: npm against an npm-style
 //! registry, pip against a PEP 503 simple index, cargo against a sparse registry, curl and the
 //! JDK's HTTP client against a Maven-style repository, all served by an in-process HTTPS
@@ -9,17 +8,17 @@
 //!
 //! Every package client runs three times: cold; in a clean directory with a clean client
 //! cache (served from cuttle's cache, metadata only revalidated); with the origin stopped.
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::tls::{TlsOrigin, intercepting};
+use crate::support::*;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use support::tls::TlsOrigin;
-use support::*;
 
 /// A client command gets this long before the test fails (a stuck client must not hang CI).
 const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
@@ -111,32 +110,6 @@ impl Registry {
     }
 }
 
-fn intercepting(origin: &TlsOrigin) -> cuttle::config::Options {
-    let mut o = opts();
-    o.intercept = Some(vec!["localhost".into()]);
-    o.upstream_ca = Some(origin.ca_file.clone());
-    o
-}
-
-/// cuttle's CA certificate from `GET /ca.pem` on the admin port, written to `dir`.
-async fn proxy_ca(p: &TestProxy, dir: &Path) -> PathBuf {
-    let pem = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/ca.pem", p.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
-    let path = dir.join("cuttle-ca.pem");
-    std::fs::write(&path, pem).unwrap();
-    path
-}
-
 struct Ran {
     ok: bool,
     stdout: String,
@@ -145,25 +118,7 @@ struct Ran {
 
 /// A client command with none of this machine's proxy, trust or client settings.
 fn client(program: &str) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(program);
-    for v in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        // requests (in pip) lets these override pip's own `--cert`.
-        "NODE_EXTRA_CA_CERTS",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-    ] {
-        cmd.env_remove(v);
-    }
+    let mut cmd = crate::support::client(program);
     // Nor configuration (PIP_CERT, PIP_FIND_LINKS, npm_config_*).
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
@@ -171,7 +126,7 @@ fn client(program: &str) -> tokio::process::Command {
             cmd.env_remove(k);
         }
     }
-    cmd
+    tokio::process::Command::from(cmd)
 }
 
 /// Runs a client to completion (killed after `CLIENT_DEADLINE`).
@@ -836,17 +791,9 @@ async fn http2_inside_the_intercepted_tunnel() {
     p.shutdown().await;
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_cuttle");
-
 /// The cuttle binary with none of this machine's CUTTLE_* settings.
 fn cuttle_cmd() -> tokio::process::Command {
-    let mut c = client(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CUTTLE_") || k.starts_with("CACHE_PEER") {
-            c.env_remove(k);
-        }
-    }
-    c
+    tokio::process::Command::from(cuttle())
 }
 
 fn mode(path: &Path) -> u32 {

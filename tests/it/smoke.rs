@@ -1,6 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod support;
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn get_through_proxy() {

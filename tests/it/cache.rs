@@ -1,9 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! HTTP cache semantics seen from a client (RFC 9111, RFC 5861, RFC 9110 conditionals and
 //! ranges, RFC 9211 Cache-Status), against in-process origins that count requests. Disk tiers,
 //! restarts, eviction and large-scale coalescing are covered in other files.
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use cuttle::config::Options;
 use cuttle::http::body::{Body, full};
-use http::{HeaderMap, Method, Response};
+use http::{Method, Response};
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -52,114 +50,6 @@ fn httpdate_from_now(offset_secs: i64) -> String {
         now - Duration::from_secs(offset_secs.unsigned_abs())
     };
     httpdate::fmt_http_date(t)
-}
-
-struct Got {
-    status: u16,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or_else(|| panic!("no {name} in {:?}", self.headers))
-    }
-}
-
-async fn fetch(c: &reqwest::Client, method: Method, url: &str, headers: &[(&str, &str)]) -> Got {
-    let mut rb = c.request(method, url);
-    for (k, v) in headers {
-        rb = rb.header(*k, *v);
-    }
-    let r = rb.send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.bytes().await.unwrap();
-    Got {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// A proxy and a client using it.
-struct Px {
-    p: TestProxy,
-    c: reqwest::Client,
-}
-
-impl std::ops::Deref for Px {
-    type Target = TestProxy;
-    fn deref(&self) -> &TestProxy {
-        &self.p
-    }
-}
-
-impl Px {
-    async fn start(o: Options) -> Px {
-        let p = TestProxy::start(o).await;
-        let c = p.client();
-        Px { p, c }
-    }
-
-    fn cache(&self) -> Arc<cuttle::cache::Cache> {
-        self.p.proxy().state().cache.clone().expect("cache enabled")
-    }
-
-    /// Fills that have finished (committed or given up).
-    fn finished_fills(&self) -> u64 {
-        let s = &self.cache().stats;
-        s.stored.load(Ordering::SeqCst) + s.not_stored.load(Ordering::SeqCst)
-    }
-
-    /// Waits (bounded) until `n` fills have finished in all.
-    async fn settled(&self, n: u64) {
-        let cache = self.cache();
-        wait_for(&format!("{n} finished fills"), || {
-            let s = &cache.stats;
-            s.stored.load(Ordering::SeqCst) + s.not_stored.load(Ordering::SeqCst) >= n
-        })
-        .await;
-    }
-
-    /// Sends a request; when the answer started a cache fill, waits for the fill to finish,
-    /// so the next request is a plain lookup whatever the timing of the entry's commit.
-    async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)]) -> Got {
-        let before = self.finished_fills();
-        let g = fetch(&self.c, method, url, headers).await;
-        let filled = g
-            .headers
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("stored"));
-        if filled {
-            self.settled(before + 1).await;
-        }
-        g
-    }
-
-    async fn get(&self, url: &str) -> Got {
-        self.send(Method::GET, url, &[]).await
-    }
-
-    async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Got {
-        self.send(Method::GET, url, headers).await
-    }
-}
-
-/// Waits (bounded) for `cond`.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// The result code (e.g. `TCP_MEM_HIT/200`) of the next access-log line.

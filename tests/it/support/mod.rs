@@ -1,11 +1,23 @@
-//! Test harness shared by the integration tests: in-process origins, the proxy started
-//! in-process on 127.0.0.1:0 with its access log captured, raw-socket helpers, and (in
-//! `squid`) a real Squid as an authenticating parent. Nothing here uses fixed ports.
+//! The kit every integration test uses: in-process origins and the proxy started in-process
+//! on 127.0.0.1:0 with its access log captured (here); raw sockets and CONNECT (`raw`);
+//! curl, cuttle and client launchers with a scrubbed environment (`commands`); the proxy's CA
+//! (`ca`); waits for cache fills (`fills`); TLS origins (`tls`); a real Squid parent
+//! (`squid`, `parent_auth`). Nothing here uses fixed ports.
 #![allow(dead_code, clippy::disallowed_types)]
 
 pub mod parent_auth;
 pub mod squid;
 pub mod tls;
+
+mod ca;
+mod commands;
+mod fills;
+mod raw;
+
+pub use ca::*;
+pub use commands::*;
+pub use fills::*;
+pub use raw::*;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,8 +36,7 @@ use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// What an origin saw of one request.
 #[derive(Debug, Clone)]
@@ -292,83 +303,10 @@ impl TestProxy {
     }
 }
 
-/// Sends raw bytes to `addr` and returns everything read until EOF or 10 s.
-pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Reads one HTTP response head from a stream (up to the blank line), returning it as text.
-pub async fn read_head(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
-            .await
-            .expect("timed out reading a response head")
-            .unwrap();
-        assert!(
-            n > 0,
-            "EOF before the end of the response head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.push(byte[0]);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// Reads a body of the response `head`'s `Content-Length` (0 without one) from `s`.
-pub async fn read_body(s: &mut TcpStream, head: &str) -> String {
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body))
-        .await
-        .expect("timed out reading the body")
-        .unwrap();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// Sends one request on a fresh connection and returns the response head and body (read by
-/// Content-Length), without waiting for the proxy to close the connection.
-pub async fn exchange(addr: SocketAddr, request: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let head = read_head(&mut s).await;
-    let body = read_body(&mut s, &head).await;
-    (head, body)
-}
-
 /// A response with a body and status.
 pub fn respond(status: u16, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .body(full(body.into()))
         .unwrap()
-}
-
-/// Whether the `curl` binary is available (tests that need it fail loudly without it).
-pub fn curl() -> std::process::Command {
-    let probe = std::process::Command::new("curl").arg("--version").output();
-    assert!(
-        probe.is_ok(),
-        "curl not found: run scripts/test.sh or apt-get install curl"
-    );
-    let mut c = std::process::Command::new("curl");
-    c.env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("NO_PROXY");
-    c
 }

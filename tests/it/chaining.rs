@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Parent proxies against a real Squid requiring Basic auth: plain requests and CONNECT
 //! tunnels through it with credentials full of '@', ':', '%' and '\', curl as the client,
 //! a rejected password, failover past a dead peer and its retry after the backoff, the
 //! direct list, request bodies, and the `http://user:pass@host:port` form.
-mod support;
-use support::squid::SquidParent;
-use support::*;
+use crate::support::squid::SquidParent;
+use crate::support::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -62,54 +60,25 @@ async fn echo_origin() -> Origin {
 /// Opens a tunnel to `target` through the proxy at `proxy`, sends a GET for `path` inside it
 /// and returns the CONNECT response head and everything the origin answered until EOF.
 async fn tunnel_get(proxy: SocketAddr, target: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut s).await;
+    let (mut s, head) = connect_via(proxy, target).await;
     assert!(head.starts_with("HTTP/1.1 200"), "CONNECT failed: {head}");
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("tunnel did not close within 10s")
-        .unwrap();
-    (head, String::from_utf8_lossy(&out).into_owned())
+    (
+        head,
+        String::from_utf8_lossy(&read_to_eof(&mut s).await).into_owned(),
+    )
 }
 
 /// Sends a CONNECT that is expected to fail and returns the response head and body.
 async fn failed_connect(proxy: SocketAddr, target: SocketAddr) -> (String, String) {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut s).await;
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no content-length in {head}"));
-    let mut body = vec![0u8; len];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body))
-        .await
-        .expect("timed out reading the error body")
-        .unwrap();
-    (head, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// Runs curl off the runtime's threads (cuttle and the origin run in this process).
-async fn run_curl(args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || curl().args(&args).output().unwrap())
-        .await
-        .unwrap()
+    let (mut s, head) = connect_via(proxy, target).await;
+    assert!(header_of(&head, "content-length").is_some(), "{head}");
+    let body = read_body(&mut s, &head).await;
+    (head, body)
 }
 
 /// Asserts no captured cuttle log line carries the password, raw or percent-encoded.

@@ -1,12 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The admin port: probes (never logged), Prometheus metrics checked against known traffic,
 //! the status JSON, the admin token, reload (valid and invalid), readiness while draining, and
 //! the `cuttle status` / `cuttle cache` client commands.
-mod support;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(url: &str, token: Option<&str>) -> (u16, String) {
@@ -39,24 +37,6 @@ fn metric(text: &str, series: &str) -> f64 {
                 .and_then(|rest| rest.trim().parse().ok())
         })
         .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-}
-
-/// Waits (bounded) until the proxy's cache has stored `n` entries: a request sent before
-/// the fill is committed would follow the fill (TCP_CF_*) instead of hitting.
-async fn wait_stored(p: &TestProxy, n: u64) {
-    let cache = p.proxy().state().cache.clone().unwrap();
-    for _ in 0..500 {
-        if cache
-            .stats
-            .stored
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= n
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the cache did not store {n} entries");
 }
 
 async fn cacheable_origin() -> Origin {
@@ -129,7 +109,7 @@ async fn metrics_follow_known_traffic() {
             "cached body"
         );
         if i == 0 {
-            wait_stored(&p, 1).await;
+            p.stored_at_least(1).await;
         }
     }
 
@@ -154,11 +134,7 @@ async fn metrics_follow_known_traffic() {
             .status(),
         502
     );
-    let mut t = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    t.write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n", a = origin.addr).as_bytes())
-        .await
-        .unwrap();
-    read_head(&mut t).await;
+    let (mut t, _) = connect_via(p.addr, origin.addr).await;
     t.write_all(b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -303,11 +279,7 @@ async fn reload_applies_valid_config_and_keeps_old_on_error() {
     assert_eq!(c.get(origin.url("/")).send().await.unwrap().status(), 200);
 
     // A tunnel opened before the reload keeps working after it.
-    let mut t = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    t.write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n", a = origin.addr).as_bytes())
-        .await
-        .unwrap();
-    read_head(&mut t).await;
+    let (mut t, _) = connect_via(p.addr, origin.addr).await;
 
     // Valid: now 127.0.0.1 is denied.
     std::fs::write(&file, "deny-domain = [\"127.0.0.1\"]\n").unwrap();
@@ -351,11 +323,7 @@ async fn readyz_reports_draining() {
     o.shutdown_grace = Some("5s".into());
     let p = TestProxy::start(o).await;
     let admin = p.admin_url();
-    let mut t = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    t.write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n", a = origin.addr).as_bytes())
-        .await
-        .unwrap();
-    read_head(&mut t).await;
+    let (t, _) = connect_via(p.addr, origin.addr).await;
     let shutdown = tokio::spawn(p.shutdown());
     let mut seen = None;
     for _ in 0..200 {
@@ -386,16 +354,13 @@ async fn status_and_cache_commands_talk_to_a_running_instance() {
             .await
             .unwrap();
         if i == 0 {
-            wait_stored(&p, 1).await;
+            p.stored_at_least(1).await;
         }
     }
 
     let admin = p.admin_url();
     fn run(args: Vec<String>) -> (i32, String, String) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cuttle"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = cuttle().args(args).output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
