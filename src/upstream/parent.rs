@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
@@ -237,12 +237,15 @@ pub(crate) struct RawResponse {
 /// Writes `head` and reads the answer's head (bounded). A 1xx or a 2xx to CONNECT returns
 /// at once; any other answer has its body (at most 64 KiB, by Content-Length or chunked)
 /// read so that the connection can carry the next leg of an authentication.
-pub(crate) async fn exchange(
-    stream: &mut TcpStream,
+pub(crate) async fn exchange<S>(
+    stream: &mut S,
     head: &[u8],
     connect: bool,
     peer: &str,
-) -> Result<RawResponse, ProxyError> {
+) -> Result<RawResponse, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let io_err = |e: std::io::Error| ProxyError::ParentProtocol {
         peer: peer.to_string(),
         cause: e.to_string(),
@@ -321,7 +324,7 @@ pub(crate) async fn exchange(
 }
 
 /// Reads a body of `n` bytes (some already in `have`); true when exactly that was read.
-async fn drain_exact(stream: &mut TcpStream, mut have: BytesMut, n: usize) -> bool {
+async fn drain_exact(stream: &mut (impl AsyncRead + Unpin), mut have: BytesMut, n: usize) -> bool {
     while have.len() < n {
         match stream.read_buf(&mut have).await {
             Ok(0) | Err(_) => return false,
@@ -332,7 +335,7 @@ async fn drain_exact(stream: &mut TcpStream, mut have: BytesMut, n: usize) -> bo
 }
 
 /// Reads a chunked body (RFC 9112 §7.1) of at most 64 KiB; true when it ended cleanly.
-async fn drain_chunked(stream: &mut TcpStream, mut buf: BytesMut) -> bool {
+async fn drain_chunked(stream: &mut (impl AsyncRead + Unpin), mut buf: BytesMut) -> bool {
     let mut at = 0;
     loop {
         // One chunk-size line, then its data and CRLF; a zero size ends at the empty line.
@@ -379,6 +382,6 @@ fn find_crlf(b: &[u8]) -> Option<usize> {
     b.windows(2).position(|w| w == b"\r\n")
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+async fn read_more(stream: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> bool {
     matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
 }
