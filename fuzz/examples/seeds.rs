@@ -8,7 +8,7 @@ use cuttle::cache::meta::{Meta, encode_trailer};
 use cuttle::cache::policy::{StoredPolicy, request_view};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-fn disk(name: &str, url: &str, fields: &[(&str, &str)], vary_req: &[(&str, &str)]) {
+fn disk(name: &str, url: &str, fields: &[(&'static str, &str)], vary_req: &[(&'static str, &str)]) {
     let mut req_h = HeaderMap::new();
     for (k, v) in vary_req {
         req_h.append(
