@@ -756,29 +756,36 @@ fn scan_objects(objects: &Path) -> Vec<(Slot, u64, Option<std::time::SystemTime>
 /// Opens a stored file and decodes its head (blocking I/O on a blocking thread).
 async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
     tokio::task::spawn_blocking(move || {
-        let bad = |e: meta::MetaError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
         let mut f = std::fs::File::open(&path)?;
         let file_len = f.metadata()?.len();
-        let mut prefix = [0u8; PREFIX_LEN];
-        f.read_exact(&mut prefix)?;
-        let meta_len = meta::decode_prefix(&prefix).map_err(bad)?;
-        let min = (PREFIX_LEN + meta_len + TRAILER_LEN) as u64;
-        if file_len < min {
-            return Err(bad(meta::MetaError::Truncated));
-        }
-        let mut json = vec![0u8; meta_len];
-        f.read_exact(&mut json)?;
-        let meta = meta::decode_meta(&json).map_err(bad)?;
+        let (meta, offset, len) = decode_head(&mut f, file_len)?;
         Ok(DiskHit {
             meta: Arc::new(meta),
             path,
             file: Arc::new(f),
-            offset: (PREFIX_LEN + meta_len) as u64,
-            len: file_len - min,
+            offset,
+            len,
         })
     })
     .await
     .map_err(io::Error::other)?
+}
+
+/// Decodes the head of a stored file of `file_len` bytes read from `f`: the metadata, the
+/// offset of the body and its length. Anything malformed is `InvalidData`.
+pub(crate) fn decode_head(f: &mut impl Read, file_len: u64) -> io::Result<(Meta, u64, u64)> {
+    let bad = |e: meta::MetaError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let mut prefix = [0u8; PREFIX_LEN];
+    f.read_exact(&mut prefix)?;
+    let meta_len = meta::decode_prefix(&prefix).map_err(bad)?;
+    let min = (PREFIX_LEN + meta_len + TRAILER_LEN) as u64;
+    if file_len < min {
+        return Err(bad(meta::MetaError::Truncated));
+    }
+    let mut json = vec![0u8; meta_len];
+    f.read_exact(&mut json)?;
+    let meta = meta::decode_meta(&json).map_err(bad)?;
+    Ok((meta, (PREFIX_LEN + meta_len) as u64, file_len - min))
 }
 
 /// Reads up to `want` bytes at `pos` (fewer at the end of the file).

@@ -187,7 +187,7 @@ fn response(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
 
 /// RFC 9111 §5.2: "Cache directives are identified by a token, to be compared
 /// case-insensitively" (the crate compares them as sent). Pragma's `no-cache` likewise.
-fn lowercase_directive_names(h: &mut HeaderMap, name: header::HeaderName) {
+pub(crate) fn lowercase_directive_names(h: &mut HeaderMap, name: header::HeaderName) {
     let lines: Vec<HeaderValue> = h.get_all(&name).iter().cloned().collect();
     if lines.is_empty() {
         return;
@@ -225,7 +225,7 @@ fn lowercase_directive_names(h: &mut HeaderMap, name: header::HeaderName) {
 }
 
 /// Response `Cache-Control` directives, lower-cased, with their values.
-fn directives(h: &HeaderMap) -> Vec<(String, Option<String>)> {
+pub(crate) fn directives(h: &HeaderMap) -> Vec<(String, Option<String>)> {
     h.get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -257,7 +257,7 @@ fn seconds(dirs: &[(String, Option<String>)], name: &str) -> Option<Duration> {
 /// the first member of the field value, discarding subsequent ones. If the field value (after
 /// discarding additional members ...) is invalid ..., a cache SHOULD ignore the field." Several
 /// field lines are one list (RFC 9110 §5.3).
-fn age_value(h: &HeaderMap) -> Option<u64> {
+pub(crate) fn age_value(h: &HeaderMap) -> Option<u64> {
     let first = h.get(header::AGE)?.to_str().ok()?;
     let member = first.split(',').next()?.trim();
     if member.is_empty() || !member.bytes().all(|b| b.is_ascii_digit()) {

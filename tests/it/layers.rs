@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("handlers", &["forward", "tunnel", "mitm", "mirror::route"]),
     ("server", &["server", "admin"]),
     ("app", &["app"]),
-    ("root", &[""]),
+    ("root", &["", "fuzzing"]),
 ];
 
 /// One file: its module path (`cache::disk`), its text with comments blanked, and the line

@@ -647,3 +647,36 @@ async fn sec16_early_hints_are_not_stored_and_the_final_response_is() {
     }
     assert_eq!(o.served.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn sec16_early_hints_on_the_wire_a_raw_client_gets_the_final_response_then_a_hit() {
+    // What a client sees byte for byte (an HTTP client library would hide a 1xx): the first
+    // answer starts with the 200 (hyper's client consumes the 103 and its server cannot send
+    // one), and the second is a cache hit of that 200, never a stored 103.
+    let o = RawOrigin::start(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 5\r\nConnection: close\r\n\r\nfinal",
+    )
+    .await;
+    let p = Px::start(opts()).await;
+    let url = o.url("/wire");
+    let request = format!("GET {url} HTTP/1.1\r\nHost: {}\r\n\r\n", o.addr);
+    let (head, body) = exchange(p.p.addr, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("link:"), "{head}");
+    assert_eq!(body, "final");
+    let cache = p.cache();
+    wait_for("the fill to finish", || {
+        cache.stats.stored.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let (head, body) = exchange(p.p.addr, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("link:"), "{head}");
+    let status = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("cache-status:"))
+        .unwrap_or_default();
+    assert!(status.contains("cuttle; hit"), "{head}");
+    assert_eq!(body, "final");
+    assert_eq!(o.served.load(Ordering::SeqCst), 1);
+}
