@@ -58,6 +58,10 @@ pub mod defaults {
     pub const SERVE_STALE_ON_ERROR: &str = "7d";
     pub const RANGE_FETCH_LIMIT: &str = "1GiB";
     pub const BUILTIN_CACHE_RULES: bool = true;
+    /// Nexus's default "maximum metadata age" is 30 minutes; builds see new versions sooner.
+    pub const METADATA_MAX_AGE: &str = "5m";
+    pub const METADATA_GRACE: &str = "1h";
+    pub const NEGATIVE_TTL: &str = "1m";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9128";
 
     /// `cuttle-cache` under the system's temporary directory.
@@ -321,6 +325,22 @@ options! {
     /// Apply the built-in artifact rules (npm, Maven, PyPI, cargo, apt, Go): true or false.
     #[arg(long, env = "CUTTLE_BUILTIN_CACHE_RULES")]
     builtin_cache_rules: bool = || defaults::BUILTIN_CACHE_RULES;
+
+    /// How long mutable registry metadata (npm packuments, PyPI simple pages,
+    /// maven-metadata.xml, cargo index files, Go @v/list and @latest, apt indexes) is served
+    /// from the cache when the origin gives no explicit freshness (e.g. 5m).
+    #[arg(long, env = "CUTTLE_METADATA_MAX_AGE")]
+    metadata_max_age: String = || defaults::METADATA_MAX_AGE.into();
+
+    /// After metadata-max-age, how long the stored metadata is still served while one
+    /// background refresh runs (0s: refresh before answering).
+    #[arg(long, env = "CUTTLE_METADATA_GRACE")]
+    metadata_grace: String = || defaults::METADATA_GRACE.into();
+
+    /// How long a 404 or 410 without explicit freshness is remembered (0s: not at all);
+    /// 5xx answers never are.
+    #[arg(long, env = "CUTTLE_NEGATIVE_TTL")]
+    negative_ttl: String = || defaults::NEGATIVE_TTL.into();
 
     /// Admin port (health probes, metrics, status page): address:port, or `off`.
     #[arg(long, env = "CUTTLE_ADMIN_LISTEN")]

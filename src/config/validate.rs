@@ -16,7 +16,7 @@ use crate::access::AccessSettings;
 use crate::access::auth::Users;
 use crate::access::hosts::{HostList, PortSet};
 use crate::cache::CacheSettings;
-use crate::cache::rules::Rules;
+use crate::cache::rules::{MetadataAge, RuleDefaults, Rules};
 use crate::mitm::ca::Ca;
 use crate::telemetry::LogFormat;
 use crate::upstream::{self, UpstreamSettings};
@@ -308,10 +308,18 @@ fn cache(p: &mut Problems, o: &Options, read_timeout: Duration) -> Option<CacheS
     let range_fetch_limit = p.size("range-fetch-limit", o.range_fetch_limit.clone());
     let serve_stale = p.duration_or_zero("serve-stale-on-error", o.serve_stale_on_error.clone());
     let purge_allow = p.nets("purge-allow", o.purge_allow.clone());
+    let rule_defaults = RuleDefaults {
+        metadata: MetadataAge {
+            max_age: p.duration_or_zero("metadata-max-age", o.metadata_max_age.clone()),
+            grace: p.duration_or_zero("metadata-grace", o.metadata_grace.clone()),
+        },
+        negative_ttl: p.duration_or_zero("negative-ttl", o.negative_ttl.clone()),
+    };
     let rules = Rules::build(
         &o.cache_rule.clone().unwrap_or_default(),
         o.builtin_cache_rules
             .unwrap_or(defaults::BUILTIN_CACHE_RULES),
+        rule_defaults,
     )
     .unwrap_or_else(|e| {
         p.push(e);
