@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::cache::rules::RuleConfig;
+use crate::mirror::MirrorConfig;
 use crate::upstream::auth::setup::PeerAuthOptions;
 
 /// The default of every option that has one.
@@ -379,6 +380,14 @@ options! {
     /// Cache rules (config file only: `[[cache-rule]]` tables).
     #[arg(skip)]
     cache_rule: Vec<RuleConfig>;
+
+    /// Registry mirror routes served on the proxy port, as NAME=KIND=URL (comma-separated;
+    /// several upstreams of one mirror joined with `|`, tried in order), e.g.
+    /// npm=npm=https://registry.example.org/ serves it at http://cuttle:3128/npm/. KIND is
+    /// npm, pypi, maven, cargo, go, apt or raw. The config file's `[[mirror]]` tables have
+    /// more settings (public-url, metadata-max-age, allow-write, forward-credentials).
+    #[arg(long, env = "CUTTLE_MIRROR", value_delimiter = ',')]
+    mirror: Vec<MirrorConfig>;
 }
 
 impl Options {

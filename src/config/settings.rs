@@ -62,6 +62,8 @@ pub struct ValidConfig {
     /// `None` when both cache tiers are off.
     pub cache: Option<CacheSettings>,
     pub intercept: InterceptSettings,
+    /// Registry mirror routes on the proxy port.
+    pub mirrors: Vec<crate::mirror::MirrorSettings>,
     /// `None` when the admin port is off.
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<Secret>,

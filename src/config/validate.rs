@@ -17,6 +17,7 @@ use crate::access::auth::Users;
 use crate::access::hosts::{HostList, PortSet};
 use crate::cache::CacheSettings;
 use crate::cache::rules::{MetadataAge, RuleDefaults, Rules};
+use crate::mirror::MirrorSettings;
 use crate::mitm::ca::Ca;
 use crate::telemetry::LogFormat;
 use crate::upstream::{self, UpstreamSettings};
@@ -161,6 +162,7 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
     let upstream = upstream(&mut p, &o);
     let cache = cache(&mut p, &o, timeouts.read);
     let intercept = intercept(&mut p, &o);
+    let mirrors = mirrors(&mut p, &o);
     let admin_listen = admin_listen(&mut p, &o);
     let admin_token = p
         .secret(
@@ -199,6 +201,7 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
         upstream,
         cache,
         intercept,
+        mirrors,
         admin_listen,
         admin_token,
         log_format,
@@ -371,6 +374,20 @@ fn intercept(p: &mut Problems, o: &Options) -> InterceptSettings {
         exclude,
         ca,
     }
+}
+
+fn mirrors(p: &mut Problems, o: &Options) -> Vec<MirrorSettings> {
+    let mut out: Vec<MirrorSettings> = Vec::new();
+    for c in o.mirror.clone().unwrap_or_default() {
+        match MirrorSettings::from_config(&c) {
+            Ok(m) if out.iter().any(|x| x.name == m.name) => {
+                p.push(format!("mirror: the name `{}` is used twice", m.name));
+            }
+            Ok(m) => out.push(m),
+            Err(e) => p.push(format!("mirror: {e}")),
+        }
+    }
+    out
 }
 
 fn admin_listen(p: &mut Problems, o: &Options) -> Option<SocketAddr> {
