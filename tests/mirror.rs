@@ -378,6 +378,21 @@ async fn metadata_and_missing_paths_are_cached_and_counted() {
     assert!(mirror_stats.bytes_saved.load(Ordering::SeqCst) > 0);
     assert_eq!(mirror_stats.requests.load(Ordering::SeqCst), 6);
     assert_eq!(mirror_stats.rewrite_errors.load(Ordering::SeqCst), 0);
+    // The same figures on /metrics and on the status page's JSON.
+    let metrics = get(&format!("{}/metrics", p.admin_url())).await.2;
+    assert!(
+        metrics.contains(r#"cuttle_mirror_requests_total{mirror="npm"} 6"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"cuttle_mirror_rewrite_errors_total{mirror="npm"} 0"#));
+    let stats: serde_json::Value =
+        serde_json::from_str(&get(&format!("{}/api/stats", p.admin_url())).await.2).unwrap();
+    let m = &stats["mirrors"][0];
+    assert_eq!(m["name"], "npm");
+    assert_eq!(m["kind"], "npm");
+    assert_eq!(m["requests"], 6);
+    assert!(m["hits"].as_u64().unwrap() >= 4, "{m}");
+    assert!(m["bytes_saved"].as_u64().unwrap() > 0, "{m}");
 }
 
 #[tokio::test]
