@@ -1167,6 +1167,12 @@ async fn metadata_within_max_age_sends_nothing_upstream() {
             );
         }
         assert_eq!(o.hits(), before + 1, "{path}: one upstream request");
+        let g = p.get(&url).await;
+        assert!(
+            g.header("cache-status").contains("; rule=\""),
+            "{path}: {:?}",
+            g.headers
+        );
     }
 }
 
@@ -1290,6 +1296,12 @@ async fn not_found_is_remembered_for_the_negative_ttl_and_5xx_never() {
         assert_eq!(p.get(&url).await.status, 404);
     }
     assert_eq!(o.hits(), 1, "the 404 is remembered");
+    let g = p.get(&url).await;
+    assert!(
+        g.header("cache-status").contains("rule=\"negative\""),
+        "{:?}",
+        g.headers
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     status.store(200, Ordering::SeqCst);
     assert_eq!(p.get(&url).await.status, 200, "the 404 expired");

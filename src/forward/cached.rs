@@ -565,7 +565,8 @@ impl Ctx<'_> {
             headers,
             fill as &dyn Source,
         );
-        finish(self.scope, resp, code, status_entry, rec)
+        let entry = with_rule(status_entry, fill.meta.policy.rule.as_deref());
+        finish(self.scope, resp, code, &entry, rec)
     }
 
     fn serve_stored(
@@ -586,7 +587,23 @@ impl Ctx<'_> {
             headers,
             stored as &dyn Source,
         );
-        finish(self.scope, resp, code, status_entry, rec)
+        let entry = with_rule(status_entry, stored.meta().policy.rule.as_deref());
+        finish(self.scope, resp, code, &entry, rec)
+    }
+}
+
+/// A `Cache-Status` entry naming the artifact rule that decided the entry's freshness (an
+/// extension parameter, RFC 9211 §2: `rule="npm-packument"`, `rule="negative"`).
+fn with_rule(entry: &str, rule: Option<&str>) -> String {
+    match rule {
+        Some(r) => {
+            let r: String = r
+                .chars()
+                .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+                .collect();
+            format!("{entry}; rule=\"{r}\"")
+        }
+        None => entry.to_string(),
     }
 }
 
