@@ -44,6 +44,10 @@ pub struct MirrorConfig {
     /// wants each user's token). Off: they are dropped, and the mirror serves anonymously.
     #[serde(default)]
     pub forward_credentials: bool,
+    /// Why the flag form did not parse: reported by validation (the command line itself
+    /// accepts any value, like every other option).
+    #[serde(skip)]
+    pub parse_error: Option<String>,
 }
 
 impl MirrorConfig {
@@ -70,9 +74,15 @@ impl MirrorConfig {
 }
 
 impl std::str::FromStr for MirrorConfig {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        MirrorConfig::parse_flag(s)
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(
+            MirrorConfig::parse_flag(s).unwrap_or_else(|e| MirrorConfig {
+                name: s.to_string(),
+                parse_error: Some(e),
+                ..Default::default()
+            }),
+        )
     }
 }
 
@@ -234,6 +244,9 @@ pub struct MirrorSettings {
 impl MirrorSettings {
     /// Checks a configured mirror; errors name the field.
     pub fn from_config(c: &MirrorConfig) -> Result<MirrorSettings, String> {
+        if let Some(e) = &c.parse_error {
+            return Err(e.clone());
+        }
         let name = c.name.trim();
         let what = format!("mirror `{name}`");
         if name.is_empty()
@@ -487,6 +500,12 @@ mod tests {
                 .unwrap();
         assert_eq!(m.upstream.len(), 2);
         assert!(MirrorConfig::parse_flag("npm=https://x").is_err());
+        let unparsed: MirrorConfig = "npm=https://x".parse().unwrap();
+        assert!(
+            MirrorSettings::from_config(&unparsed)
+                .unwrap_err()
+                .contains("NAME=KIND=URL")
+        );
         let s = MirrorSettings::from_config(&m).unwrap();
         assert_eq!(s.upstream[0], "https://a.example.org/m2/");
         for bad in [
