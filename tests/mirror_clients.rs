@@ -2,7 +2,8 @@
 //! Real clients against mirror routes, with no internet, no proxy setting and no CA in the
 //! client: only its registry URL points at cuttle. npm against an npm-style registry whose
 //! packument and tarball the test makes with `npm pack`; pip against a PEP 503 / PEP 691
-//! simple index with a wheel the test builds. Both registries are in-process plain-HTTP
+//! simple index with a wheel the test builds; cargo against a sparse registry (`config.json`,
+//! an index file, a `.crate` made with `cargo package`). The registries are in-process plain-HTTP
 //! origins on 127.0.0.1 that count requests and link their files with absolute URLs, as the
 //! public registries do (so the mirror's rewriting is what keeps the client on cuttle).
 //!
@@ -455,6 +456,161 @@ async fn pip_download_through_the_mirror_is_served_from_cache_and_offline() {
     assert!(
         offline.ok,
         "download with the origin gone failed:\n{}\n{}",
+        offline.stdout, offline.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// cargo (sparse registry)
+
+const CRATE: &str = "cuttle-mirror-crate";
+const CRATE_LIB: &str = "pub const GREETING: &str = \"hello from cuttle-mirror-crate\";\n";
+
+fn cargo_cmd(home: &Path) -> tokio::process::Command {
+    let mut c = client(env!("CARGO"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("CARGO_HOME", home).env("CARGO_TERM_COLOR", "never");
+    c
+}
+
+/// Makes the `.crate` with `cargo package`.
+async fn cargo_package(dir: &Path) -> Vec<u8> {
+    let src = dir.join("crate-src");
+    std::fs::create_dir_all(src.join("src")).unwrap();
+    std::fs::write(
+        src.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{CRATE}\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\
+             license = \"MIT\"\ndescription = \"cuttle test crate\"\n\n[workspace]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(src.join("src/lib.rs"), CRATE_LIB).unwrap();
+    let mut c = cargo_cmd(&dir.join("package-home"));
+    c.args([
+        "package",
+        "--no-verify",
+        "--allow-dirty",
+        "--offline",
+        "--quiet",
+    ])
+    .current_dir(&src);
+    let r = run(c).await;
+    assert!(r.ok, "cargo package failed: {}", r.stderr);
+    std::fs::read(src.join(format!("target/package/{CRATE}-1.0.0.crate"))).unwrap()
+}
+
+/// `cargo fetch` of a project depending on the crate from the mirror's sparse registry
+/// (`sparse+http://cuttle/cargo/`), with a new CARGO_HOME and no proxy.
+async fn cargo_fetch(work: &Path, n: usize, index: &str) -> Ran {
+    let project = work.join(format!("consumer{n}"));
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"consumer\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [dependencies]\n{CRATE} = {{ version = \"1\", registry = \"mirror\" }}\n\n\
+             [workspace]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(project.join("src/lib.rs"), "").unwrap();
+    let home = work.join(format!("cargo-home{n}"));
+    let mut c = cargo_cmd(&home);
+    c.args(["fetch", "--quiet"])
+        .env("CARGO_REGISTRIES_MIRROR_INDEX", format!("sparse+{index}"))
+        .env("CARGO_NET_RETRY", "0")
+        .current_dir(&project);
+    let r = run(c).await;
+    if r.ok {
+        let found = std::fs::read_dir(home.join("registry/src"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| d.path().join(format!("{CRATE}-1.0.0/src/lib.rs")))
+            .any(|p| std::fs::read_to_string(p).is_ok_and(|s| s == CRATE_LIB));
+        assert!(
+            found,
+            "cargo said it fetched {CRATE}, but its source is not there"
+        );
+    }
+    r
+}
+
+#[tokio::test]
+async fn cargo_fetch_through_the_mirror_is_served_from_cache_and_offline() {
+    use sha2::Digest;
+    let work = tempfile::tempdir().unwrap();
+    let krate = cargo_package(work.path()).await;
+    let cksum = hex::encode(sha2::Sha256::digest(&krate));
+    let index_line = format!(
+        r#"{{"name":"{CRATE}","vers":"1.0.0","deps":[],"cksum":"{cksum}","features":{{}},"yanked":false}}"#
+    ) + "\n";
+    let download = format!("/api/v1/crates/{CRATE}/1.0.0/download");
+    let reg = Registry::start(vec![
+        (
+            "/config.json".into(),
+            (
+                "application/json".into(),
+                Bytes::from(r#"{"dl":"{origin}/api/v1/crates","api":"{origin}"}"#),
+            ),
+        ),
+        (
+            format!("/cu/tt/{CRATE}"),
+            ("text/plain".into(), Bytes::from(index_line)),
+        ),
+        (
+            download.clone(),
+            ("application/x-tar".into(), Bytes::from(krate)),
+        ),
+    ])
+    .await;
+    let p = TestProxy::start(mirror_proxy_opts("cargo", "cargo", &reg.origin.url("/"))).await;
+    let index = format!("{}/cargo/", p.url());
+
+    let cold = cargo_fetch(work.path(), 1, &index).await;
+    assert!(
+        cold.ok,
+        "cold fetch failed:\n{}\n{}",
+        cold.stdout, cold.stderr
+    );
+    let paths: Vec<String> = reg
+        .origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    assert!(paths.contains(&download), "{paths:?}");
+    let upstream_cold = reg.origin.hits();
+    // The download went through the mirror: cuttle logged it under the upstream URL.
+    assert!(
+        p.all_logs().iter().any(|l| l.contains(&download)),
+        "{:?}",
+        p.all_logs()
+    );
+
+    let warm = cargo_fetch(work.path(), 2, &index).await;
+    assert!(
+        warm.ok,
+        "warm fetch failed:\n{}\n{}",
+        warm.stdout, warm.stderr
+    );
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second fetch, with a new CARGO_HOME, sent nothing upstream"
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let offline = cargo_fetch(work.path(), 3, &index).await;
+    assert!(
+        offline.ok,
+        "fetch with the origin gone failed:\n{}\n{}",
         offline.stdout, offline.stderr
     );
 }
