@@ -483,3 +483,59 @@ allow-write = false
     let e = TestProxy::try_start(dup).await.err().unwrap();
     assert!(e.contains("used twice"), "{e}");
 }
+
+/// `--tls-listen`: the mirror over HTTPS with the operator's certificate; rewritten documents
+/// name `https` and the host the client used. Checked with curl trusting only that
+/// certificate.
+#[tokio::test]
+async fn the_tls_listener_serves_mirrors_over_https() {
+    let reg = Registry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let p = TestProxy::start(Options {
+        tls_listen: Some(vec!["127.0.0.1:0".into()]),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        ..with_mirrors(vec![mirror(&format!("npm=npm={}", reg.base()))])
+    })
+    .await;
+    let tls = p.proxy().tls_addrs()[0];
+    for version in ["--http2", "--http1.1"] {
+        let mut cmd = curl();
+        cmd.args(["-sS", "--fail", "--max-time", "30", version, "--cacert"])
+            .arg(&cert)
+            .arg(format!("https://localhost:{}/npm/left-pad", tls.port()))
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", tls.port())]);
+        // curl blocks: off the runtime thread the in-process proxy runs on.
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            body.contains(&format!(
+                r#""tarball":"https://localhost:{}/npm/left-pad/-/left-pad-1.0.0.tgz""#,
+                tls.port()
+            )),
+            "{version}: {body}"
+        );
+    }
+    // Without the certificate or key: a clear configuration error.
+    let e = TestProxy::try_start(Options {
+        tls_listen: Some(vec!["127.0.0.1:0".into()]),
+        ..opts()
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(e.contains("--tls-cert"), "{e}");
+}

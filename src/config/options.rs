@@ -377,6 +377,20 @@ options! {
     #[arg(long, env = "CUTTLE_UPSTREAM_CA")]
     upstream_ca: PathBuf;
 
+    /// Addresses of a TLS listener (comma-separated) serving the same as the proxy port over
+    /// HTTPS, for mirror clients that refuse plain-HTTP repositories; needs --tls-cert and
+    /// --tls-key.
+    #[arg(long, env = "CUTTLE_TLS_LISTEN", value_delimiter = ',')]
+    tls_listen: Vec<String>;
+
+    /// The TLS listener's certificate chain (PEM, leaf first).
+    #[arg(long, env = "CUTTLE_TLS_CERT")]
+    tls_cert: PathBuf;
+
+    /// The TLS listener's private key (PEM).
+    #[arg(long, env = "CUTTLE_TLS_KEY")]
+    tls_key: PathBuf;
+
     /// Cache rules (config file only: `[[cache-rule]]` tables).
     #[arg(skip)]
     cache_rule: Vec<RuleConfig>;

@@ -163,6 +163,7 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
     let cache = cache(&mut p, &o, timeouts.read);
     let intercept = intercept(&mut p, &o);
     let mirrors = mirrors(&mut p, &o);
+    let (tls_listen, tls_server) = tls_listen(&mut p, &o);
     let admin_listen = admin_listen(&mut p, &o);
     let admin_token = p
         .secret(
@@ -202,6 +203,8 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
         cache,
         intercept,
         mirrors,
+        tls_listen,
+        tls_server,
         admin_listen,
         admin_token,
         log_format,
@@ -373,6 +376,38 @@ fn intercept(p: &mut Problems, o: &Options) -> InterceptSettings {
         patterns,
         exclude,
         ca,
+    }
+}
+
+fn tls_listen(
+    p: &mut Problems,
+    o: &Options,
+) -> (
+    Vec<SocketAddr>,
+    Option<std::sync::Arc<rustls::ServerConfig>>,
+) {
+    let mut addrs = Vec::new();
+    for a in o.tls_listen.clone().unwrap_or_default() {
+        match a.trim().parse::<SocketAddr>() {
+            Ok(sa) => addrs.push(sa),
+            Err(_) => p.push(format!("tls-listen: `{a}` is not an address:port")),
+        }
+    }
+    if addrs.is_empty() {
+        return (addrs, None);
+    }
+    match (&o.tls_cert, &o.tls_key) {
+        (Some(c), Some(k)) => match crate::mirror::tls::server_config(c, k) {
+            Ok(cfg) => (addrs, Some(cfg)),
+            Err(e) => {
+                p.push(e);
+                (addrs, None)
+            }
+        },
+        _ => {
+            p.push("tls-listen: give the certificate and key with --tls-cert and --tls-key".into());
+            (addrs, None)
+        }
     }
 }
 

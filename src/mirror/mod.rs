@@ -13,6 +13,7 @@
 
 pub mod rewrite;
 pub mod route;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -62,7 +62,8 @@ pub async fn handle(
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    let origin = public_base("http", &host)
+    let scheme = if scope.conn.secure { "https" } else { "http" };
+    let origin = public_base(scheme, &host)
         .ok_or_else(|| bad("the Host header is not a plain host[:port]".into()))?;
 
     let (parts, body) = req.into_parts();

@@ -42,18 +42,22 @@ async fn route(
     let client = scope.conn.peer.ip();
     policy.check_client(client)?;
     // Origin-form, addressed to a mirror route: the path and query below the mirror name.
-    let mirror =
-        match req.uri().scheme() {
-            None if req.method() != Method::CONNECT => {
-                scope.state.mirrors.find(req.uri().path()).map(|(m, rest)| {
-                    match req.uri().query() {
-                        Some(q) => (m, format!("{rest}?{q}")),
-                        None => (m, rest.to_string()),
-                    }
-                })
-            }
-            _ => None,
-        };
+    // Over HTTP/2 (only on the TLS listener) every request carries a scheme and authority:
+    // one under a mirror name is a mirror request, as its origin-form HTTP/1.1 twin.
+    let origin_form = req.uri().scheme().is_none()
+        || (scope.conn.secure && req.version() == http::Version::HTTP_2);
+    let mirror = if origin_form && req.method() != Method::CONNECT {
+        scope
+            .state
+            .mirrors
+            .find(req.uri().path())
+            .map(|(m, rest)| match req.uri().query() {
+                Some(q) => (m, format!("{rest}?{q}")),
+                None => (m, rest.to_string()),
+            })
+    } else {
+        None
+    };
     let Some((mirror, rest)) = mirror else {
         rec.user = policy.authenticate(client, req.headers()).await?;
         return if req.method() == Method::CONNECT {
