@@ -14,11 +14,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::cache::Cache;
+use crate::mirror::{MirrorStats, Mirrors};
 use crate::telemetry::record::{AccessRecord, ResultCode};
 use crate::upstream::parent::Peer;
 
 type L1 = [(&'static str, &'static str); 1];
 type L2 = [(&'static str, &'static str); 2];
+/// A mirror's name: configured, so a bounded set.
+type LM = [(&'static str, String); 1];
 type Hist = Family<L1, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -48,6 +51,11 @@ pub struct Metrics {
     denials: Family<L1, Counter>,
     pub certificates_minted: Counter,
     log_lines_dropped: Counter,
+    mirror_requests: Family<LM, Counter>,
+    mirror_hits: Family<LM, Counter>,
+    mirror_bytes_saved: Family<LM, Counter>,
+    mirror_upstream_errors: Family<LM, Counter>,
+    mirror_rewrite_errors: Family<LM, Counter>,
 }
 
 /// Method classes used as a label.
@@ -185,6 +193,32 @@ impl Metrics {
             "Access-log lines dropped because stdout could not keep up",
             log_lines_dropped.clone(),
         );
+        let mirror = |r: &mut Registry, name: &str, help: &str| {
+            let f = Family::<LM, Counter>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let mirror_requests = mirror(&mut r, "mirror_requests", "Requests to each mirror route");
+        let mirror_hits = mirror(
+            &mut r,
+            "mirror_hits",
+            "Mirror answers served from the cache (fresh, revalidated, stale or collapsed)",
+        );
+        let mirror_bytes_saved = mirror(
+            &mut r,
+            "mirror_bytes_saved",
+            "Body bytes of mirror answers served from the cache",
+        );
+        let mirror_upstream_errors = mirror(
+            &mut r,
+            "mirror_upstream_errors",
+            "Mirror requests whose last upstream failed (no answer or 5xx)",
+        );
+        let mirror_rewrite_errors = mirror(
+            &mut r,
+            "mirror_rewrite_errors",
+            "Mirror documents passed without rewriting their URLs (encoded, unexpected type)",
+        );
         Metrics {
             registry: r,
             requests,
@@ -207,6 +241,11 @@ impl Metrics {
             denials,
             certificates_minted,
             log_lines_dropped,
+            mirror_requests,
+            mirror_hits,
+            mirror_bytes_saved,
+            mirror_upstream_errors,
+            mirror_rewrite_errors,
         }
     }
 
@@ -272,8 +311,22 @@ impl Metrics {
         &self,
         cache: Option<&Cache>,
         peers: &[std::sync::Arc<Peer>],
+        mirrors: &Mirrors,
         dropped_log_lines: u64,
     ) -> String {
+        for m in &mirrors.list {
+            let l = [("mirror", m.settings.name.clone())];
+            let st = &m.stats;
+            for (family, value) in [
+                (&self.mirror_requests, &st.requests),
+                (&self.mirror_hits, &st.hits),
+                (&self.mirror_bytes_saved, &st.bytes_saved),
+                (&self.mirror_upstream_errors, &st.upstream_errors),
+                (&self.mirror_rewrite_errors, &st.rewrite_errors),
+            ] {
+                catch_up(&family.get_or_create(&l), MirrorStats::get(value));
+            }
+        }
         if let Some(c) = cache {
             let u = c.usage();
             let tiers = [
@@ -372,7 +425,7 @@ mod tests {
         rec.deny_reason = Some("client_network");
         m.observe(&rec);
         let _c = m.connection();
-        let text = m.render(None, &[], 0);
+        let text = m.render(None, &[], &Mirrors::default(), 0);
         assert!(
             text.contains(r#"cuttle_requests_total{method="get",result="TCP_MEM_HIT"} 1"#),
             "{text}"

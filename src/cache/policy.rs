@@ -419,7 +419,16 @@ impl StoredPolicy {
         let credentials = authorization(req);
         // Artifact rules never apply to credentialed requests: their freshness would override
         // RFC 9111 §3.5.
-        let rule = rule.filter(|_| credentials.is_none());
+        // Rules for artifacts and metadata describe successful answers; the negative rule
+        // describes 404 and 410 only ([`super::rules::Rules::for_status`]).
+        let rule = rule.filter(|r| {
+            credentials.is_none()
+                && if r.negative {
+                    matches!(status.as_u16(), 404 | 410)
+                } else {
+                    status.is_success()
+                }
+        });
         let mut h = headers.clone();
         h.remove("warning");
         normalise_dates(&mut h);
@@ -475,7 +484,8 @@ impl StoredPolicy {
             has("must-revalidate") || has("proxy-revalidate") || has("no-cache") || has("s-maxage");
         let (policy, lifetime, no_stale) = match rule {
             Some(r) => {
-                let lifetime = r.clamp(origin_lifetime);
+                // `no-cache` from the origin is explicit too: it asks for revalidation.
+                let lifetime = r.lifetime(origin_lifetime, explicit || has("no-cache"));
                 let kept: Vec<String> = dirs
                     .iter()
                     .filter(|(k, _)| {
@@ -510,7 +520,12 @@ impl StoredPolicy {
         Some(StoredPolicy {
             policy,
             lifetime,
-            swr: seconds(&dirs, "stale-while-revalidate"),
+            // A metadata rule's grace is a stale-while-revalidate the origin did not give.
+            swr: seconds(&dirs, "stale-while-revalidate").or_else(|| {
+                rule.and_then(|r| r.metadata)
+                    .map(|m| m.grace)
+                    .filter(|g| !g.is_zero())
+            }),
             sie: seconds(&dirs, "stale-if-error"),
             no_stale,
             rule: rule.map(|r| r.name.clone()),

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::cache::rules::RuleConfig;
+use crate::mirror::MirrorConfig;
 use crate::upstream::auth::setup::PeerAuthOptions;
 
 /// The default of every option that has one.
@@ -58,6 +59,10 @@ pub mod defaults {
     pub const SERVE_STALE_ON_ERROR: &str = "7d";
     pub const RANGE_FETCH_LIMIT: &str = "1GiB";
     pub const BUILTIN_CACHE_RULES: bool = true;
+    /// Nexus's default "maximum metadata age" is 30 minutes; builds see new versions sooner.
+    pub const METADATA_MAX_AGE: &str = "5m";
+    pub const METADATA_GRACE: &str = "1h";
+    pub const NEGATIVE_TTL: &str = "1m";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9128";
 
     /// `cuttle-cache` under the system's temporary directory.
@@ -322,6 +327,22 @@ options! {
     #[arg(long, env = "CUTTLE_BUILTIN_CACHE_RULES")]
     builtin_cache_rules: bool = || defaults::BUILTIN_CACHE_RULES;
 
+    /// How long mutable registry metadata (npm packuments, PyPI simple pages,
+    /// maven-metadata.xml, cargo index files, Go @v/list and @latest, apt indexes) is served
+    /// from the cache when the origin gives no explicit freshness (e.g. 5m).
+    #[arg(long, env = "CUTTLE_METADATA_MAX_AGE")]
+    metadata_max_age: String = || defaults::METADATA_MAX_AGE.into();
+
+    /// After metadata-max-age, how long the stored metadata is still served while one
+    /// background refresh runs (0s: refresh before answering).
+    #[arg(long, env = "CUTTLE_METADATA_GRACE")]
+    metadata_grace: String = || defaults::METADATA_GRACE.into();
+
+    /// How long a 404 or 410 without explicit freshness is remembered (0s: not at all);
+    /// 5xx answers never are.
+    #[arg(long, env = "CUTTLE_NEGATIVE_TTL")]
+    negative_ttl: String = || defaults::NEGATIVE_TTL.into();
+
     /// Admin port (health probes, metrics, status page): address:port, or `off`.
     #[arg(long, env = "CUTTLE_ADMIN_LISTEN")]
     admin_listen: String = || defaults::ADMIN_LISTEN.into();
@@ -356,9 +377,31 @@ options! {
     #[arg(long, env = "CUTTLE_UPSTREAM_CA")]
     upstream_ca: PathBuf;
 
+    /// Addresses of a TLS listener (comma-separated) serving the same as the proxy port over
+    /// HTTPS, for mirror clients that refuse plain-HTTP repositories; needs --tls-cert and
+    /// --tls-key.
+    #[arg(long, env = "CUTTLE_TLS_LISTEN", value_delimiter = ',')]
+    tls_listen: Vec<String>;
+
+    /// The TLS listener's certificate chain (PEM, leaf first).
+    #[arg(long, env = "CUTTLE_TLS_CERT")]
+    tls_cert: PathBuf;
+
+    /// The TLS listener's private key (PEM).
+    #[arg(long, env = "CUTTLE_TLS_KEY")]
+    tls_key: PathBuf;
+
     /// Cache rules (config file only: `[[cache-rule]]` tables).
     #[arg(skip)]
     cache_rule: Vec<RuleConfig>;
+
+    /// Registry mirror routes served on the proxy port, as NAME=KIND=URL (comma-separated;
+    /// several upstreams of one mirror joined with `|`, tried in order), e.g.
+    /// npm=npm=https://registry.example.org/ serves it at http://cuttle:3128/npm/. KIND is
+    /// npm, pypi, maven, cargo, go, apt or raw. The config file's `[[mirror]]` tables have
+    /// more settings (public-url, metadata-max-age, allow-write, forward-credentials).
+    #[arg(long, env = "CUTTLE_MIRROR", value_delimiter = ',')]
+    mirror: Vec<MirrorConfig>;
 }
 
 impl Options {

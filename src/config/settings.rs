@@ -62,6 +62,11 @@ pub struct ValidConfig {
     /// `None` when both cache tiers are off.
     pub cache: Option<CacheSettings>,
     pub intercept: InterceptSettings,
+    /// Registry mirror routes on the proxy port.
+    pub mirrors: Vec<crate::mirror::MirrorSettings>,
+    /// The TLS listener (`--tls-listen`): its addresses and server configuration.
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// `None` when the admin port is off.
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<Secret>,

@@ -16,7 +16,8 @@ use crate::access::AccessSettings;
 use crate::access::auth::Users;
 use crate::access::hosts::{HostList, PortSet};
 use crate::cache::CacheSettings;
-use crate::cache::rules::Rules;
+use crate::cache::rules::{MetadataAge, RuleDefaults, Rules};
+use crate::mirror::MirrorSettings;
 use crate::mitm::ca::Ca;
 use crate::telemetry::LogFormat;
 use crate::upstream::{self, UpstreamSettings};
@@ -161,6 +162,8 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
     let upstream = upstream(&mut p, &o);
     let cache = cache(&mut p, &o, timeouts.read);
     let intercept = intercept(&mut p, &o);
+    let mirrors = mirrors(&mut p, &o);
+    let (tls_listen, tls_server) = tls_listen(&mut p, &o);
     let admin_listen = admin_listen(&mut p, &o);
     let admin_token = p
         .secret(
@@ -199,6 +202,9 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
         upstream,
         cache,
         intercept,
+        mirrors,
+        tls_listen,
+        tls_server,
         admin_listen,
         admin_token,
         log_format,
@@ -308,10 +314,18 @@ fn cache(p: &mut Problems, o: &Options, read_timeout: Duration) -> Option<CacheS
     let range_fetch_limit = p.size("range-fetch-limit", o.range_fetch_limit.clone());
     let serve_stale = p.duration_or_zero("serve-stale-on-error", o.serve_stale_on_error.clone());
     let purge_allow = p.nets("purge-allow", o.purge_allow.clone());
+    let rule_defaults = RuleDefaults {
+        metadata: MetadataAge {
+            max_age: p.duration_or_zero("metadata-max-age", o.metadata_max_age.clone()),
+            grace: p.duration_or_zero("metadata-grace", o.metadata_grace.clone()),
+        },
+        negative_ttl: p.duration_or_zero("negative-ttl", o.negative_ttl.clone()),
+    };
     let rules = Rules::build(
         &o.cache_rule.clone().unwrap_or_default(),
         o.builtin_cache_rules
             .unwrap_or(defaults::BUILTIN_CACHE_RULES),
+        rule_defaults,
     )
     .unwrap_or_else(|e| {
         p.push(e);
@@ -363,6 +377,52 @@ fn intercept(p: &mut Problems, o: &Options) -> InterceptSettings {
         exclude,
         ca,
     }
+}
+
+fn tls_listen(
+    p: &mut Problems,
+    o: &Options,
+) -> (
+    Vec<SocketAddr>,
+    Option<std::sync::Arc<rustls::ServerConfig>>,
+) {
+    let mut addrs = Vec::new();
+    for a in o.tls_listen.clone().unwrap_or_default() {
+        match a.trim().parse::<SocketAddr>() {
+            Ok(sa) => addrs.push(sa),
+            Err(_) => p.push(format!("tls-listen: `{a}` is not an address:port")),
+        }
+    }
+    if addrs.is_empty() {
+        return (addrs, None);
+    }
+    match (&o.tls_cert, &o.tls_key) {
+        (Some(c), Some(k)) => match crate::mirror::tls::server_config(c, k) {
+            Ok(cfg) => (addrs, Some(cfg)),
+            Err(e) => {
+                p.push(e);
+                (addrs, None)
+            }
+        },
+        _ => {
+            p.push("tls-listen: give the certificate and key with --tls-cert and --tls-key".into());
+            (addrs, None)
+        }
+    }
+}
+
+fn mirrors(p: &mut Problems, o: &Options) -> Vec<MirrorSettings> {
+    let mut out: Vec<MirrorSettings> = Vec::new();
+    for c in o.mirror.clone().unwrap_or_default() {
+        match MirrorSettings::from_config(&c) {
+            Ok(m) if out.iter().any(|x| x.name == m.name) => {
+                p.push(format!("mirror: the name `{}` is used twice", m.name));
+            }
+            Ok(m) => out.push(m),
+            Err(e) => p.push(format!("mirror: {e}")),
+        }
+    }
+    out
 }
 
 fn admin_listen(p: &mut Problems, o: &Options) -> Option<SocketAddr> {

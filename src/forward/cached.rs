@@ -68,6 +68,20 @@ pub(super) async fn handle(
 ) -> Result<Response<Body>, ProxyError> {
     let primary = PrimaryKey::for_uri(&out.uri, target);
     let rule = cache.rules().classify(primary.url()).cloned();
+    handle_with_rule(scope, cache, target, out, rule, rec).await
+}
+
+/// [`handle`] with the artifact rule chosen by the caller (a mirror route knows what its
+/// URLs are better than the host-based patterns of the built-in rules).
+pub async fn handle_with_rule(
+    scope: &Scope,
+    cache: &Arc<Cache>,
+    target: &Target,
+    out: &Outgoing,
+    rule: Option<Rule>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    let primary = PrimaryKey::for_uri(&out.uri, target);
     let view_uri: Uri = primary.url().parse().unwrap_or_else(|_| out.uri.clone());
     let authority = view_uri
         .authority()
@@ -154,6 +168,11 @@ pub(super) async fn handle(
 }
 
 impl Ctx<'_> {
+    /// The rule a response with `status` is stored under (the negative rule for 404/410).
+    fn rule_for(&self, status: StatusCode) -> Option<Rule> {
+        self.cache.rules().for_status(self.rule.as_ref(), status)
+    }
+
     fn serve_on_error(&self, stored: &Stored) -> bool {
         stored.meta().policy.may_serve_on_error(
             &self.view,
@@ -203,7 +222,7 @@ impl Ctx<'_> {
                     &stored.meta().headers,
                     resp.headers(),
                     now,
-                    self.rule.as_ref(),
+                    self.rule_for(stored.meta().status()).as_ref(),
                 );
                 match merged {
                     Some((policy, status, headers)) => {
@@ -297,6 +316,7 @@ impl Ctx<'_> {
             uri: self.out.uri.clone(),
             headers,
         };
+        let rules = Arc::clone(&*self.cache.rules());
         tokio::spawn(async move {
             let mut rec = AccessRecord::new(([0, 0, 0, 0], 0).into(), "GET", String::new());
             let now = SystemTime::now();
@@ -317,7 +337,7 @@ impl Ctx<'_> {
                     &old.headers,
                     resp.headers(),
                     now,
-                    rule.as_ref(),
+                    rules.for_status(rule.as_ref(), old.status()).as_ref(),
                 ) {
                     cache.refresh(Arc::new(refreshed(&old, status, headers, policy)));
                 }
@@ -328,7 +348,9 @@ impl Ctx<'_> {
             let mut headers = parts.headers;
             strip_hop_by_hop(&mut headers, false);
             let variant = variant_for(&headers, &req.headers, rule.as_ref());
-            let Some(policy) = StoredPolicy::new(&view, parts.status, &headers, now, rule.as_ref())
+            let status_rule = rules.for_status(rule.as_ref(), parts.status);
+            let Some(policy) =
+                StoredPolicy::new(&view, parts.status, &headers, now, status_rule.as_ref())
             else {
                 return;
             };
@@ -478,7 +500,10 @@ impl Ctx<'_> {
         strip_hop_by_hop(&mut headers, false);
         let status = resp.status();
         let policy = (status != StatusCode::PARTIAL_CONTENT && status != StatusCode::NOT_MODIFIED)
-            .then(|| StoredPolicy::new(&self.view, status, &headers, now, self.rule.as_ref()))
+            .then(|| {
+                let rule = self.rule_for(status);
+                StoredPolicy::new(&self.view, status, &headers, now, rule.as_ref())
+            })
             .flatten();
         let Some(policy) = policy.filter(|_| self.cache.can_store(content_length(&headers))) else {
             drop(permit);
@@ -540,7 +565,8 @@ impl Ctx<'_> {
             headers,
             fill as &dyn Source,
         );
-        finish(self.scope, resp, code, status_entry, rec)
+        let entry = with_rule(status_entry, fill.meta.policy.rule.as_deref());
+        finish(self.scope, resp, code, &entry, rec)
     }
 
     fn serve_stored(
@@ -561,7 +587,23 @@ impl Ctx<'_> {
             headers,
             stored as &dyn Source,
         );
-        finish(self.scope, resp, code, status_entry, rec)
+        let entry = with_rule(status_entry, stored.meta().policy.rule.as_deref());
+        finish(self.scope, resp, code, &entry, rec)
+    }
+}
+
+/// A `Cache-Status` entry naming the artifact rule that decided the entry's freshness (an
+/// extension parameter, RFC 9211 §2: `rule="npm-packument"`, `rule="negative"`).
+fn with_rule(entry: &str, rule: Option<&str>) -> String {
+    match rule {
+        Some(r) => {
+            let r: String = r
+                .chars()
+                .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+                .collect();
+            format!("{entry}; rule=\"{r}\"")
+        }
+        None => entry.to_string(),
     }
 }
 

@@ -946,15 +946,23 @@ async fn maven_jar_and_checksum_are_fresh_despite_client_no_cache() {
     assert_eq!(o.hits(), 2);
 }
 
+/// The origin's own freshness for metadata is kept: the metadata age only fills in when the
+/// origin says nothing.
 #[tokio::test]
-async fn maven_metadata_is_revalidated_every_time_despite_max_age() {
+async fn maven_metadata_with_explicit_freshness_follows_the_origin() {
     let o = Origin::start(|req| {
         let cond = req
             .headers()
             .get("if-none-match")
             .is_some_and(|v| v == "\"m1\"");
+        let path = req.uri().path().to_string();
         async move {
-            let h = hdrs(&[("etag", "\"m1\""), ("cache-control", "max-age=3600")]);
+            let cc = if path.contains("/no-cache/") {
+                "no-cache"
+            } else {
+                "max-age=3600"
+            };
+            let h = hdrs(&[("etag", "\"m1\""), ("cache-control", cc)]);
             if cond {
                 reply(304, &h, "")
             } else {
@@ -966,21 +974,248 @@ async fn maven_metadata_is_revalidated_every_time_despite_max_age() {
     let p = Px::start(opts()).await;
     let url = o.url("/m2/org/x/a/maven-metadata.xml");
     for _ in 0..3 {
-        let g = p.get(&url).await;
-        assert_eq!(g.status, 200);
-        assert_eq!(g.text(), "<metadata/>");
+        assert_eq!(p.get(&url).await.text(), "<metadata/>");
     }
-    assert_eq!(o.hits(), 3);
-    let seen = o.seen();
-    assert!(!seen[0].headers.contains_key("if-none-match"));
+    assert_eq!(o.hits(), 1);
+    let url = o.url("/m2/no-cache/x/a/maven-metadata.xml");
+    for _ in 0..3 {
+        assert_eq!(p.get(&url).await.text(), "<metadata/>");
+    }
+    assert_eq!(
+        o.hits(),
+        4,
+        "no-cache from the origin: revalidated on every use"
+    );
     assert!(
-        seen[1..]
+        o.seen()[2..]
             .iter()
             .all(|s| s.headers["if-none-match"] == "\"m1\"")
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 12b. Metadata policy (--metadata-max-age, --metadata-grace) and negative caching
+
+/// Metadata documents of every ecosystem, as an origin without cache headers serves them.
+const METADATA_PATHS: [&str; 7] = [
+    "/m2/org/x/a/maven-metadata.xml",
+    "/simple/requests/",
+    "/golang.org/x/mod/@v/list",
+    "/golang.org/x/mod/@latest",
+    "/debian/dists/stable/InRelease",
+    "/debian/dists/stable/main/binary-amd64/Packages.xz",
+    "/maven2/org/y/maven-metadata.xml.sha1",
+];
+
+/// Counts requests; answers metadata with an ETag and no freshness, `v1` then `v2`..., and
+/// 304 to a matching `If-None-Match`.
+async fn metadata_origin(gate: Option<Arc<tokio::sync::Semaphore>>) -> Origin {
+    let n = Arc::new(AtomicUsize::new(0));
+    Origin::start(move |req| {
+        let cond = req.headers().contains_key("if-none-match");
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        let gate = gate.clone();
+        async move {
+            if i > 0
+                && let Some(g) = gate
+            {
+                drop(g.acquire().await.unwrap());
+            }
+            if cond {
+                return reply(304, &hdrs(&[("etag", "\"v1\"")]), "");
+            }
+            reply(
+                200,
+                &hdrs(&[("etag", "\"v1\""), ("content-type", "text/plain")]),
+                format!("v{}", i + 1),
+            )
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn metadata_within_max_age_sends_nothing_upstream() {
+    let o = metadata_origin(None).await;
+    let p = Px::start(opts()).await;
+    for path in METADATA_PATHS {
+        let url = o.url(path);
+        let before = o.hits();
+        assert_eq!(p.get(&url).await.status, 200);
+        // pip sends `Cache-Control: max-age=0` for every index page; the policy decides.
+        for cc in ["", "max-age=0", "no-cache"] {
+            let g = if cc.is_empty() {
+                p.get(&url).await
+            } else {
+                p.get_with(&url, &[("cache-control", cc)]).await
+            };
+            assert_eq!(g.status, 200, "{path}");
+            assert!(
+                g.header("cache-status").contains("hit"),
+                "{path}: {:?}",
+                g.headers
+            );
+        }
+        assert_eq!(o.hits(), before + 1, "{path}: one upstream request");
+        let g = p.get(&url).await;
+        assert!(
+            g.header("cache-status").contains("; rule=\""),
+            "{path}: {:?}",
+            g.headers
+        );
+    }
+}
+
+#[tokio::test]
+async fn metadata_after_max_age_is_served_stale_with_exactly_one_background_refresh() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let o = metadata_origin(Some(gate.clone())).await;
+    let p = Px::start(Options {
+        metadata_max_age: Some("1s".into()),
+        ..opts()
+    })
+    .await;
+    let url = o.url("/simple/requests/");
+    assert_eq!(p.get(&url).await.text(), "v1");
     assert_eq!(next_code(&p).await, "TCP_MISS/200");
-    assert_eq!(next_code(&p).await, "TCP_REFRESH_UNMODIFIED/200");
-    assert_eq!(next_code(&p).await, "TCP_REFRESH_UNMODIFIED/200");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (c, url) = (p.c.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            fetch(&c, Method::GET, &url, &[]).await
+        }));
+    }
+    for t in tasks {
+        let g = t.await.unwrap();
+        assert_eq!(g.text(), "v1");
+        assert!(
+            g.header("cache-status").contains("stale-while-revalidate"),
+            "{:?}",
+            g.headers
+        );
+    }
+    for _ in 0..10 {
+        assert_eq!(next_code(&p).await, "TCP_STALE_HIT/200");
+    }
+    wait_for("the background refresh", || o.hits() == 2).await;
+    gate.add_permits(10);
+    // The refresh is conditional (the entry has an ETag) and the 304 makes it fresh again.
+    assert_eq!(o.seen()[1].headers["if-none-match"], "\"v1\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let g = p.get(&url).await;
+        assert_eq!(g.text(), "v1");
+        let code = next_code(&p).await;
+        if is_hit(&code) {
+            break;
+        }
+        assert_eq!(code, "TCP_STALE_HIT/200");
+        assert!(
+            Instant::now() < deadline,
+            "the refreshed entry never became fresh"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(o.hits(), 2, "exactly one background refresh");
+}
+
+#[tokio::test]
+async fn metadata_is_served_stale_when_the_upstream_is_down() {
+    let (o, down) = switchable(hdrs(&[("content-type", "text/plain")]), "kept").await;
+    // No grace: the refresh after the max age is in the foreground, and it fails.
+    let p = Px::start(Options {
+        metadata_max_age: Some("1s".into()),
+        metadata_grace: Some("0s".into()),
+        ..opts()
+    })
+    .await;
+    let url = o.url("/m2/org/x/a/maven-metadata.xml");
+    p.get(&url).await;
+    assert_eq!(next_code(&p).await, "TCP_MISS/200");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    down.store(true, Ordering::SeqCst);
+    let g = p.get(&url).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.text(), "kept");
+    assert_eq!(next_code(&p).await, "TCP_STALE_IF_ERROR/200");
+    assert_eq!(o.hits(), 2);
+    // And with the origin's port closed altogether.
+    drop(o);
+    let g = p.get(&url).await;
+    assert_eq!(g.text(), "kept");
+}
+
+#[tokio::test]
+async fn per_rule_metadata_max_age_from_the_config_file() {
+    let o = metadata_origin(None).await;
+    let toml = r#"
+        [[cache-rule]]
+        name = "pypi-simple"
+        metadata-max-age = "1s"
+        metadata-grace = "0s"
+    "#;
+    let p = Px::start(rules_from_toml(toml)).await;
+    let simple = o.url("/simple/a/");
+    let maven = o.url("/m2/a/maven-metadata.xml");
+    p.get(&simple).await;
+    p.get(&maven).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    p.get(&simple).await;
+    p.get(&maven).await;
+    assert_eq!(o.hits(), 3, "only the changed rule expired");
+}
+
+#[tokio::test]
+async fn not_found_is_remembered_for_the_negative_ttl_and_5xx_never() {
+    let status = Arc::new(AtomicUsize::new(404));
+    let s2 = status.clone();
+    let o = Origin::start(move |_req| {
+        let st = s2.load(Ordering::SeqCst) as u16;
+        async move { reply(st, &hdrs(&[("content-type", "text/plain")]), "answer") }
+    })
+    .await;
+    let p = Px::start(Options {
+        negative_ttl: Some("1s".into()),
+        ..opts()
+    })
+    .await;
+    // A tarball that is not there yet: its immutable rule must not keep the 404 for a year.
+    let url = o.url("/pkg/-/pkg-1.0.0.tgz");
+    for _ in 0..3 {
+        assert_eq!(p.get(&url).await.status, 404);
+    }
+    assert_eq!(o.hits(), 1, "the 404 is remembered");
+    let g = p.get(&url).await;
+    assert!(
+        g.header("cache-status").contains("rule=\"negative\""),
+        "{:?}",
+        g.headers
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    status.store(200, Ordering::SeqCst);
+    assert_eq!(p.get(&url).await.status, 200, "the 404 expired");
+    assert_eq!(o.hits(), 2);
+    status.store(503, Ordering::SeqCst);
+    let url = o.url("/other/x.bin");
+    for _ in 0..3 {
+        assert_eq!(p.get(&url).await.status, 503);
+    }
+    assert_eq!(o.hits(), 5, "5xx is never cached negatively");
+}
+
+#[tokio::test]
+async fn negative_caching_can_be_turned_off() {
+    let o = Origin::start(|_req| async { reply(404, &hdrs(&[]), "no") }).await;
+    let p = Px::start(Options {
+        negative_ttl: Some("0s".into()),
+        ..opts()
+    })
+    .await;
+    let url = o.url("/missing");
+    p.get(&url).await;
+    p.get(&url).await;
+    assert_eq!(o.hits(), 2);
 }
 
 fn rules_from_toml(text: &str) -> Options {

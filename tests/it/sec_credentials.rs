@@ -407,6 +407,65 @@ async fn websocket_upgrade_via_parent_keeps_credentials_from_the_origin() {
     p.shutdown().await;
 }
 
+/// A mirror route through the parent (plain and TLS upstreams): the parent gets its
+/// credentials on the hop to it, the origin gets none of anyone's, whether the mirror client
+/// authenticates to cuttle with `Proxy-Authorization` or (as npm and pip do with a registry)
+/// with `Authorization`, and whatever cookie it sends.
+#[tokio::test]
+async fn mirror_via_parent_keeps_credentials_from_the_origin() {
+    let squid = SquidParent::start(PARENT_USER, PARENT_PASS).await;
+    let plain = RawOrigin::start(false).await;
+    let tls = RawOrigin::start(true).await;
+    let auth = htpasswd();
+    let mut o = proxy_opts(&squid, &tls, &auth);
+    o.mirror = Some(vec![
+        cuttle::mirror::MirrorConfig::parse_flag(&format!("plain=raw={}", plain.http_url("/")))
+            .unwrap(),
+        cuttle::mirror::MirrorConfig::parse_flag(&format!("tls=raw={}", tls.https_url("/")))
+            .unwrap(),
+    ]);
+    let p = TestProxy::start(o).await;
+    let client = basic(CLIENT_USER, CLIENT_PASS);
+    for (mirror, origin) in [("plain", &plain), ("tls", &tls)] {
+        for (header, tag) in [("Proxy-Authorization", "pa"), ("Authorization", "a")] {
+            let probe = format!("/probe-mirror-{mirror}-{tag}");
+            let (head, body) = ask(
+                p.addr,
+                &format!(
+                    "GET /{mirror}{probe} HTTP/1.1\r\nHost: cuttle.example.org:3128\r\n\
+                     {header}: {client}\r\nCookie: session={CLIENT_PASS}\r\n\r\n"
+                ),
+            )
+            .await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{probe}: {head}");
+            assert_eq!(body, "ok");
+            let line = p.log_with(&probe).await;
+            assert!(line.contains("FIRSTUP_PARENT/"), "{line}");
+            assert!(line.contains(CLIENT_USER), "{line}");
+            origin.assert_clean(&probe);
+        }
+        // Without credentials: refused before anything goes upstream, with a registry's 401.
+        let (head, _) = ask(
+            p.addr,
+            &format!("GET /{mirror}/anonymous HTTP/1.1\r\nHost: cuttle\r\n\r\n"),
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: basic"),
+            "{head}"
+        );
+        assert!(!origin.received().contains("/anonymous"));
+    }
+    // The plain upstream was reached through the parent with the parent's credentials.
+    let log = squid
+        .wait_for_access_log(&plain.http_url("/probe-mirror-plain-a"))
+        .await;
+    assert!(log.contains(PARENT_USER), "{log}");
+    p.shutdown().await;
+}
+
 /// Without a parent, the client's own credentials are consumed by cuttle on every path.
 #[tokio::test]
 async fn client_credentials_are_never_forwarded_direct() {
