@@ -19,6 +19,8 @@ mod fuzz_input;
 mod intercept;
 mod intercept_clients;
 mod layers;
+mod mirror;
+mod mirror_clients;
 mod parent_auth;
 mod sec_access;
 mod sec_cache;

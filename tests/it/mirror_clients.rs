@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Real clients against mirror routes, with no internet, no proxy setting and no CA in the
 //! client: only its registry URL points at cuttle. npm against an npm-style registry whose
 //! packument and tarball the test makes with `npm pack`; pip against a PEP 503 / PEP 691
@@ -10,7 +9,7 @@
 //! Every client runs three times: cold; in a clean directory with a clean client cache (served
 //! entirely from cuttle: no upstream request within the metadata max age); with the origin
 //! answering 503 to everything.
-mod support;
+
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use bytes::Bytes;
 use cuttle::http::body::full;
 use cuttle::mirror::MirrorConfig;
 use http::Response;
-use support::*;
+use crate::support::*;
 use tokio::net::TcpListener;
 
 /// A client command gets this long before the test fails (a stuck client must not hang CI).

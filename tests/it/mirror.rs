@@ -1,11 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Registry mirror routes (`http://cuttle/<mirror>/...`) against an in-process registry origin
 //! that counts requests: what reaches the upstream, the rewriting of documents for the host
 //! the client used, the cache shared with the forward path, failover between upstreams,
 //! negative caching, stale serving, and every way a path or a header could leave the
 //! configured upstream.
-mod support;
-use support::*;
+
+use crate::support::*;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
