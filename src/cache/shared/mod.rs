@@ -412,10 +412,16 @@ impl Shared {
 
     /// The metadata a 304 refreshed for `embedded`'s body, if any (and newer than the body).
     async fn refreshed(&self, hex: &str, embedded: &Meta) -> Option<Meta> {
+        let key = meta_key(hex);
+        // The size is checked before anything is read.
+        let size = self.op.stat(&key).await.ok()?.content_length();
+        if size > MAX_META_OBJECT {
+            return None;
+        }
         let data = self
             .op
-            .read_with(&meta_key(hex))
-            .range(0..MAX_META_OBJECT)
+            .read_with(&key)
+            .range(0..size)
             .await
             .ok()?
             .to_bytes();
