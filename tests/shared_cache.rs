@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The shared cache tier against a real S3 server on loopback (`s3s-fs`, started by the
 //! tests): replicas with separate local caches and one bucket fetch each object from the
 //! origin once between them, survive the store failing, never serve a corrupt object, and
