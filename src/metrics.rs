@@ -84,7 +84,7 @@ impl Metrics {
         let response_bytes = Family::<L1, Counter>::default();
         r.register(
             "response_bytes",
-            "Bytes sent to clients, by source (cache_memory, cache_disk, upstream, tunnel, proxy)",
+            "Bytes sent to clients, by source (cache_memory, cache_disk, cache_shared, upstream, tunnel, proxy)",
             response_bytes.clone(),
         );
         let upstream_seconds = latency_histogram();

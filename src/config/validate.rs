@@ -384,13 +384,15 @@ fn shared_cache(
         "shared-cache-access-key-id",
         o.shared_cache_access_key_id.clone(),
         o.shared_cache_access_key_id_file.clone(),
-        true,
+        // An empty file (a placeholder Secret): the AWS credential chain.
+        false,
     );
     let key = p.secret(
         "shared-cache-secret-access-key",
         o.shared_cache_secret_access_key.clone(),
         o.shared_cache_secret_access_key_file.clone(),
-        true,
+        // An empty file (a placeholder Secret): the AWS credential chain.
+        false,
     );
     let credentials = match (id, key) {
         (Some(id), Some(key)) => Some(StaticCredentials {
