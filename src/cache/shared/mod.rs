@@ -926,6 +926,56 @@ mod tests {
     }
 
     #[test]
+    fn meta_objects_round_trip_and_reject_damage() {
+        let req = crate::cache::policy::request_view(
+            &http::Method::GET,
+            &"http://h/x".parse().unwrap(),
+            "h",
+            &HeaderMap::new(),
+            None,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", "max-age=60".parse().unwrap());
+        let policy = crate::cache::policy::StoredPolicy::new(
+            &req,
+            http::StatusCode::OK,
+            &headers,
+            SystemTime::now(),
+            None,
+        )
+        .unwrap();
+        let meta = Meta::new(
+            &PrimaryKey::from_url("http://h/x".into()),
+            Default::default(),
+            http::StatusCode::OK,
+            headers,
+            policy,
+        );
+        assert!(shareable(&meta));
+        let data = encode_meta_object(&meta).unwrap();
+        assert_eq!(decode_meta_object(&data).unwrap().url, "http://h/x");
+        let mut bad = data.clone();
+        let last = bad.len() - 40;
+        bad[last] ^= 1;
+        assert!(decode_meta_object(&bad).is_none(), "a flipped byte");
+        assert!(
+            decode_meta_object(&data[..data.len() - 1]).is_none(),
+            "truncated"
+        );
+        let mut huge = data.clone();
+        huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(
+            decode_meta_object(&huge).is_none(),
+            "a length past the bound"
+        );
+        let mut with_cookie = meta.clone();
+        with_cookie
+            .headers
+            .insert(http::header::SET_COOKIE, "a=b".parse().unwrap());
+        assert!(!shareable(&with_cookie));
+    }
+
+    #[test]
     fn keys_spread_by_hash() {
         let h = "ab".to_string() + &"0".repeat(62);
         assert_eq!(object_key(&h), format!("ab/{h}"));
