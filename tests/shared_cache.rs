@@ -380,3 +380,58 @@ async fn private_entries_are_never_uploaded() {
     );
     p.shutdown().await;
 }
+
+/// Responses that vary are shared per variant: the request's own values select the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_are_shared_by_their_selecting_headers() {
+    let s3 = S3::start().await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let origin = Origin::start(move |req| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let json = req
+            .headers()
+            .get("accept")
+            .is_some_and(|v| v.to_str().unwrap().contains("json"));
+        async move {
+            Response::builder()
+                .header("cache-control", "max-age=600")
+                .header("vary", "Accept, Accept-Encoding")
+                .body(full(if json { "{\"json\": 1}" } else { "<html>" }))
+                .unwrap()
+        }
+    })
+    .await;
+    let url = origin.url("/api/list");
+    let get_as = async |p: &TestProxy, accept: &str| {
+        let r = p
+            .client()
+            .get(&url)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        (body, p.log_with("/api/list ").await)
+    };
+    const JSON: &str = "application/json";
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestProxy::start(shared_opts(&s3.endpoint(), da.path())).await;
+    let (body, _) = get_as(&a, JSON).await;
+    assert_eq!(body, "{\"json\": 1}");
+    uploads(&a, 1).await;
+
+    let b = TestProxy::start(shared_opts(&s3.endpoint(), db.path())).await;
+    let (body, line) = get_as(&b, JSON).await;
+    assert_eq!(body, "{\"json\": 1}");
+    assert!(line.contains("TCP_SHARED_HIT"), "{line}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // Another Accept selects another variant: not the JSON one.
+    let (body, line) = get_as(&b, "text/html").await;
+    assert_eq!(body, "<html>");
+    assert!(line.contains("TCP_MISS"), "{line}");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -8,9 +8,10 @@
 //! [`super::meta`]). The key derives from the cache key (the URL) alone. Metadata refreshed by
 //! a 304 goes to the small object `<key>.meta` (magic `CUTM`, version, length, metadata,
 //! SHA-256), used by another replica when the entry's own metadata is stale and the refresh is
-//! newer than the entry's body. Only entries that any client may reuse are uploaded: not those
-//! from credentialed requests (RFC 9111 §3.5), not those with a `Vary` selection, never a
-//! `Set-Cookie` (the cache never stores one).
+//! newer than the entry's body. A response with a `Vary` selection is `<key>.<variant id>`,
+//! found through a stub at `<key>` naming the fields (magic `CUTV`). Only entries that any
+//! client may reuse are uploaded: not those from credentialed requests (RFC 9111 §3.5), not
+//! variants selected by credentials, never a `Set-Cookie` (the cache never stores one).
 //!
 //! **Reads** ([`Shared::lookup`]) stat the object (its size is checked before anything is
 //! allocated), read and check the header, and hand back a [`Found`] whose body is verified: small
@@ -220,8 +221,67 @@ pub fn object_key(primary_hex: &str) -> String {
     format!("{spread}/{primary_hex}")
 }
 
-fn meta_key(primary_hex: &str) -> String {
-    format!("{}.meta", object_key(primary_hex))
+/// The object of one stored entry: the URL's key, with the variant id when the response
+/// has a `Vary` selection (the URL's key then holds a [`VARY_MAGIC`] stub naming the fields).
+pub fn entry_key(meta: &Meta) -> String {
+    let hex = meta.key().primary;
+    if meta.variant.fields.is_empty() {
+        object_key(&hex)
+    } else {
+        format!("{}.{}", object_key(&hex), meta.variant.id())
+    }
+}
+
+fn meta_key(entry_key: &str) -> String {
+    format!("{entry_key}.meta")
+}
+
+/// Request fields whose values never select a shared variant: they are credentials, kept
+/// only as a per-process fingerprint.
+const PRIVATE_FIELDS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+const VARY_MAGIC: &[u8; 4] = b"CUTV";
+/// Vary stubs are at most this large.
+const MAX_VARY_OBJECT: u64 = 4096;
+
+fn encode_vary_stub(names: &[String]) -> Result<Vec<u8>, String> {
+    let json = serde_json::to_vec(names).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(PREFIX_LEN + json.len() + 32);
+    out.extend_from_slice(VARY_MAGIC);
+    out.push(meta::VERSION);
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&Sha256::digest(&json));
+    Ok(out)
+}
+
+/// The field names of a Vary stub; `None` when it is damaged.
+fn decode_vary_stub(data: &[u8]) -> Option<Vec<String>> {
+    if data.len() < PREFIX_LEN + 32 || &data[..4] != VARY_MAGIC || data[4] != meta::VERSION {
+        return None;
+    }
+    let len = u32::from_le_bytes([data[5], data[6], data[7], data[8]]) as usize;
+    if data.len() != PREFIX_LEN + len + 32 {
+        return None;
+    }
+    let json = &data[PREFIX_LEN..PREFIX_LEN + len];
+    if Sha256::digest(json)[..] != data[PREFIX_LEN + len..] {
+        return None;
+    }
+    let names: Vec<String> = serde_json::from_slice(json).ok()?;
+    names
+        .iter()
+        .all(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok())
+        .then_some(names)
+}
+
+/// The variant id a request selects among entries that vary on `names`.
+fn variant_id(names: &[String], req: &HeaderMap) -> Option<String> {
+    let mut vary = HeaderMap::new();
+    vary.insert(
+        http::header::VARY,
+        http::HeaderValue::from_str(&names.join(", ")).ok()?,
+    );
+    Some(super::key::Variant::of(&vary, req).id())
 }
 
 fn now_secs() -> u64 {
@@ -233,8 +293,12 @@ fn now_secs() -> u64 {
 /// Whether an entry may go to the shared tier at all.
 pub fn shareable(meta: &Meta) -> bool {
     meta.policy.is_shared_reusable()
-        && meta.variant.fields.is_empty()
         && !meta.variant.star
+        && !meta
+            .variant
+            .fields
+            .iter()
+            .any(|(n, _)| PRIVATE_FIELDS.contains(&n.as_str()))
         && !meta.headers.contains_key(http::header::SET_COOKIE)
 }
 
@@ -344,26 +408,46 @@ impl Shared {
         req: &HeaderMap,
         usable: &impl Fn(&Meta) -> bool,
     ) -> Result<Lookup, String> {
-        let key = object_key(primary.hex());
-        let size = match self.op.stat(&key).await {
-            Ok(m) => m.content_length(),
-            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Lookup::Miss),
-            Err(e) => return Err(e.to_string()),
+        let mut key = object_key(primary.hex());
+        let mut varied = false;
+        let (size, mut stream, mut buf) = loop {
+            let size = match self.op.stat(&key).await {
+                Ok(m) => m.content_length(),
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Lookup::Miss),
+                Err(e) => return Err(e.to_string()),
+            };
+            let least = PREFIX_LEN as u64;
+            let most = self.max_object + MAX_META_OBJECT + (PREFIX_LEN + TRAILER_LEN) as u64;
+            if !(least..=most).contains(&size) {
+                // Larger than this replica stores, or too small to be an entry: not read.
+                return Ok(Lookup::Replace);
+            }
+            let reader = self.op.reader(&key).await.map_err(|e| e.to_string())?;
+            let stream = reader
+                .into_bytes_stream(0..size)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut stream: ByteStream = Box::pin(stream);
+            let mut buf = BytesMut::new();
+            read_until(&mut stream, &mut buf, PREFIX_LEN).await?;
+            if &buf[..4] != VARY_MAGIC {
+                break (size, stream, buf);
+            }
+            // The URL's responses vary: the stub names the fields, the request's values
+            // select the variant's object (one level only).
+            if varied || size > MAX_VARY_OBJECT {
+                return Ok(self.corrupt(&key, "unexpected vary stub"));
+            }
+            read_until(&mut stream, &mut buf, size as usize).await?;
+            let Some(names) = decode_vary_stub(&buf) else {
+                return Ok(self.corrupt(&key, "damaged vary stub"));
+            };
+            let Some(id) = variant_id(&names, req) else {
+                return Ok(Lookup::Miss);
+            };
+            key = format!("{}.{id}", object_key(primary.hex()));
+            varied = true;
         };
-        let least = (PREFIX_LEN + TRAILER_LEN) as u64;
-        let most = self.max_object + MAX_META_OBJECT + least;
-        if !(least..=most).contains(&size) {
-            // Larger than this replica stores, or too small to be an entry: not read.
-            return Ok(Lookup::Replace);
-        }
-        let reader = self.op.reader(&key).await.map_err(|e| e.to_string())?;
-        let stream = reader
-            .into_bytes_stream(0..size)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut stream: ByteStream = Box::pin(stream);
-        let mut buf = BytesMut::new();
-        read_until(&mut stream, &mut buf, PREFIX_LEN).await?;
         let meta_len = match meta::decode_prefix(&buf[..PREFIX_LEN]) {
             Ok(n) if (PREFIX_LEN + n + TRAILER_LEN) as u64 <= size => n,
             Ok(_) => return Ok(self.corrupt(&key, "header longer than the object")),
@@ -394,7 +478,7 @@ impl Shared {
         let meta = if usable(&embedded) {
             embedded
         } else {
-            match self.refreshed(primary.hex(), &embedded).await {
+            match self.refreshed(&key, &embedded).await {
                 Some(m) if usable(&m) => m,
                 _ => return Ok(Lookup::Replace),
             }
@@ -411,8 +495,8 @@ impl Shared {
     }
 
     /// The metadata a 304 refreshed for `embedded`'s body, if any (and newer than the body).
-    async fn refreshed(&self, hex: &str, embedded: &Meta) -> Option<Meta> {
-        let key = meta_key(hex);
+    async fn refreshed(&self, entry_key: &str, embedded: &Meta) -> Option<Meta> {
+        let key = meta_key(entry_key);
         // The size is checked before anything is read.
         let size = self.op.stat(&key).await.ok()?.content_length();
         if size > MAX_META_OBJECT {
@@ -558,7 +642,7 @@ impl Shared {
         source: &Source,
         conditional: bool,
     ) -> Result<bool, String> {
-        let key = object_key(&meta.key().primary);
+        let key = entry_key(meta);
         let idle = self.settings.timeout.max(Duration::from_secs(10));
         let len = match source {
             Source::File(f) => {
@@ -627,6 +711,19 @@ impl Shared {
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(_)) => {
                 self.stats.upload_bytes.fetch_add(sent, Ordering::Relaxed);
+                if !meta.variant.fields.is_empty() {
+                    // Lookups find the variant through the stub at the URL's key.
+                    let names: Vec<String> =
+                        meta.variant.fields.iter().map(|(n, _)| n.clone()).collect();
+                    let stub = encode_vary_stub(&names)?;
+                    tokio::time::timeout(
+                        idle,
+                        self.op.write(&object_key(&meta.key().primary), stub),
+                    )
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+                }
                 Ok(true)
             }
         }
@@ -634,7 +731,7 @@ impl Shared {
 
     async fn upload_meta(&self, meta: &Meta) -> Result<(), String> {
         let data = encode_meta_object(meta)?;
-        let key = meta_key(&meta.key().primary);
+        let key = meta_key(&entry_key(meta));
         tokio::time::timeout(self.settings.timeout, self.op.write(&key, data))
             .await
             .map_err(|_| "timed out".to_string())?
@@ -979,6 +1076,16 @@ mod tests {
     fn keys_spread_by_hash() {
         let h = "ab".to_string() + &"0".repeat(62);
         assert_eq!(object_key(&h), format!("ab/{h}"));
-        assert_eq!(meta_key(&h), format!("ab/{h}.meta"));
+        assert_eq!(meta_key(&object_key(&h)), format!("ab/{h}.meta"));
+        let names = vec!["accept".to_string(), "accept-encoding".to_string()];
+        let stub = encode_vary_stub(&names).unwrap();
+        assert_eq!(decode_vary_stub(&stub).unwrap(), names);
+        let mut bad = stub.clone();
+        bad[PREFIX_LEN] ^= 1;
+        assert!(decode_vary_stub(&bad).is_none());
+        let mut a = HeaderMap::new();
+        a.insert("accept", "application/json".parse().unwrap());
+        let b = HeaderMap::new();
+        assert_ne!(variant_id(&names, &a), variant_id(&names, &b));
     }
 }
