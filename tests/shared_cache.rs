@@ -132,7 +132,13 @@ async fn two_replicas_fetch_from_upstream_once() {
     let line = b.log_with("/pkg-1.0.tgz ").await;
     assert!(line.contains("TCP_SHARED_HIT"), "{line}");
     assert_eq!(count.load(Ordering::SeqCst), 1, "the origin was asked once");
-    // Admitted locally: the next request is a local hit, and B uploads nothing.
+    // Admitted locally: once the fill is stored, the next request is a local hit, and B
+    // uploads nothing.
+    let cb = cache(&b);
+    until(10, "B's local copy", || {
+        cb.stats.stored.load(Ordering::SeqCst) >= 1
+    })
+    .await;
     let (status, _, got) = get(&b, &url).await;
     assert_eq!((status, got == body), (200, true));
     let line = b.log_with("/pkg-1.0.tgz ").await;
