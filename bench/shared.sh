@@ -70,7 +70,7 @@ timed() {
   shift
   for u in "$@"; do
     curl -s -o /dev/null -x "http://127.0.0.1:$port" -w '%{time_total}\n' "$u"
-  done | awk '{t[NR]=$1*1000; s+=$1*1000} END {n=asort(t); printf "%.2f %.2f", s/NR, (n%2 ? t[(n+1)/2] : (t[n/2]+t[n/2+1])/2)}'
+  done | sort -g | awk '{t[NR]=$1*1000; s+=$1*1000} END {n=NR; printf "%.2f %.2f", s/n, (n%2 ? t[(n+1)/2] : (t[n/2]+t[n/2+1])/2)}'
 }
 uploads() {
   curl -s "http://127.0.0.1:$ADMIN_A/metrics" |
