@@ -441,3 +441,41 @@ async fn variants_are_shared_by_their_selecting_headers() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The store dies in the middle of a multipart upload: the client was served already, the
+/// upload fails and is counted, no partial object is left to be served, and another replica
+/// simply fetches from the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_dying_mid_upload_leaves_nothing_partial() {
+    let s3 = S3::start().await;
+    let gate = Gate::start(s3.port).await;
+    let body = data(40 * 1024 * 1024, 5);
+    let (origin, count) = artifact_origin(body.clone()).await;
+    let url = origin.url("/big/layer.tar");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestProxy::start(shared_opts(&gate.endpoint(), da.path())).await;
+    // The lookup's requests pass; the upload is cut after 20 of its 40 MiB.
+    gate.set(Mode::CutAfter(20 * 1024 * 1024));
+    let (status, _, got) = get(&a, &url).await;
+    assert_eq!((status, got == body), (200, true));
+    let sh = shared(&a);
+    until(30, "the upload to fail", || {
+        sh.stats.upload_errors.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert_eq!(sh.stats.uploads.load(Ordering::SeqCst), 0);
+    assert!(
+        s3.entries().is_empty(),
+        "a partial object: {:?}",
+        s3.entries()
+    );
+
+    gate.set(Mode::Pass);
+    let b = TestProxy::start(shared_opts(&gate.endpoint(), db.path())).await;
+    let (status, _, got) = get(&b, &url).await;
+    assert_eq!((status, got == body), (200, true));
+    assert!(b.log_with("/big/layer.tar ").await.contains("TCP_MISS"));
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}

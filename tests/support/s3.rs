@@ -130,6 +130,9 @@ pub enum Mode {
     Error500,
     /// Accepts and never answers.
     Slow,
+    /// Passes until this many bytes have gone to the store (all connections together), then
+    /// cuts every connection, as a store dying mid-upload.
+    CutAfter(u64),
 }
 
 /// A TCP gate in front of the store. Changing the mode cuts the connections it holds, so
@@ -148,11 +151,37 @@ impl Gate {
         let mode = Arc::new(Mutex::new(Mode::Pass));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let (m, c) = (mode.clone(), conns.clone());
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 let mode = *m.lock().unwrap();
+                let sent = sent.clone();
                 let h = tokio::spawn(async move {
                     match mode {
+                        Mode::CutAfter(limit) => {
+                            let Ok(up) = TcpStream::connect(("127.0.0.1", target)).await else {
+                                return;
+                            };
+                            let (mut cr, mut cw) = s.into_split();
+                            let (mut ur, mut uw) = up.into_split();
+                            let back = tokio::spawn(async move {
+                                let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                            });
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match cr.read(&mut buf).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                let total = sent
+                                    .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst)
+                                    + n as u64;
+                                if total > limit || uw.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            back.abort();
+                        }
                         Mode::Pass => {
                             if let Ok(mut up) = TcpStream::connect(("127.0.0.1", target)).await {
                                 // A test gate: the aborted task ends it, no timeout needed.
