@@ -136,7 +136,24 @@ stop_system_squid() {
   done
 }
 
+# s3s-fs, an S3 server over a directory, is the shared cache store of tests/shared_cache.rs
+# (a Cargo-installed binary; 0.14.1 builds with the rustc of rust-version 1.85 and later).
+S3S_FS_VERSION=0.14.1
+install_s3s_fs() {
+  if command -v s3s-fs >/dev/null 2>&1 || [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs ]]; then
+    return 0
+  fi
+  if [[ ${CUTTLE_TEST_NO_INSTALL:-0} == 1 ]]; then
+    log "missing s3s-fs (CUTTLE_TEST_NO_INSTALL=1: not installing; tests/shared_cache.rs will fail)"
+    return 0
+  fi
+  log "installing s3s-fs $S3S_FS_VERSION with cargo"
+  cargo install --locked s3s-fs --version "$S3S_FS_VERSION" --features binary ||
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary
+}
+
 install_missing
+install_s3s_fs
 stop_system_squid
 
 cargo test --all-targets "$@"

@@ -186,6 +186,8 @@ pub enum Completed {
     /// Stored on disk and/or in memory (`mem` is the whole body when it fits there).
     Stored {
         mem: Option<MemEntry>,
+        /// The committed disk file (header, body, trailer), when the disk tier took it.
+        file: Option<Arc<std::fs::File>>,
     },
     NotStored,
 }
@@ -343,8 +345,13 @@ impl Fill {
                 meta: f.meta.clone(),
                 body,
             });
+            let file = if stored {
+                f.inner.lock().file.as_ref().map(|(file, _)| file.clone())
+            } else {
+                None
+            };
             let completed = if stored || mem.is_some() {
-                Completed::Stored { mem }
+                Completed::Stored { mem, file }
             } else {
                 Completed::NotStored
             };
@@ -712,7 +719,7 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         let fill = Fill::start(Arc::new(meta), body, writer, limits, move |_, c| {
             let _ = tx.send(match c {
-                Completed::Stored { mem } => Some(mem.map(|m| m.body)),
+                Completed::Stored { mem, .. } => Some(mem.map(|m| m.body)),
                 Completed::NotStored => None,
             });
         });

@@ -555,6 +555,12 @@ impl StoredPolicy {
         }
     }
 
+    /// Whether any client may reuse the stored response (it was not fetched or last validated
+    /// with credentials, RFC 9111 §3.5): what the shared tier is allowed to hold.
+    pub fn is_shared_reusable(&self) -> bool {
+        self.recorded && !self.credentialed
+    }
+
     /// Decides whether the stored response answers `req` now.
     pub fn lookup(&self, req: &http::request::Parts, now: SystemTime) -> Freshness {
         let mut view = normalise_vary(req, &self.vary);

@@ -142,6 +142,28 @@ impl fmt::Display for ValidConfig {
                 writeln!(f, "cache-size = {}", c.disk_size)?;
                 writeln!(f, "cache-mem = {}", c.mem_size)?;
                 writeln!(f, "max-mem-object-size = {}", c.mem_object)?;
+                match &c.shared {
+                    Some(s) => {
+                        let creds = if s.credentials.is_some() {
+                            "static keys"
+                        } else {
+                            "AWS credential chain"
+                        };
+                        writeln!(f, "shared-cache = {:?}", s.url())?;
+                        writeln!(
+                            f,
+                            "shared-cache-store = \"{}, region {}, {}, {creds}\"",
+                            s.endpoint.as_deref().unwrap_or("AWS S3"),
+                            s.region,
+                            if s.path_style {
+                                "path-style"
+                            } else {
+                                "virtual-hosted"
+                            },
+                        )?;
+                    }
+                    None => writeln!(f, "shared-cache = \"off\"")?,
+                }
                 writeln!(f, "cache-rules = {}", c.rules.len())
             }
         }

@@ -17,6 +17,7 @@ use crate::access::auth::Users;
 use crate::access::hosts::{HostList, PortSet};
 use crate::cache::CacheSettings;
 use crate::cache::rules::{MetadataAge, RuleDefaults, Rules};
+use crate::cache::shared::{self, SharedSettings, StaticCredentials};
 use crate::mirror::MirrorSettings;
 use crate::mitm::ca::Ca;
 use crate::telemetry::LogFormat;
@@ -160,7 +161,7 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
     );
     let access = access(&mut p, &o);
     let upstream = upstream(&mut p, &o);
-    let cache = cache(&mut p, &o, timeouts.read);
+    let mut cache = cache(&mut p, &o, timeouts.read);
     let intercept = intercept(&mut p, &o);
     let mirrors = mirrors(&mut p, &o);
     let (tls_listen, tls_server) = tls_listen(&mut p, &o);
@@ -181,6 +182,16 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
             LogFormat::Squid
         }
     };
+    let shared = upstream
+        .as_ref()
+        .and_then(|u| shared_cache(&mut p, &o, &u.tls));
+    match (&mut cache, shared) {
+        (Some(c), shared) => c.shared = shared,
+        (None, Some(_)) => p.push(
+            "shared-cache: needs a local cache tier (cache-mem or cache-size above 0)".into(),
+        ),
+        (None, None) => {}
+    }
     // The upstream TLS configuration is needed by everything that follows; without it there
     // is no configuration to return.
     let upstream = match upstream {
@@ -342,6 +353,92 @@ fn cache(p: &mut Problems, o: &Options, read_timeout: Duration) -> Option<CacheS
         rules,
         purge_allow,
         reader_stall: read_timeout,
+        shared: None,
+    })
+}
+
+/// The shared tier (`--shared-cache` and its options); `None` when not configured.
+fn shared_cache(
+    p: &mut Problems,
+    o: &Options,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Option<SharedSettings> {
+    let url = o
+        .shared_cache
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())?;
+    let (bucket, prefix) = shared::parse_url(url)
+        .map_err(|e| p.push(format!("shared-cache: {e}")))
+        .ok()?;
+    let endpoint = o
+        .shared_cache_endpoint
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    if let Some(e) = endpoint {
+        match url::Url::parse(e) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+                if !u.username().is_empty() || u.password().is_some() {
+                    p.push("shared-cache-endpoint: give credentials as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, not in the URL".into());
+                }
+            }
+            _ => p.push(format!(
+                "shared-cache-endpoint: `{e}` is not an http:// or https:// URL"
+            )),
+        }
+    }
+    let region = o
+        .shared_cache_region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| defaults::SHARED_CACHE_REGION.into());
+    let id = p.secret(
+        "shared-cache-access-key-id",
+        o.shared_cache_access_key_id.clone(),
+        o.shared_cache_access_key_id_file.clone(),
+        // An empty file (a placeholder Secret): the AWS credential chain.
+        false,
+    );
+    let key = p.secret(
+        "shared-cache-secret-access-key",
+        o.shared_cache_secret_access_key.clone(),
+        o.shared_cache_secret_access_key_file.clone(),
+        // An empty file (a placeholder Secret): the AWS credential chain.
+        false,
+    );
+    let credentials = match (id, key) {
+        (Some(id), Some(key)) => Some(StaticCredentials {
+            access_key_id: id.trim().to_string(),
+            secret_access_key: key.trim().to_string(),
+            session_token: o
+                .shared_cache_session_token
+                .as_ref()
+                .map(|t| t.expose().trim().to_string())
+                .filter(|t| !t.is_empty()),
+        }),
+        (None, None) => None,
+        _ => {
+            p.push("shared-cache-access-key-id/shared-cache-secret-access-key: give both (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or neither for the AWS credential chain".into());
+            None
+        }
+    };
+    Some(SharedSettings {
+        bucket,
+        prefix,
+        endpoint: endpoint.map(str::to_string),
+        region: region.trim().to_string(),
+        path_style: o
+            .shared_cache_path_style
+            .unwrap_or(defaults::SHARED_CACHE_PATH_STYLE),
+        credentials,
+        timeout: p.duration("shared-cache-timeout", o.shared_cache_timeout.clone()),
+        max_age: p.duration("shared-cache-max-age", o.shared_cache_max_age.clone()),
+        uploads: p.count("shared-cache-uploads", o.shared_cache_uploads, 1),
+        queue: p.count("shared-cache-upload-queue", o.shared_cache_upload_queue, 1),
+        backoff: p.duration("shared-cache-backoff", o.shared_cache_backoff.clone()),
+        tls: tls.clone(),
     })
 }
 

@@ -20,6 +20,7 @@ use crate::cache::policy::{
 };
 use crate::cache::rules::Rule;
 use crate::cache::serve::{self, Source};
+use crate::cache::shared::{Lookup, Upload};
 use crate::cache::{Cache, Stored};
 use crate::error::ProxyError;
 use crate::http::body::{Body, BodyEnd, CountingBody, IdleTimeoutBody, empty};
@@ -252,7 +253,8 @@ impl Ctx<'_> {
                     // The origin's 304 names another representation: fetch it whole.
                     None => {
                         drop(resp);
-                        self.fetch_and_store(permit, false, rec).await
+                        self.fetch_and_store(permit, false, Upload::Replace, rec)
+                            .await
                     }
                 }
             }
@@ -266,9 +268,13 @@ impl Ctx<'_> {
             Ok(resp) if denied(resp.status()) => {
                 // The stored response is no longer to be served to anyone without asking.
                 self.cache.invalidate(&self.primary).await;
-                self.store_or_pass(resp, permit, modified, rec).await
+                self.store_or_pass(resp, permit, modified, Upload::Replace, rec)
+                    .await
             }
-            Ok(resp) => self.store_or_pass(resp, permit, modified, rec).await,
+            Ok(resp) => {
+                self.store_or_pass(resp, permit, modified, Upload::Replace, rec)
+                    .await
+            }
             Err(e) => {
                 permit.resolve(Outcome::Failed);
                 if self.serve_on_error(&stored) {
@@ -364,6 +370,7 @@ impl Ctx<'_> {
                     meta,
                     IdleTimeoutBody::new(body, scope.state.config.timeouts.read),
                     permit,
+                    Upload::Replace,
                 )
                 .await;
         });
@@ -446,10 +453,59 @@ impl Ctx<'_> {
     }
 
     async fn miss(&self, rec: &mut AccessRecord) -> Result<Response<Body>, ProxyError> {
-        match self.cache.locks.acquire(self.primary.hex()) {
-            Acquired::Leader(permit) => self.fetch_and_store(permit, true, rec).await,
-            Acquired::Follower(f) => self.follow(f, rec).await,
-        }
+        let permit = match self.cache.locks.acquire(self.primary.hex()) {
+            Acquired::Leader(permit) => permit,
+            Acquired::Follower(f) => return self.follow(f, rec).await,
+        };
+        let permit = match self.shared_lookup(permit, rec).await {
+            Ok(resp) => return Ok(resp),
+            Err(p) => p,
+        };
+        self.fetch_and_store(permit.0, true, permit.1, rec).await
+    }
+
+    /// A local miss asks the shared tier (bounded by its timeout; skipped while its breaker
+    /// is open). A usable entry is served while it fills the local tiers; otherwise the
+    /// permit comes back with what the upload after the upstream fetch should do.
+    async fn shared_lookup(
+        &self,
+        permit: Permit,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, (Permit, Upload)> {
+        let Some(shared) = &self.cache.shared else {
+            return Err((permit, Upload::New));
+        };
+        let view = &self.view;
+        let now = SystemTime::now();
+        let usable = |m: &Meta| {
+            m.policy.may_reuse(view) && matches!(m.policy.lookup(view, now), Freshness::Fresh(_))
+        };
+        let found = match shared
+            .lookup(&self.primary, &self.out.headers, usable)
+            .await
+        {
+            Lookup::Found(found) => found,
+            Lookup::Replace => return Err((permit, Upload::Replace)),
+            Lookup::Miss | Lookup::Skipped => return Err((permit, Upload::New)),
+        };
+        let meta = found.meta.clone();
+        let Some(body) = found.into_body().await else {
+            return Err((permit, Upload::Replace));
+        };
+        let now = SystemTime::now();
+        let headers = match meta.policy.lookup(&self.view, now) {
+            Freshness::Fresh(h) => h,
+            Freshness::Stale(_) => meta.policy.stale_headers(&meta.headers, now),
+        };
+        let fill = self.cache.fill(meta, body, permit, Upload::No).await;
+        rec.hierarchy = Hierarchy::none();
+        Ok(self.serve_fill_as(
+            &fill,
+            headers,
+            ResultCode::TcpSharedHit,
+            "hit; detail=shared",
+            rec,
+        ))
     }
 
     /// Fetches the whole object for the cache (client conditionals and Range removed).
@@ -457,6 +513,7 @@ impl Ctx<'_> {
         &self,
         permit: Permit,
         is_miss: bool,
+        upload: Upload,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {
         let mut headers = self.out.headers.clone();
@@ -484,7 +541,7 @@ impl Ctx<'_> {
         } else {
             ResultCode::TcpRefreshModified
         };
-        self.store_or_pass(resp, permit, code, rec).await
+        self.store_or_pass(resp, permit, code, upload, rec).await
     }
 
     /// Stores a storable response (and serves it from the fill), or passes it through.
@@ -493,6 +550,7 @@ impl Ctx<'_> {
         resp: Response<Incoming>,
         permit: Permit,
         code: ResultCode,
+        upload: Upload,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {
         let now = SystemTime::now();
@@ -523,6 +581,7 @@ impl Ctx<'_> {
                 meta,
                 IdleTimeoutBody::new(body, self.scope.state.config.timeouts.read),
                 permit,
+                upload,
             )
             .await;
         Ok(self.serve_fill_as(&fill, own, code, "fwd=miss; stored", rec))

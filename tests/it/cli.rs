@@ -98,6 +98,58 @@ fn check_config_masks_secrets_and_reads_file_variables() {
 }
 
 #[test]
+fn check_config_masks_the_shared_cache_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("secret-key");
+    std::fs::write(&key, "S3cretAccessKeyZ9\n").unwrap();
+    let (code, out, err) = run(cuttle()
+        .arg("check-config")
+        .env("CUTTLE_SHARED_CACHE", "s3://build-cache/cuttle")
+        .env(
+            "CUTTLE_SHARED_CACHE_ENDPOINT",
+            "http://minio.example.org:9000",
+        )
+        .env("AWS_ACCESS_KEY_ID", "AKIDCUTTLETEST")
+        .env("AWS_SECRET_ACCESS_KEY_FILE", &key)
+        .env("AWS_SESSION_TOKEN", "Sess1onT0ken"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(r#"shared-cache = "s3://build-cache/cuttle""#),
+        "{out}"
+    );
+    assert!(out.contains("static keys"), "{out}");
+    assert!(
+        out.contains(r#"shared-cache-access-key-id = "****""#),
+        "{out}"
+    );
+    for secret in ["S3cretAccessKeyZ9", "AKIDCUTTLETEST", "Sess1onT0ken"] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret}: {out}{err}"
+        );
+    }
+
+    let (code, _, err) = run(cuttle()
+        .arg("check-config")
+        .env("CUTTLE_SHARED_CACHE", "https://build-cache/cuttle"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("shared-cache: `https://build-cache/cuttle` is not an s3://"),
+        "{err}"
+    );
+    let (code, _, err) = run(cuttle()
+        .arg("check-config")
+        .env("CUTTLE_SHARED_CACHE", "s3://build-cache/cuttle")
+        .env("AWS_ACCESS_KEY_ID", "AKIDCUTTLETEST"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("give both (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"),
+        "{err}"
+    );
+    assert!(!err.contains("AKIDCUTTLETEST"), "{err}");
+}
+
+#[test]
 fn bad_config_exits_2_with_one_line_per_problem() {
     let (code, out, err) = run(cuttle()
         .args([

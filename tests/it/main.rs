@@ -26,6 +26,7 @@ mod sec_access;
 mod sec_cache;
 mod sec_connections;
 mod sec_credentials;
+mod shared_cache;
 mod smoke;
 mod status_page;
 mod warm;

@@ -10,17 +10,16 @@
 //! entirely from cuttle: no upstream request within the metadata max age); with the origin
 //! answering 503 to everything.
 
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use cuttle::http::body::full;
 use cuttle::mirror::MirrorConfig;
 use http::Response;
-use crate::support::*;
 use tokio::net::TcpListener;
 
 /// A client command gets this long before the test fails (a stuck client must not hang CI).

@@ -6,6 +6,7 @@
 #![allow(dead_code, clippy::disallowed_types)]
 
 pub mod parent_auth;
+pub mod s3;
 pub mod squid;
 pub mod tls;
 
