@@ -110,38 +110,9 @@ impl Registry {
     }
 }
 
-struct Ran {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// A client command with none of this machine's proxy, trust or client settings.
-fn client(program: &str) -> tokio::process::Command {
-    let mut cmd = crate::support::client(program);
-    // Nor configuration (PIP_CERT, PIP_FIND_LINKS, npm_config_*).
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().to_string();
-        if k.starts_with("PIP_") || k.to_ascii_lowercase().starts_with("npm_config_") {
-            cmd.env_remove(k);
-        }
-    }
-    tokio::process::Command::from(cmd)
-}
-
 /// Runs a client to completion (killed after `CLIENT_DEADLINE`).
-async fn run(mut cmd: tokio::process::Command) -> Ran {
-    cmd.kill_on_drop(true);
-    let desc = format!("{cmd:?}");
-    let out = tokio::time::timeout(CLIENT_DEADLINE, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{desc} did not finish within {CLIENT_DEADLINE:?}"))
-        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    Ran {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+async fn run(cmd: tokio::process::Command) -> Ran {
+    run_client(cmd, CLIENT_DEADLINE).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -162,7 +133,7 @@ async fn npm_pack(dir: &Path) -> (Vec<u8>, String, String) {
     )
     .unwrap();
     std::fs::write(src.join("index.js"), NPM_INDEX_JS).unwrap();
-    let mut c = client("npm");
+    let mut c = package_client("npm");
     c.args(["pack", "--json", "--pack-destination"])
         .arg(dir)
         .arg("--cache")
@@ -212,7 +183,7 @@ async fn npm_install(
     let (npmrc, global) = (work.join("user-npmrc"), work.join("global-npmrc"));
     std::fs::write(&npmrc, "").unwrap();
     std::fs::write(&global, "").unwrap();
-    let mut c = client("npm");
+    let mut c = package_client("npm");
     c.args(["install", NPM_PKG, "--registry", registry])
         .args(["--proxy", &proxy.url(), "--https-proxy", &proxy.url()])
         .arg("--cache")
@@ -430,7 +401,7 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
 
 async fn build_wheel(dir: &Path) -> Vec<u8> {
     let out = dir.join(WHEEL);
-    let mut c = client("python3");
+    let mut c = package_client("python3");
     c.arg("-c").arg(BUILD_WHEEL).arg(&out).arg(PY_INIT);
     let r = run(c).await;
     assert!(r.ok, "building the wheel failed: {}{}", r.stdout, r.stderr);
@@ -456,7 +427,7 @@ async fn pip_install(
     trust: PipTrust,
 ) -> Ran {
     let target = work.join(format!("site{n}"));
-    let mut c = client("python3");
+    let mut c = package_client("python3");
     c.args([
         "-m",
         "pip",
@@ -582,7 +553,7 @@ async fn pip_install_is_served_from_cache_and_offline() {
 
 /// curl through `proxy` trusting only `ca`, with `args` (URLs, -o, -w ...).
 async fn curl_via(proxy: &str, ca: &Path, args: &[&str]) -> Ran {
-    let mut c = client("curl");
+    let mut c = package_client("curl");
     c.args([
         "-sS",
         "--fail",
@@ -599,7 +570,7 @@ async fn curl_via(proxy: &str, ca: &Path, args: &[&str]) -> Ran {
 
 /// `sha1sum FILE` (coreutils): the hex digest.
 async fn sha1_hex(file: &Path) -> String {
-    let mut c = client("sha1sum");
+    let mut c = package_client("sha1sum");
     c.arg(file);
     let r = run(c).await;
     assert!(r.ok, "sha1sum: {}", r.stderr);
@@ -839,7 +810,7 @@ async fn ca_init_makes_a_constrained_ca_that_clients_verify() {
     assert_eq!(std::fs::read_to_string(&cert).unwrap(), cert_pem);
 
     // The Name Constraints extension, as OpenSSL reads it.
-    let mut c = client("openssl");
+    let mut c = package_client("openssl");
     c.args(["x509", "-noout", "-text", "-in"]).arg(&cert);
     let r = run(c).await;
     assert!(r.ok, "{}", r.stderr);
@@ -894,7 +865,7 @@ async fn ca_init_makes_a_constrained_ca_that_clients_verify() {
     for (host, accepted) in [("localhost", true), ("evil.example", false)] {
         let leaf = work.path().join(format!("{host}.pem"));
         std::fs::write(&leaf, sign_leaf(&cert_pem, &key_pem, host)).unwrap();
-        let mut c = client("openssl");
+        let mut c = package_client("openssl");
         c.args(["verify", "-purpose", "sslserver", "-CAfile"])
             .arg(&cert)
             .arg(&leaf);
@@ -956,45 +927,6 @@ async fn no_intercept_keeps_a_matching_host_a_blind_tunnel() {
 const CRATE: &str = "cuttle-test-crate";
 const CRATE_LIB: &str = "pub const GREETING: &str = \"hello from cuttle-test-crate\";\n";
 
-/// cargo itself (the one running this test), with none of the build's CARGO_* settings.
-fn cargo_cmd(home: &Path) -> tokio::process::Command {
-    let mut c = client(env!("CARGO"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("CARGO_HOME", home).env("CARGO_TERM_COLOR", "never");
-    c
-}
-
-/// Makes `cuttle-test-crate-1.0.0.crate` with `cargo package`.
-async fn cargo_package(dir: &Path) -> Vec<u8> {
-    let src = dir.join("crate-src");
-    std::fs::create_dir_all(src.join("src")).unwrap();
-    std::fs::write(
-        src.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"{CRATE}\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\
-             license = \"MIT\"\ndescription = \"cuttle test crate\"\n\n[workspace]\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(src.join("src/lib.rs"), CRATE_LIB).unwrap();
-    let mut c = cargo_cmd(&dir.join("package-home"));
-    c.args([
-        "package",
-        "--no-verify",
-        "--allow-dirty",
-        "--offline",
-        "--quiet",
-    ])
-    .current_dir(&src);
-    let r = run(c).await;
-    assert!(r.ok, "cargo package failed: {}", r.stderr);
-    std::fs::read(src.join(format!("target/package/{CRATE}-1.0.0.crate"))).unwrap()
-}
-
 /// `cargo fetch` of a project depending on the test crate from a sparse registry, with a new
 /// CARGO_HOME, through the proxy, trusting cuttle's CA through `CARGO_HTTP_CAINFO`.
 async fn cargo_fetch(work: &Path, n: usize, index: &str, proxy: &TestProxy, ca: &Path) -> Ran {
@@ -1044,7 +976,7 @@ async fn cargo_fetch(work: &Path, n: usize, index: &str, proxy: &TestProxy, ca: 
 async fn cargo_fetch_is_served_from_cache_and_offline() {
     use sha2::Digest;
     let work = tempfile::tempdir().unwrap();
-    let krate = cargo_package(work.path()).await;
+    let krate = cargo_package(work.path(), CRATE, CRATE_LIB, CLIENT_DEADLINE).await;
     let reg = Registry::start().await;
     let config_path = "/index/config.json";
     let entry_path = format!("/index/cu/tt/{CRATE}");
@@ -1154,7 +1086,7 @@ async fn java_trusts_cuttle_through_an_imported_truststore() {
     let ca = proxy_ca(&p, work.path()).await;
     // keytool -importcert into a truststore of its own (the README's recipe).
     let store = work.path().join("cuttle-truststore.p12");
-    let mut c = client("keytool");
+    let mut c = package_client("keytool");
     c.args([
         "-importcert",
         "-noprompt",
@@ -1174,7 +1106,7 @@ async fn java_trusts_cuttle_through_an_imported_truststore() {
     let url = reg.origin.url(&jar_path);
     let expected_sha1 = sha1_hex(&work.path().join("origin-lib-1.0.jar")).await;
     for round in 1..=2 {
-        let mut c = client("java");
+        let mut c = package_client("java");
         c.arg(format!("-Djavax.net.ssl.trustStore={}", store.display()))
             .arg("-Djavax.net.ssl.trustStorePassword=changeit")
             .arg("-Djavax.net.ssl.trustStoreType=PKCS12")

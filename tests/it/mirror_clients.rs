@@ -25,48 +25,8 @@ use tokio::net::TcpListener;
 /// A client command gets this long before the test fails (a stuck client must not hang CI).
 const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
 
-struct Ran {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// A client command with none of this machine's proxy, trust or client settings.
-fn client(program: &str) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(program);
-    for v in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        cmd.env_remove(v);
-    }
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().to_string();
-        if k.starts_with("PIP_") || k.to_ascii_lowercase().starts_with("npm_config_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-async fn run(mut cmd: tokio::process::Command) -> Ran {
-    cmd.kill_on_drop(true);
-    let desc = format!("{cmd:?}");
-    let out = tokio::time::timeout(CLIENT_DEADLINE, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{desc} did not finish within {CLIENT_DEADLINE:?}"))
-        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    Ran {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+async fn run(cmd: tokio::process::Command) -> Ran {
+    run_client(cmd, CLIENT_DEADLINE).await
 }
 
 /// A plain-HTTP registry serving fixed documents by path; `{origin}` in a document is
@@ -160,7 +120,7 @@ async fn npm_pack(dir: &Path) -> (Vec<u8>, String, String) {
     )
     .unwrap();
     std::fs::write(src.join("index.js"), NPM_INDEX_JS).unwrap();
-    let mut c = client("npm");
+    let mut c = package_client("npm");
     c.args(["pack", "--json", "--pack-destination"])
         .arg(dir)
         .arg("--cache")
@@ -194,7 +154,7 @@ async fn npm_install(work: &Path, n: usize, registry: &str) -> Ran {
     let (npmrc, global) = (work.join("user-npmrc"), work.join("global-npmrc"));
     std::fs::write(&npmrc, "").unwrap();
     std::fs::write(&global, "").unwrap();
-    let mut c = client("npm");
+    let mut c = package_client("npm");
     c.args(["install", NPM_PKG, "--registry", registry])
         .arg("--cache")
         .arg(work.join(format!("npm-cache{n}")))
@@ -326,7 +286,7 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
 
 async fn build_wheel(dir: &Path) -> Vec<u8> {
     let out = dir.join(WHEEL);
-    let mut c = client("python3");
+    let mut c = package_client("python3");
     c.arg("-c").arg(BUILD_WHEEL).arg(&out).arg(PY_INIT);
     let r = run(c).await;
     assert!(r.ok, "building the wheel failed: {}{}", r.stdout, r.stderr);
@@ -336,7 +296,7 @@ async fn build_wheel(dir: &Path) -> Vec<u8> {
 /// `pip download` into a new directory, without pip's cache, the index set to the mirror.
 async fn pip_download(work: &Path, n: usize, index: &str) -> Ran {
     let dest = work.join(format!("dl{n}"));
-    let mut c = client("python3");
+    let mut c = package_client("python3");
     c.args([
         "-m",
         "pip",
@@ -464,44 +424,6 @@ async fn pip_download_through_the_mirror_is_served_from_cache_and_offline() {
 const CRATE: &str = "cuttle-mirror-crate";
 const CRATE_LIB: &str = "pub const GREETING: &str = \"hello from cuttle-mirror-crate\";\n";
 
-fn cargo_cmd(home: &Path) -> tokio::process::Command {
-    let mut c = client(env!("CARGO"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("CARGO_HOME", home).env("CARGO_TERM_COLOR", "never");
-    c
-}
-
-/// Makes the `.crate` with `cargo package`.
-async fn cargo_package(dir: &Path) -> Vec<u8> {
-    let src = dir.join("crate-src");
-    std::fs::create_dir_all(src.join("src")).unwrap();
-    std::fs::write(
-        src.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"{CRATE}\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\
-             license = \"MIT\"\ndescription = \"cuttle test crate\"\n\n[workspace]\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(src.join("src/lib.rs"), CRATE_LIB).unwrap();
-    let mut c = cargo_cmd(&dir.join("package-home"));
-    c.args([
-        "package",
-        "--no-verify",
-        "--allow-dirty",
-        "--offline",
-        "--quiet",
-    ])
-    .current_dir(&src);
-    let r = run(c).await;
-    assert!(r.ok, "cargo package failed: {}", r.stderr);
-    std::fs::read(src.join(format!("target/package/{CRATE}-1.0.0.crate"))).unwrap()
-}
-
 /// `cargo fetch` of a project depending on the crate from the mirror's sparse registry
 /// (`sparse+http://cuttle/cargo/`), with a new CARGO_HOME and no proxy.
 async fn cargo_fetch(work: &Path, n: usize, index: &str) -> Ran {
@@ -543,7 +465,7 @@ async fn cargo_fetch(work: &Path, n: usize, index: &str) -> Ran {
 async fn cargo_fetch_through_the_mirror_is_served_from_cache_and_offline() {
     use sha2::Digest;
     let work = tempfile::tempdir().unwrap();
-    let krate = cargo_package(work.path()).await;
+    let krate = cargo_package(work.path(), CRATE, CRATE_LIB, CLIENT_DEADLINE).await;
     let cksum = hex::encode(sha2::Sha256::digest(&krate));
     let index_line = format!(
         r#"{{"name":"{CRATE}","vers":"1.0.0","deps":[],"cksum":"{cksum}","features":{{}},"yanked":false}}"#

@@ -85,3 +85,83 @@ pub fn cuttle() -> Command {
     }
     c
 }
+
+/// What a package client printed, and whether it succeeded.
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A package client (npm, pip, cargo...) as an async command: scrubbed like every client, and
+/// without the clients' own settings from the environment (`PIP_*`, `npm_config_*`).
+pub fn package_client(program: &str) -> tokio::process::Command {
+    let mut cmd = client(program);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().to_string();
+        if k.starts_with("PIP_") || k.to_ascii_lowercase().starts_with("npm_config_") {
+            cmd.env_remove(k);
+        }
+    }
+    tokio::process::Command::from(cmd)
+}
+
+/// Runs a client to completion, killed after `deadline`.
+pub async fn run_client(mut cmd: tokio::process::Command, deadline: std::time::Duration) -> Ran {
+    cmd.kill_on_drop(true);
+    let desc = format!("{cmd:?}");
+    let out = tokio::time::timeout(deadline, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{desc} did not finish within {deadline:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    Ran {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// cargo itself (the one running these tests), with none of the build's `CARGO_*` settings
+/// and its home in `home`.
+pub fn cargo_cmd(home: &Path) -> tokio::process::Command {
+    let mut c = package_client(env!("CARGO"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("CARGO_HOME", home).env("CARGO_TERM_COLOR", "never");
+    c
+}
+
+/// Makes `<name>-1.0.0.crate` (with `lib_rs` as its library) with `cargo package`, offline.
+pub async fn cargo_package(
+    dir: &Path,
+    name: &str,
+    lib_rs: &str,
+    deadline: std::time::Duration,
+) -> Vec<u8> {
+    let src = dir.join("crate-src");
+    std::fs::create_dir_all(src.join("src")).unwrap();
+    std::fs::write(
+        src.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\
+             license = \"MIT\"\ndescription = \"cuttle test crate\"\n\n[workspace]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(src.join("src/lib.rs"), lib_rs).unwrap();
+    let mut c = cargo_cmd(&dir.join("package-home"));
+    c.args([
+        "package",
+        "--no-verify",
+        "--allow-dirty",
+        "--offline",
+        "--quiet",
+    ])
+    .current_dir(&src);
+    let r = run_client(c, deadline).await;
+    assert!(r.ok, "cargo package failed: {}", r.stderr);
+    std::fs::read(src.join(format!("target/package/{name}-1.0.0.crate"))).unwrap()
+}
