@@ -438,6 +438,7 @@ done
 policy "$WORK/out/kustomize-base.yaml" --label "kustomize base"
 policy "$WORK/out/kustomize-nodeport.yaml" --label "kustomize nodeport" --auth --node-port 31280 --placeholder-htpasswd
 policy "$WORK/out/kustomize-large-cache.yaml" --label "kustomize large-cache"
+policy "$WORK/out/kustomize-shared-cache.yaml" --label "kustomize shared-cache" --replicas 3
 # The interception overlay, with Secret cuttle-ca made as its comments say (cuttle ca init).
 INTERCEPT_HOSTS=$(sed -n '/CUTTLE_INTERCEPT/{n;s/ *value: *//p}' "$K/overlays/intercept/intercept.yaml")
 if "$BIN" ca init --dir "$WORK/out/cuttle-ca" --intercept "$INTERCEPT_HOSTS" >/dev/null &&
@@ -491,7 +492,7 @@ for f in "$WORK"/out/helm-*.yaml; do
   case $name in
     helm-nodeport) args+=(--auth --node-port 31280) ;;
     helm-existing-secrets) args+=(--auth) ;;
-    helm-large) args+=(--replicas 3) ;;
+    helm-large | helm-shared) args+=(--replicas 3) ;;
     helm-intercept) args+=(--expect-intercept registry.example.org) ;;
   esac
   policy "$f" --label "$name" "${args[@]}"

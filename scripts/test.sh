@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs the outside programs the integration tests
 # drive when they are missing, then runs every Cargo test target. Extra arguments go to
-# `cargo test`, e.g. `scripts/test.sh --test chaining -- --nocapture`.
+# `cargo test`, e.g. `scripts/test.sh --test it chaining:: -- --nocapture`.
 #
 # Set CUTTLE_TEST_NO_INSTALL=1 to never install anything (missing programs then make the
 # tests that need them fail, loudly: they never skip).
@@ -12,10 +12,10 @@ log() { echo "test.sh: $*" >&2; }
 
 # What the tests need from outside Cargo: "apt-package probe", the probe being a command name
 # or an absolute path (squid lives in /usr/sbin, which is not on every user's PATH).
-# chromium drives the admin status page (tests/status_page.rs); npm, pip, a JDK (java,
-# keytool), openssl and sha1sum are the real clients of tests/intercept_clients.rs (the
+# chromium drives the admin status page (tests/it/status_page.rs); npm, pip, a JDK (java,
+# keytool), openssl and sha1sum are the real clients of tests/it/intercept_clients.rs (the
 # machine image has them already; Debian's packages are the fallback). The MIT KDC and
-# Squid's NTLM and Kerberos helpers are the parents of tests/parent_auth.rs (faketime gives
+# Squid's NTLM and Kerberos helpers are the parents of tests/it/parent_auth.rs (faketime gives
 # one KDC a skewed clock).
 REQUIREMENTS=(
   "squid /usr/sbin/squid"
@@ -136,7 +136,24 @@ stop_system_squid() {
   done
 }
 
+# s3s-fs, an S3 server over a directory, is the shared cache store of tests/shared_cache.rs
+# (a Cargo-installed binary; 0.14.1 builds with the rustc of rust-version 1.85 and later).
+S3S_FS_VERSION=0.14.1
+install_s3s_fs() {
+  if command -v s3s-fs >/dev/null 2>&1 || [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs ]]; then
+    return 0
+  fi
+  if [[ ${CUTTLE_TEST_NO_INSTALL:-0} == 1 ]]; then
+    log "missing s3s-fs (CUTTLE_TEST_NO_INSTALL=1: not installing; tests/shared_cache.rs will fail)"
+    return 0
+  fi
+  log "installing s3s-fs $S3S_FS_VERSION with cargo"
+  cargo install --locked s3s-fs --version "$S3S_FS_VERSION" --features binary ||
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary
+}
+
 install_missing
+install_s3s_fs
 stop_system_squid
 
 cargo test --all-targets "$@"

@@ -35,6 +35,8 @@ pub enum StartError {
 pub struct Proxy {
     state: Arc<State>,
     addrs: Vec<SocketAddr>,
+    /// The bound `--tls-listen` addresses.
+    tls_addrs: Vec<SocketAddr>,
     listeners: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     admin: Arc<Admin>,
     admin_addr: Option<SocketAddr>,
@@ -62,6 +64,19 @@ impl Proxy {
             bound.push((l, local));
         }
         let addrs: Vec<SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+        let mut tls_bound = Vec::new();
+        for addr in &config.tls_listen {
+            let l = listener::bind(*addr).map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+            let local = l.local_addr().map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+            tls_bound.push((l, local));
+        }
+        let tls_addrs: Vec<SocketAddr> = tls_bound.iter().map(|(_, a)| *a).collect();
         let admin_listener = match config.admin_listen {
             Some(a) => {
                 let l =
@@ -75,6 +90,7 @@ impl Proxy {
         };
         let own_addrs: Vec<SocketAddr> = addrs
             .iter()
+            .chain(&tls_addrs)
             .copied()
             .chain(admin_listener.as_ref().map(|(_, a)| *a))
             .collect();
@@ -120,9 +136,17 @@ impl Proxy {
             stats,
             issuer,
         }));
+        let acceptor = state
+            .config
+            .tls_server
+            .clone()
+            .map(tokio_rustls::TlsAcceptor::from);
         let listeners = bound
             .into_iter()
             .map(|(l, _)| tokio::spawn(listener::serve(l, state.clone())))
+            .chain(tls_bound.into_iter().map(|(l, _)| {
+                tokio::spawn(listener::serve_with(l, state.clone(), acceptor.clone()))
+            }))
             .collect();
         let admin = Admin::new(
             state.clone(),
@@ -141,6 +165,7 @@ impl Proxy {
         Ok(Proxy {
             state,
             addrs,
+            tls_addrs,
             listeners: parking_lot::Mutex::new(listeners),
             admin,
             admin_addr,
@@ -151,6 +176,11 @@ impl Proxy {
     /// The bound proxy addresses (ports resolved when 0 was asked for).
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound TLS listener addresses (`--tls-listen`).
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     pub fn state(&self) -> &Arc<State> {

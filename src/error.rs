@@ -27,6 +27,13 @@ pub enum ProxyError {
     ClientAuthThrottled { retry_after: u64 },
     #[error("not in cache, and the request said only-if-cached")]
     NotCached,
+    #[error(
+        "mirror {mirror} serves GET and HEAD only (set allow-write = true on the mirror to pass \
+         writes such as publishing through)"
+    )]
+    MirrorMethod { mirror: String },
+    #[error("authentication required (the user and password cuttle's clients have)")]
+    MirrorAuthRequired,
 
     // ---- access policy ------------------------------------------------------------------
     #[error("access denied: {rule}")]
@@ -77,6 +84,8 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             ClientBadRequest(_) | ClientOriginForm => StatusCode::BAD_REQUEST,
+            MirrorMethod { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            MirrorAuthRequired => StatusCode::UNAUTHORIZED,
             ClientAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ClientAuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Denied { .. } => StatusCode::FORBIDDEN,
@@ -101,7 +110,9 @@ impl ProxyError {
     pub fn deny_reason(&self) -> Option<&'static str> {
         match self {
             ProxyError::Denied { reason, .. } => Some(reason),
-            ProxyError::ClientAuthRequired | ProxyError::ClientAuthThrottled { .. } => Some("auth"),
+            ProxyError::ClientAuthRequired
+            | ProxyError::ClientAuthThrottled { .. }
+            | ProxyError::MirrorAuthRequired => Some("auth"),
             _ => None,
         }
     }
@@ -111,8 +122,11 @@ impl ProxyError {
         match self {
             ClientBadRequest(_) => "ERR_INVALID_REQ",
             ClientOriginForm => "ERR_INVALID_URL",
-            ClientAuthRequired | ClientAuthThrottled { .. } => "ERR_CACHE_ACCESS_DENIED",
+            ClientAuthRequired | ClientAuthThrottled { .. } | MirrorAuthRequired => {
+                "ERR_CACHE_ACCESS_DENIED"
+            }
             NotCached => "ERR_ONLY_IF_CACHED_MISS",
+            MirrorMethod { .. } => "ERR_UNSUP_REQ",
             Denied { .. } => "ERR_ACCESS_DENIED",
             UpstreamDns { .. } => "ERR_DNS_FAIL",
             UpstreamConnect { .. } | UpstreamConnectTimeout { .. } => "ERR_CONNECT_FAIL",
@@ -153,6 +167,15 @@ impl ProxyError {
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 h.insert(header::PROXY_AUTHENTICATE, v);
             }
+        }
+        if matches!(self, ProxyError::MirrorAuthRequired) {
+            let challenge = format!("Basic realm=\"{}\"", realm.replace('"', "'"));
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        if matches!(self, ProxyError::MirrorMethod { .. }) {
+            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
         if let ProxyError::ClientAuthThrottled { retry_after } = self {
             h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));

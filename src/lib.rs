@@ -17,6 +17,8 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod io;
 pub mod metrics;

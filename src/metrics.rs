@@ -4,7 +4,7 @@
 //! the access-log record when a transaction ends ([`Metrics::observe`]); gauges are moved by
 //! RAII guards; cache figures are read from the cache at scrape time.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -14,11 +14,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::cache::Cache;
+use crate::mirror::{MirrorStats, Mirrors};
 use crate::telemetry::record::{AccessRecord, ResultCode};
 use crate::upstream::parent::Peer;
 
 type L1 = [(&'static str, &'static str); 1];
 type L2 = [(&'static str, &'static str); 2];
+/// A mirror's name: configured, so a bounded set.
+type LM = [(&'static str, String); 1];
 type Hist = Family<L1, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -48,6 +51,17 @@ pub struct Metrics {
     denials: Family<L1, Counter>,
     pub certificates_minted: Counter,
     log_lines_dropped: Counter,
+    mirror_requests: Family<LM, Counter>,
+    mirror_hits: Family<LM, Counter>,
+    mirror_bytes_saved: Family<LM, Counter>,
+    mirror_upstream_errors: Family<LM, Counter>,
+    mirror_rewrite_errors: Family<LM, Counter>,
+    shared_ops: Family<L2, Counter>,
+    shared_seconds: Family<L1, Counter<f64, AtomicU64>>,
+    shared_bytes_uploaded: Counter,
+    shared_breaker: Gauge,
+    shared_breaker_openings: Counter,
+    shared_queue: Gauge,
 }
 
 /// Method classes used as a label.
@@ -78,7 +92,7 @@ impl Metrics {
         let response_bytes = Family::<L1, Counter>::default();
         r.register(
             "response_bytes",
-            "Bytes sent to clients, by source (cache_memory, cache_disk, upstream, tunnel, proxy)",
+            "Bytes sent to clients, by source (cache_memory, cache_disk, cache_shared, upstream, tunnel, proxy)",
             response_bytes.clone(),
         );
         let upstream_seconds = latency_histogram();
@@ -185,8 +199,76 @@ impl Metrics {
             "Access-log lines dropped because stdout could not keep up",
             log_lines_dropped.clone(),
         );
+        let mirror = |r: &mut Registry, name: &str, help: &str| {
+            let f = Family::<LM, Counter>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let mirror_requests = mirror(&mut r, "mirror_requests", "Requests to each mirror route");
+        let mirror_hits = mirror(
+            &mut r,
+            "mirror_hits",
+            "Mirror answers served from the cache (fresh, revalidated, stale or collapsed)",
+        );
+        let mirror_bytes_saved = mirror(
+            &mut r,
+            "mirror_bytes_saved",
+            "Body bytes of mirror answers served from the cache",
+        );
+        let mirror_upstream_errors = mirror(
+            &mut r,
+            "mirror_upstream_errors",
+            "Mirror requests whose last upstream failed (no answer or 5xx)",
+        );
+        let mirror_rewrite_errors = mirror(
+            &mut r,
+            "mirror_rewrite_errors",
+            "Mirror documents passed without rewriting their URLs (encoded, unexpected type)",
+        );
+        let shared_ops = Family::<L2, Counter>::default();
+        r.register(
+            "shared_cache_operations",
+            "Shared cache tier operations, by op (lookup, upload, meta) and outcome (hit, miss, error, corrupt, expired, skipped_breaker, skipped_queue_full, exists, done)",
+            shared_ops.clone(),
+        );
+        let shared_seconds = Family::<L1, Counter<f64, AtomicU64>>::default();
+        r.register(
+            "shared_cache_operation_seconds",
+            "Time spent in shared cache lookups and uploads, by op (divide by the operations for the mean latency)",
+            shared_seconds.clone(),
+        );
+        let shared_bytes_uploaded = Counter::default();
+        r.register(
+            "shared_cache_uploaded_bytes",
+            "Bytes uploaded to the shared cache tier",
+            shared_bytes_uploaded.clone(),
+        );
+        let shared_breaker = Gauge::default();
+        r.register(
+            "shared_cache_breaker_state",
+            "The shared cache circuit breaker: 0 closed, 1 open (store skipped), 2 half-open",
+            shared_breaker.clone(),
+        );
+        let shared_breaker_openings = Counter::default();
+        r.register(
+            "shared_cache_breaker_openings",
+            "Times the shared cache circuit breaker opened",
+            shared_breaker_openings.clone(),
+        );
+        let shared_queue = Gauge::default();
+        r.register(
+            "shared_cache_upload_queue",
+            "Uploads to the shared cache waiting or running",
+            shared_queue.clone(),
+        );
         Metrics {
             registry: r,
+            shared_ops,
+            shared_seconds,
+            shared_bytes_uploaded,
+            shared_breaker,
+            shared_breaker_openings,
+            shared_queue,
             requests,
             response_bytes,
             upstream_seconds,
@@ -207,6 +289,11 @@ impl Metrics {
             denials,
             certificates_minted,
             log_lines_dropped,
+            mirror_requests,
+            mirror_hits,
+            mirror_bytes_saved,
+            mirror_upstream_errors,
+            mirror_rewrite_errors,
         }
     }
 
@@ -272,8 +359,22 @@ impl Metrics {
         &self,
         cache: Option<&Cache>,
         peers: &[std::sync::Arc<Peer>],
+        mirrors: &Mirrors,
         dropped_log_lines: u64,
     ) -> String {
+        for m in &mirrors.list {
+            let l = [("mirror", m.settings.name.clone())];
+            let st = &m.stats;
+            for (family, value) in [
+                (&self.mirror_requests, &st.requests),
+                (&self.mirror_hits, &st.hits),
+                (&self.mirror_bytes_saved, &st.bytes_saved),
+                (&self.mirror_upstream_errors, &st.upstream_errors),
+                (&self.mirror_rewrite_errors, &st.rewrite_errors),
+            ] {
+                catch_up(&family.get_or_create(&l), MirrorStats::get(value));
+            }
+        }
         if let Some(c) = cache {
             let u = c.usage();
             let tiers = [
@@ -306,6 +407,9 @@ impl Metrics {
             );
             catch_up(&self.cache_corrupt, u.disk_corrupt);
             catch_up(&self.cache_write_errors, u.disk_write_errors);
+            if let Some(sh) = &c.shared {
+                self.render_shared(sh);
+            }
         }
         for (i, p) in peers.iter().enumerate() {
             let label: &'static str = PEER_LABELS.get(i).copied().unwrap_or("other");
@@ -319,6 +423,49 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+impl Metrics {
+    fn render_shared(&self, sh: &crate::cache::shared::Shared) {
+        let st = &sh.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ops: [(&'static str, &'static str, u64); 12] = [
+            ("lookup", "hit", n(&st.hits)),
+            ("lookup", "miss", n(&st.misses)),
+            ("lookup", "error", n(&st.lookup_errors)),
+            ("lookup", "skipped_breaker", n(&st.lookups_skipped)),
+            ("lookup", "corrupt", n(&st.corrupt)),
+            ("lookup", "expired", n(&st.expired)),
+            ("upload", "done", n(&st.uploads)),
+            ("upload", "error", n(&st.upload_errors)),
+            ("upload", "exists", n(&st.upload_exists)),
+            ("upload", "skipped_queue_full", n(&st.skipped_queue_full)),
+            ("upload", "skipped_breaker", n(&st.skipped_breaker)),
+            ("meta", "done", n(&st.meta_updates)),
+        ];
+        for (op, outcome, total) in ops {
+            catch_up(
+                &self
+                    .shared_ops
+                    .get_or_create(&[("op", op), ("outcome", outcome)]),
+                total,
+            );
+        }
+        for (op, micros) in [
+            ("lookup", n(&st.lookup_micros)),
+            ("upload", n(&st.upload_micros)),
+        ] {
+            let c = self.shared_seconds.get_or_create(&[("op", op)]);
+            let total = micros as f64 / 1e6;
+            if total > c.get() {
+                c.inc_by(total - c.get());
+            }
+        }
+        catch_up(&self.shared_bytes_uploaded, n(&st.upload_bytes));
+        self.shared_breaker.set(sh.breaker.state().as_gauge());
+        catch_up(&self.shared_breaker_openings, sh.breaker.openings());
+        self.shared_queue.set(sh.queued() as i64);
     }
 }
 
@@ -372,7 +519,7 @@ mod tests {
         rec.deny_reason = Some("client_network");
         m.observe(&rec);
         let _c = m.connection();
-        let text = m.render(None, &[], 0);
+        let text = m.render(None, &[], &Mirrors::default(), 0);
         assert!(
             text.contains(r#"cuttle_requests_total{method="get",result="TCP_MEM_HIT"} 1"#),
             "{text}"

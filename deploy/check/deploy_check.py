@@ -359,7 +359,15 @@ def policy(args: argparse.Namespace) -> None:
     else:
         report(not nodeports, t("no NodePort Service"))
 
-    nps = [n for n in by_kind(docs, "NetworkPolicy") if selects(n["spec"]["podSelector"].get("matchLabels", {}), pod_labels)]
+    selecting = [n for n in by_kind(docs, "NetworkPolicy") if selects(n["spec"]["podSelector"].get("matchLabels", {}), pod_labels)]
+    nps = [n for n in selecting if "Ingress" in n["spec"].get("policyTypes", ["Ingress"])]
+    # An egress policy (shared cache store) must not cut DNS or the way out.
+    for eg in (n for n in selecting if "Egress" in n["spec"].get("policyTypes", [])):
+        rules = eg["spec"].get("egress", [])
+        dns = any(p.get("port") == 53 for r in rules for p in r.get("ports", []))
+        out = any((f.get("ipBlock") or {}).get("cidr") == "0.0.0.0/0" and not r.get("ports")
+                  for r in rules for f in r.get("to", []))
+        report(dns and out, t(f"egress NetworkPolicy {eg['metadata']['name']} keeps DNS and the upstream reachable"))
     if report(len(nps) == 1, t("NetworkPolicy selects the pods")):
         rules = nps[0]["spec"].get("ingress", [])
         rule_ports = [[p.get("port") for p in r.get("ports", [])] for r in rules]
@@ -408,6 +416,12 @@ def helm(args: argparse.Namespace) -> None:
             "cacheRules": [{"name": "isos", "pattern": r"\.iso$", "exclude": "/nightly/", "min": "7d", "max": "30d",
                             "ignoreClientNoCache": True, "vary": ["accept"]}],
         },
+        "shared": {
+            "replicaCount": 3, "autoscaling": {"enabled": True},
+            "sharedCache": {"enabled": True, "url": "s3://build-cache/cuttle",
+                            "endpoint": "http://minio.minio.svc:9000",
+                            "accessKey": "cuttle-example-key", "secretKey": "cuttle-example-secret"},
+        },
     }
     if args.ca_dir:
         # With a CA made by `cuttle ca init --intercept registry.example.org,pypi.example.org,...`.
@@ -448,6 +462,8 @@ def helm(args: argparse.Namespace) -> None:
             "auth on without users": ({"auth": {"enabled": True}}, "render"),
             "grace period below the drain": ({"terminationGracePeriodSeconds": 20}, "render"),
             "interception without a CA Secret": ({"interception": {"enabled": True, "hosts": ["pypi.example.org"]}}, "render"),
+            "shared cache without a URL": ({"sharedCache": {"enabled": True}}, "render"),
+            "schema: shared cache URL not s3://": ({"sharedCache": {"url": "http://bucket"}}, "schema"),
         }
         for name, (values, stage) in refusals.items():
             try:

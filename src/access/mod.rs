@@ -80,6 +80,11 @@ impl Policy {
         }
     }
 
+    /// Whether clients must authenticate.
+    pub fn requires_auth(&self) -> bool {
+        self.users.is_some()
+    }
+
     /// With authentication on, the user name; `ClientAuthRequired` when missing or wrong,
     /// `ClientAuthThrottled` when `client` has failed too often lately.
     pub async fn authenticate(

@@ -131,7 +131,28 @@ impl Admin {
                 })
             }
         };
+        let mirrors: Vec<serde_json::Value> = self
+            .state
+            .mirrors
+            .list
+            .iter()
+            .map(|m| {
+                use crate::mirror::MirrorStats as S;
+                let st = &m.stats;
+                json!({
+                    "name": m.settings.name,
+                    "kind": m.settings.kind.as_str(),
+                    "upstream": m.settings.upstream,
+                    "requests": S::get(&st.requests),
+                    "hits": S::get(&st.hits),
+                    "bytes_saved": S::get(&st.bytes_saved),
+                    "upstream_errors": S::get(&st.upstream_errors),
+                    "rewrite_errors": S::get(&st.rewrite_errors),
+                })
+            })
+            .collect();
         json!({
+            "mirrors": mirrors,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "started_at": self.started_at,
@@ -211,6 +232,7 @@ impl Admin {
                 let body = self.state.metrics.render(
                     self.state.cache.as_deref(),
                     current.upstream.peers(),
+                    &self.state.mirrors,
                     self.state.log.dropped(),
                 );
                 let mut r = Response::new(full(body));

@@ -756,29 +756,36 @@ fn scan_objects(objects: &Path) -> Vec<(Slot, u64, Option<std::time::SystemTime>
 /// Opens a stored file and decodes its head (blocking I/O on a blocking thread).
 async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
     tokio::task::spawn_blocking(move || {
-        let bad = |e: meta::MetaError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
         let mut f = std::fs::File::open(&path)?;
         let file_len = f.metadata()?.len();
-        let mut prefix = [0u8; PREFIX_LEN];
-        f.read_exact(&mut prefix)?;
-        let meta_len = meta::decode_prefix(&prefix).map_err(bad)?;
-        let min = (PREFIX_LEN + meta_len + TRAILER_LEN) as u64;
-        if file_len < min {
-            return Err(bad(meta::MetaError::Truncated));
-        }
-        let mut json = vec![0u8; meta_len];
-        f.read_exact(&mut json)?;
-        let meta = meta::decode_meta(&json).map_err(bad)?;
+        let (meta, offset, len) = decode_head(&mut f, file_len)?;
         Ok(DiskHit {
             meta: Arc::new(meta),
             path,
             file: Arc::new(f),
-            offset: (PREFIX_LEN + meta_len) as u64,
-            len: file_len - min,
+            offset,
+            len,
         })
     })
     .await
     .map_err(io::Error::other)?
+}
+
+/// Decodes the head of a stored file of `file_len` bytes read from `f`: the metadata, the
+/// offset of the body and its length. Anything malformed is `InvalidData`.
+pub(crate) fn decode_head(f: &mut impl Read, file_len: u64) -> io::Result<(Meta, u64, u64)> {
+    let bad = |e: meta::MetaError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let mut prefix = [0u8; PREFIX_LEN];
+    f.read_exact(&mut prefix)?;
+    let meta_len = meta::decode_prefix(&prefix).map_err(bad)?;
+    let min = (PREFIX_LEN + meta_len + TRAILER_LEN) as u64;
+    if file_len < min {
+        return Err(bad(meta::MetaError::Truncated));
+    }
+    let mut json = vec![0u8; meta_len];
+    f.read_exact(&mut json)?;
+    let meta = meta::decode_meta(&json).map_err(bad)?;
+    Ok((meta, (PREFIX_LEN + meta_len) as u64, file_len - min))
 }
 
 /// Reads up to `want` bytes at `pos` (fewer at the end of the file).
@@ -943,14 +950,20 @@ impl Drop for DiskWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::cache::key::Variant;
     use crate::cache::policy::{StoredPolicy, request_view};
     use http::StatusCode;
     use std::time::SystemTime;
 
-    fn meta(url: &str, len: Option<usize>) -> Meta {
+    /// A cacheable 200 for `url` (max-age=60), with a `Content-Length` when `len` is known.
+    pub(in crate::cache) fn meta(url: &str, len: Option<usize>) -> Meta {
+        meta_varying(url, len, Variant::default())
+    }
+
+    /// [`meta`] for one `Vary` selection.
+    pub(in crate::cache) fn meta_varying(url: &str, len: Option<usize>, variant: Variant) -> Meta {
         let req = request_view(
             &http::Method::GET,
             &url.parse().unwrap(),
@@ -967,14 +980,19 @@ mod tests {
             StoredPolicy::new(&req, StatusCode::OK, &headers, SystemTime::now(), None).unwrap();
         Meta::new(
             &PrimaryKey::from_url(url.into()),
-            Variant::default(),
+            variant,
             StatusCode::OK,
             headers,
             policy,
         )
     }
 
-    async fn store(d: &Arc<Disk>, url: &str, body: &[u8], with_len: bool) -> PathBuf {
+    pub(in crate::cache) async fn store(
+        d: &Arc<Disk>,
+        url: &str,
+        body: &[u8],
+        with_len: bool,
+    ) -> PathBuf {
         let m = meta(url, with_len.then_some(body.len()));
         let (d, body) = (d.clone(), body.to_vec());
         tokio::task::spawn_blocking(move || {
@@ -989,7 +1007,7 @@ mod tests {
     }
 
     /// What `du` would count under `dir`: files in whole blocks, and every directory.
-    fn du(dir: &Path) -> (u64, u64, u64) {
+    pub(in crate::cache) fn du(dir: &Path) -> (u64, u64, u64) {
         let (mut bytes, mut files, mut dirs) = (0, 0, 0);
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -1007,7 +1025,7 @@ mod tests {
         (bytes, files, dirs)
     }
 
-    fn key(url: &str) -> PrimaryKey {
+    pub(in crate::cache) fn key(url: &str) -> PrimaryKey {
         PrimaryKey::from_url(url.into())
     }
 
@@ -1243,6 +1261,275 @@ mod tests {
         assert_eq!(d.remove_primary(key("http://h/other").hex()).await, 1);
         d.scan().await;
         assert_eq!(d.usage().0, 1);
+    }
+
+    fn slot(n: u8) -> Slot {
+        Slot {
+            primary: [n; 32],
+            variant: [0; 16],
+        }
+    }
+
+    /// The index's accounting: totals follow inserts, replacements and removals, and
+    /// victims are taken least recently used first, a touch counting as a use.
+    #[test]
+    fn index_accounts_bytes_and_evicts_least_recently_used_first() {
+        let mut idx = Index::default();
+        idx.touch(slot(1), 4096);
+        idx.touch(slot(2), 8192);
+        idx.touch(slot(3), 4096);
+        assert_eq!((idx.items.len(), idx.total), (3, 16384));
+        // Replacing an entry with another size changes the total by the difference.
+        idx.touch(slot(2), 12288);
+        assert_eq!((idx.items.len(), idx.total), (3, 20480));
+        // 1 is used again: 3 is now the least recently used, then 2.
+        idx.touch(slot(1), 4096);
+        assert_eq!(idx.victims(16384, 10), vec![slot(3)]);
+        assert_eq!(idx.total, 16384);
+        assert_eq!(idx.victims(4096, 10), vec![slot(2)]);
+        assert_eq!(idx.victims(4096, 10), Vec::<Slot>::new());
+        // Reserved bytes and writers count against the bounds like entries.
+        idx.touch(slot(4), 4096);
+        idx.reserved = 4096;
+        assert_eq!(idx.victims(8192, 10), vec![slot(1)]);
+        idx.writers = 1;
+        assert_eq!(idx.victims(1 << 20, 1), vec![slot(4)]);
+        assert_eq!((idx.items.len(), idx.total, idx.lru.len()), (0, 0, 0));
+        // Forgetting drops refreshed metadata with the entry.
+        idx.touch(slot(5), 4096);
+        idx.refreshed
+            .insert(slot(5), Arc::new(meta("http://h/r", None)));
+        assert_eq!(idx.forget(&slot(5)), Some(4096));
+        assert_eq!(idx.forget(&slot(5)), None);
+        assert!(idx.refreshed.is_empty());
+    }
+
+    /// On disk, an entry that was just looked up survives the next eviction; the oldest
+    /// untouched one goes.
+    #[tokio::test]
+    async fn a_lookup_keeps_an_entry_from_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        const MAX: u64 = 256 * 1024;
+        let d = Disk::open(dir.path(), MAX).await.unwrap();
+        d.scan().await;
+        let body = vec![3u8; 60_000];
+        for i in 0..4 {
+            store(&d, &format!("http://h/l{i}"), &body, true).await;
+        }
+        assert_eq!(d.usage().0, 4);
+        assert!(
+            d.lookup(&key("http://h/l0"), &HeaderMap::new())
+                .await
+                .is_some()
+        );
+        store(&d, "http://h/l4", &body, true).await;
+        let present = |i: usize| {
+            let d = d.clone();
+            async move {
+                d.lookup(&key(&format!("http://h/l{i}")), &HeaderMap::new())
+                    .await
+                    .is_some()
+            }
+        };
+        assert!(present(0).await, "the entry just used was evicted");
+        assert!(
+            !present(1).await,
+            "the least recently used entry is still there"
+        );
+        assert!(present(4).await);
+        assert_eq!(d.stats.evictions.load(Ordering::Relaxed), 1);
+    }
+
+    /// A body byte changed on disk: the whole read fails its checksum, the file is deleted
+    /// and counted, and a streamed read ends in an error instead of a complete body.
+    #[tokio::test]
+    async fn corrupt_bodies_are_never_served_and_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Disk::open(dir.path(), 8 << 20).await.unwrap();
+        d.scan().await;
+        let flip = |path: &Path, at: u64| {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+        };
+
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        store(&d, "http://h/c1", &body, true).await;
+        let hit = d
+            .lookup(&key("http://h/c1"), &HeaderMap::new())
+            .await
+            .unwrap();
+        flip(&hit.path, hit.offset + 1234);
+        assert!(d.read_verified(&hit).await.is_none());
+        assert_eq!(d.stats.corrupt.load(Ordering::Relaxed), 1);
+        assert!(!hit.path.exists());
+        assert_eq!(d.usage(), (0, 0));
+
+        store(&d, "http://h/c2", &body, true).await;
+        let hit = d
+            .lookup(&key("http://h/c2"), &HeaderMap::new())
+            .await
+            .unwrap();
+        flip(&hit.path, hit.offset + hit.len - 1);
+        let mut s = d.stream(&hit, 0, hit.len);
+        let mut got = 0usize;
+        let mut failed = false;
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut s).await {
+            match frame {
+                Ok(f) => got += f.into_data().map(|b| b.len()).unwrap_or(0),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "a corrupt body streamed to its end ({got} bytes)");
+        assert!(got < body.len(), "every byte of a corrupt body was sent");
+        assert_eq!(d.stats.corrupt.load(Ordering::Relaxed), 2);
+        assert!(!hit.path.exists());
+        assert!(
+            d.lookup(&key("http://h/c2"), &HeaderMap::new())
+                .await
+                .is_none()
+        );
+    }
+
+    /// Files that cannot be decoded (garbage, or cut short) are misses, and are deleted and
+    /// forgotten by the lookup that finds them.
+    #[tokio::test]
+    async fn undecodable_files_are_discarded_on_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Disk::open(dir.path(), 8 << 20).await.unwrap();
+        d.scan().await;
+        let garbage = store(&d, "http://h/g", b"a body", true).await;
+        std::fs::write(&garbage, b"not a cache file at all").unwrap();
+        let cut = store(&d, "http://h/t", &vec![5u8; 10_000], true).await;
+        let f = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
+        f.set_len(PREFIX_LEN as u64 + 10).unwrap();
+        assert_eq!(d.usage().0, 2);
+        for url in ["http://h/g", "http://h/t"] {
+            assert!(
+                d.lookup(&key(url), &HeaderMap::new()).await.is_none(),
+                "{url}"
+            );
+        }
+        assert!(!garbage.exists());
+        assert!(!cut.exists());
+        assert_eq!(d.usage(), (0, 0));
+    }
+
+    /// Writers' reservations are the budget: while one writer holds most of the bound,
+    /// another as large is refused; dropping the first (uncommitted) gives its room back and
+    /// leaves no entry and no temporary file.
+    #[tokio::test]
+    async fn reservations_exhaust_the_bound_and_are_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        const MAX: u64 = 512 * 1024;
+        let d = Disk::open(dir.path(), MAX).await.unwrap();
+        d.scan().await;
+        let d2 = d.clone();
+        let tmp = dir.path().join("v2/tmp");
+        tokio::task::spawn_blocking(move || {
+            let big = meta("http://h/big", Some(300_000));
+            let mut w1 = d2.writer(&big).unwrap();
+            w1.write(&[1u8; 100_000]).unwrap();
+            assert!(d2.reserved() >= 300_000);
+            let e = d2.writer(&meta("http://h/big2", Some(300_000)));
+            assert!(e.is_err(), "two writers reserved more than the bound");
+            drop(w1);
+            assert_eq!(d2.reserved(), 0);
+            assert_eq!(du(&tmp).1, 0, "a dropped writer left its file");
+            let mut w2 = d2.writer(&meta("http://h/big2", Some(300_000))).unwrap();
+            w2.write(&[2u8; 300_000]).unwrap();
+            w2.commit().unwrap();
+        })
+        .await
+        .unwrap();
+        assert_eq!(d.reserved(), 0);
+        assert_eq!(d.usage().0, 1);
+        assert!(
+            d.lookup(&key("http://h/big"), &HeaderMap::new())
+                .await
+                .is_none()
+        );
+        let hit = d
+            .lookup(&key("http://h/big2"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert_eq!(hit.len, 300_000);
+    }
+
+    /// Many readers of one entry at once, whole and streamed, all get the same verified bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_readers_get_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Disk::open(dir.path(), 16 << 20).await.unwrap();
+        d.scan().await;
+        let body: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        store(&d, "http://h/shared", &body, true).await;
+        let body = Arc::new(body);
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let (d, body) = (d.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let hit = d
+                    .lookup(&key("http://h/shared"), &HeaderMap::new())
+                    .await
+                    .unwrap();
+                let got = if i % 2 == 0 {
+                    d.read_verified(&hit).await.unwrap()
+                } else {
+                    http_body_util::BodyExt::collect(d.stream(&hit, 0, hit.len))
+                        .await
+                        .unwrap()
+                        .to_bytes()
+                };
+                assert!(got[..] == body[..], "reader {i} got other bytes");
+                // A range of the body.
+                let part = http_body_util::BodyExt::collect(d.stream(&hit, 1000, 2000))
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                assert_eq!(&part[..], &body[1000..2000]);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(d.stats.corrupt.load(Ordering::Relaxed), 0);
+    }
+
+    /// Metadata refreshed by a 304 is what later lookups see, until the entry is written again.
+    #[tokio::test]
+    async fn refreshed_metadata_is_served_until_the_entry_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Disk::open(dir.path(), 8 << 20).await.unwrap();
+        d.scan().await;
+        store(&d, "http://h/m", b"body", true).await;
+        let mut fresh = meta("http://h/m", Some(4));
+        fresh.headers.insert("x-refreshed", "1".parse().unwrap());
+        d.refresh(Arc::new(fresh));
+        let hit = d
+            .lookup(&key("http://h/m"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert_eq!(hit.meta.headers["x-refreshed"], "1");
+        assert_eq!(&d.read_verified(&hit).await.unwrap()[..], b"body");
+        store(&d, "http://h/m", b"new!", true).await;
+        let hit = d
+            .lookup(&key("http://h/m"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert!(hit.meta.headers.get("x-refreshed").is_none());
+        assert_eq!(&d.read_verified(&hit).await.unwrap()[..], b"new!");
+        // Refreshing an entry that is not stored remembers nothing.
+        d.refresh(Arc::new(meta("http://h/absent", None)));
+        assert!(d.index.lock().refreshed.is_empty());
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub enum Completed {
     /// Stored on disk and/or in memory (`mem` is the whole body when it fits there).
     Stored {
         mem: Option<MemEntry>,
+        /// The committed disk file (header, body, trailer), when the disk tier took it.
+        file: Option<Arc<std::fs::File>>,
     },
     NotStored,
 }
@@ -343,8 +345,13 @@ impl Fill {
                 meta: f.meta.clone(),
                 body,
             });
+            let file = if stored {
+                f.inner.lock().file.as_ref().map(|(file, _)| file.clone())
+            } else {
+                None
+            };
             let completed = if stored || mem.is_some() {
-                Completed::Stored { mem }
+                Completed::Stored { mem, file }
             } else {
                 Completed::NotStored
             };
@@ -661,5 +668,364 @@ fn write_to_disk(
             tracing::debug!(error = %e, "cache commit failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::disk::Disk;
+    use crate::cache::disk::tests::{du, key, meta};
+    use http::HeaderMap;
+    use tokio::sync::oneshot;
+
+    type Tx = mpsc::Sender<Result<Bytes, BoxError>>;
+
+    /// An upstream body fed by the test, chunk by chunk (an `Err` ends it with an error).
+    fn upstream() -> (
+        Tx,
+        impl http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    ) {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(1);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|r| (r.map(http_body::Frame::data), rx))
+        });
+        (tx, http_body_util::StreamBody::new(stream))
+    }
+
+    /// How a fill ended: `None` not stored, `Some(mem)` stored (with the whole body when
+    /// it was kept for the memory tier).
+    type Outcome = Option<Option<Bytes>>;
+
+    fn limits(budget: &Arc<Budget>, max_object: u64, mem_object: u64) -> FillLimits {
+        FillLimits {
+            max_object,
+            mem_object,
+            reader_stall: Duration::from_millis(20),
+            budget: budget.clone(),
+        }
+    }
+
+    fn start<B>(
+        meta: Meta,
+        body: B,
+        writer: Option<DiskWriter>,
+        limits: FillLimits,
+    ) -> (Arc<Fill>, oneshot::Receiver<Outcome>)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (tx, rx) = oneshot::channel();
+        let fill = Fill::start(Arc::new(meta), body, writer, limits, move |_, c| {
+            let _ = tx.send(match c {
+                Completed::Stored { mem, .. } => Some(mem.map(|m| m.body)),
+                Completed::NotStored => None,
+            });
+        });
+        (fill, rx)
+    }
+
+    /// A body of `n` bytes, not all alike.
+    fn data(n: usize) -> Bytes {
+        (0..n)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    async fn feed(tx: &Tx, body: &Bytes, chunk: usize) {
+        for c in body.chunks(chunk) {
+            tx.send(Ok(Bytes::copy_from_slice(c))).await.unwrap();
+        }
+    }
+
+    /// Everything a reader yields, and whether it ended with an error.
+    async fn drain(mut b: Body) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        loop {
+            let next = http_body_util::BodyExt::frame(&mut b);
+            let Some(f) = tokio::time::timeout(Duration::from_secs(30), next)
+                .await
+                .expect("a reader waited 30 s for bytes")
+            else {
+                break;
+            };
+            match f {
+                Ok(f) => out.extend_from_slice(&f.into_data().unwrap_or_default()),
+                Err(_) => return (out, true),
+            }
+        }
+        (out, false)
+    }
+
+    async fn disk(dir: &std::path::Path) -> Arc<Disk> {
+        let d = Disk::open(dir, 64 << 20).await.unwrap();
+        d.scan().await;
+        d
+    }
+
+    #[test]
+    fn budget_takes_are_bounded_and_given_back() {
+        let b = Budget::new(100);
+        let first = b.try_take(60).unwrap();
+        assert!(b.try_take(50).is_none());
+        let second = b.try_take(40).unwrap();
+        assert_eq!(b.held(), 100);
+        assert!(b.try_take(1).is_none());
+        drop(first);
+        assert_eq!(b.held(), 40);
+        drop(second);
+        assert_eq!(b.held(), 0);
+        // From many threads at once: never more than the limit held.
+        let b = Budget::new(1000);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let b = b.clone();
+                s.spawn(move || {
+                    for i in 0..20_000u64 {
+                        if let Some(h) = b.try_take(1 + i % 300) {
+                            assert!(b.held() <= 1000, "{} held", b.held());
+                            drop(h);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(b.held(), 0);
+    }
+
+    /// A fill larger than the memory window, with a disk copy: a reader from the start, one
+    /// that joins half-way, one after the end (behind the window: it reads the file) and a
+    /// range reader all get the right bytes; the entry is committed, no whole body is kept,
+    /// and the budget is given back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_reader_gets_every_byte_and_the_entry_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        const N: usize = 6 * 1024 * 1024 + 123;
+        let body = data(N);
+        let m = meta("http://h/fill", Some(N));
+        let budget = Budget::new(FILLS_BUDGET);
+        let (tx, up) = upstream();
+        let writer = d.writer(&m).unwrap();
+        let (fill, done) = start(m, up, Some(writer), limits(&budget, 1 << 30, 1 << 20));
+        let early = tokio::spawn(drain(fill.reader(0, None)));
+        feed(&tx, &body.slice(..N / 2), 64 * 1024).await;
+        let middle = tokio::spawn(drain(fill.reader(0, None)));
+        feed(&tx, &body.slice(N / 2..), 64 * 1024).await;
+        drop(tx);
+        assert_eq!(
+            done.await.unwrap(),
+            Some(None),
+            "stored, without a whole body"
+        );
+        assert_eq!(fill.state(), FillState::Done(N as u64));
+        assert_eq!(fill.total(), Some(N as u64));
+        assert!(fill.joinable());
+        for (name, r) in [("early", early), ("middle", middle)] {
+            let (got, failed) = r.await.unwrap();
+            assert!(!failed, "{name} failed");
+            assert!(got[..] == body[..], "{name} got other bytes");
+        }
+        let (late, failed) = drain(fill.reader(0, None)).await;
+        assert!(!failed && late[..] == body[..], "the late reader");
+        let (range, failed) = drain(fill.reader(100, Some(200_000))).await;
+        assert!(
+            !failed && range[..] == body[100..200_000],
+            "the range reader"
+        );
+        let hit = d
+            .lookup(&key("http://h/fill"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert_eq!(hit.len, N as u64);
+        drop(fill);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// A small object is kept whole for the memory tier, with or without a disk copy.
+    #[tokio::test]
+    async fn a_small_object_is_kept_whole() {
+        let budget = Budget::new(FILLS_BUDGET);
+        let body = data(10_000);
+        let (tx, up) = upstream();
+        let (fill, done) = start(
+            meta("http://h/small", Some(10_000)),
+            up,
+            None,
+            limits(&budget, 1 << 30, 64 * 1024),
+        );
+        feed(&tx, &body, 3000).await;
+        drop(tx);
+        assert_eq!(done.await.unwrap(), Some(Some(body.clone())));
+        let (got, failed) = drain(fill.reader(0, None)).await;
+        assert!(!failed && got[..] == body[..]);
+        drop(fill);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// With the budget spent, a fill keeps no whole body: it is stored on disk only.
+    #[tokio::test]
+    async fn a_spent_budget_keeps_no_whole_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        let budget = Budget::new(1);
+        let body = data(10_000);
+        let m = meta("http://h/spent", Some(10_000));
+        let writer = d.writer(&m).unwrap();
+        let (tx, up) = upstream();
+        let (fill, done) = start(m, up, Some(writer), limits(&budget, 1 << 30, 64 * 1024));
+        feed(&tx, &body, 3000).await;
+        drop(tx);
+        assert_eq!(done.await.unwrap(), Some(None));
+        let (got, failed) = drain(fill.reader(0, None)).await;
+        assert!(!failed && got[..] == body[..]);
+        assert!(
+            d.lookup(&key("http://h/spent"), &HeaderMap::new())
+                .await
+                .is_some()
+        );
+        drop(fill);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// A body shorter than its Content-Length, or cut by an upstream error: readers get the
+    /// bytes that came and then an error, nothing is stored, and the temporary file and its
+    /// reservation go with the fill.
+    #[tokio::test]
+    async fn an_incomplete_body_fails_readers_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        for (url, error) in [("http://h/short", false), ("http://h/error", true)] {
+            let budget = Budget::new(FILLS_BUDGET);
+            let body = data(50_000);
+            let m = meta(url, Some(100_000));
+            let writer = d.writer(&m).unwrap();
+            let (tx, up) = upstream();
+            let (fill, done) = start(m, up, Some(writer), limits(&budget, 1 << 30, 1 << 20));
+            let reader = tokio::spawn(drain(fill.reader(0, None)));
+            feed(&tx, &body, 10_000).await;
+            if error {
+                tx.send(Err("upstream reset".into())).await.unwrap();
+            }
+            drop(tx);
+            assert_eq!(done.await.unwrap(), None, "{url}");
+            match fill.state() {
+                FillState::Failed(e) if error => assert!(e.contains("upstream reset"), "{e}"),
+                FillState::Failed(e) => {
+                    assert_eq!(e, "body ended after 50000 of 100000 bytes")
+                }
+                s => panic!("{url}: {s:?}"),
+            }
+            assert!(!fill.joinable());
+            let (got, failed) = reader.await.unwrap();
+            assert!(failed, "{url}: the reader saw a complete body");
+            assert!(got[..] == body[..got.len()], "{url}");
+            drop(fill);
+            assert!(d.lookup(&key(url), &HeaderMap::new()).await.is_none());
+            assert_eq!(d.reserved(), 0, "{url}");
+            assert_eq!(
+                du(&dir.path().join("v2/tmp")).1,
+                0,
+                "{url}: a file left in tmp/"
+            );
+            assert_eq!(budget.held(), 0, "{url}");
+        }
+    }
+
+    /// An object that grows past max-object-size (no Content-Length) is still served whole
+    /// to its readers, but neither stored on disk nor kept in memory.
+    #[tokio::test]
+    async fn an_object_over_the_size_limit_is_served_but_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        let budget = Budget::new(FILLS_BUDGET);
+        let body = data(500_000);
+        let m = meta("http://h/huge", None);
+        let writer = d.writer(&m).unwrap();
+        let (tx, up) = upstream();
+        let (fill, done) = start(m, up, Some(writer), limits(&budget, 200_000, 1 << 20));
+        let reader = tokio::spawn(drain(fill.reader(0, None)));
+        feed(&tx, &body, 16 * 1024).await;
+        drop(tx);
+        assert_eq!(done.await.unwrap(), None);
+        let (got, failed) = reader.await.unwrap();
+        assert!(!failed && got[..] == body[..]);
+        drop(fill);
+        assert!(
+            d.lookup(&key("http://h/huge"), &HeaderMap::new())
+                .await
+                .is_none()
+        );
+        assert_eq!(d.reserved(), 0);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// Without a disk copy, a reader that stops reading holds the fill back only for the
+    /// stall timeout (the fill still completes), and it is never cut off: when it reads
+    /// again it gets every byte, like the reader that kept up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_reader_without_a_disk_copy_is_never_cut_off() {
+        let budget = Budget::new(FILLS_BUDGET);
+        const N: usize = 6 * 1024 * 1024;
+        let body = data(N);
+        let (tx, up) = upstream();
+        let (fill, done) = start(
+            meta("http://h/nodisk", None),
+            up,
+            None,
+            limits(&budget, 1 << 30, 0),
+        );
+        let stalled = fill.reader(0, None);
+        let keeping_up = tokio::spawn(drain(fill.reader(0, None)));
+        let started = std::time::Instant::now();
+        feed(&tx, &body, 64 * 1024).await;
+        drop(tx);
+        assert_eq!(done.await.unwrap(), None);
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let (got, failed) = keeping_up.await.unwrap();
+        assert!(!failed && got[..] == body[..]);
+        let (got, failed) = drain(stalled).await;
+        assert!(
+            !failed,
+            "the stalled reader was cut off after {} bytes",
+            got.len()
+        );
+        assert!(got[..] == body[..]);
+        drop(fill);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// Without a disk copy and with no reader holding them, bytes behind the window are
+    /// gone: the fill is no longer joinable, a new reader from the start ends with an error
+    /// (never a body missing its beginning), and one within the window is served.
+    #[tokio::test]
+    async fn bytes_behind_the_window_without_a_disk_copy_are_gone() {
+        let budget = Budget::new(FILLS_BUDGET);
+        const N: usize = 6 * 1024 * 1024;
+        let body = data(N);
+        let (tx, up) = upstream();
+        let (fill, done) = start(
+            meta("http://h/gone", None),
+            up,
+            None,
+            limits(&budget, 1 << 30, 0),
+        );
+        feed(&tx, &body, 64 * 1024).await;
+        drop(tx);
+        assert_eq!(done.await.unwrap(), None);
+        assert!(!fill.joinable());
+        let (got, failed) = drain(fill.reader(0, None)).await;
+        assert!(
+            failed && got.is_empty(),
+            "{} bytes, failed: {failed}",
+            got.len()
+        );
+        let tail = (N - 1000) as u64;
+        let (got, failed) = drain(fill.reader(tail, None)).await;
+        assert!(!failed && got[..] == body[N - 1000..]);
+        drop(fill);
+        assert_eq!(budget.held(), 0);
     }
 }

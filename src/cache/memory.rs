@@ -131,3 +131,178 @@ impl Memory {
         self.cache.policy().max_capacity().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::disk::tests::{meta, meta_varying};
+    use crate::cache::key::Variant;
+
+    fn entry(url: &str, body: &[u8]) -> MemEntry {
+        MemEntry {
+            meta: Arc::new(meta(url, Some(body.len()))),
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    fn primary(url: &str) -> String {
+        meta(url, None).key().primary
+    }
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("accept-encoding", v.parse().unwrap());
+        h
+    }
+
+    /// A variant of `url` selected by `Accept-Encoding: enc`.
+    fn by_encoding(url: &str, enc: &str, body: &[u8]) -> MemEntry {
+        let mut vary = HeaderMap::new();
+        vary.insert("vary", "accept-encoding".parse().unwrap());
+        let variant = Variant::of(&vary, &accept(enc));
+        MemEntry {
+            meta: Arc::new(meta_varying(url, Some(body.len()), variant)),
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    #[test]
+    fn get_returns_what_was_inserted_and_replaces_the_same_variant() {
+        let m = Memory::new(1 << 20, 1 << 20);
+        let url = "http://h/a";
+        assert!(m.get(&primary(url), url, &HeaderMap::new()).is_none());
+        m.insert(entry(url, b"one"));
+        let got = m.get(&primary(url), url, &HeaderMap::new()).unwrap();
+        assert_eq!(&got.body[..], b"one");
+        // The same variant again replaces it: one object, the new body.
+        m.insert(entry(url, b"two!"));
+        let got = m.get(&primary(url), url, &HeaderMap::new()).unwrap();
+        assert_eq!(&got.body[..], b"two!");
+        assert_eq!(m.usage(), (1, 4 + OVERHEAD));
+        // Another URL is not found under this one's key.
+        assert!(
+            m.get(&primary(url), "http://h/b", &HeaderMap::new())
+                .is_none()
+        );
+        assert!(m.remove(&primary(url)));
+        assert!(!m.remove(&primary(url)));
+        assert_eq!(m.usage(), (0, 0));
+    }
+
+    #[test]
+    fn vary_variants_live_side_by_side_and_refresh_keeps_the_body() {
+        let m = Memory::new(1 << 20, 1 << 20);
+        let url = "http://h/v";
+        m.insert(by_encoding(url, "gzip", b"gzipped"));
+        m.insert(by_encoding(url, "br", b"brotli"));
+        let p = primary(url);
+        assert_eq!(
+            &m.get(&p, url, &accept("gzip")).unwrap().body[..],
+            b"gzipped"
+        );
+        assert_eq!(&m.get(&p, url, &accept("br")).unwrap().body[..], b"brotli");
+        assert!(m.get(&p, url, &accept("zstd")).is_none());
+        assert_eq!(m.usage().0, 2);
+
+        // A 304's metadata replaces the stored one for that variant only; the body stays.
+        let old = m.get(&p, url, &accept("br")).unwrap();
+        let mut fresh = (*old.meta).clone();
+        fresh.headers.insert("x-refreshed", "1".parse().unwrap());
+        m.refresh(Arc::new(fresh));
+        let br = m.get(&p, url, &accept("br")).unwrap();
+        assert_eq!(&br.body[..], b"brotli");
+        assert_eq!(br.meta.headers["x-refreshed"], "1");
+        let gz = m.get(&p, url, &accept("gzip")).unwrap();
+        assert!(gz.meta.headers.get("x-refreshed").is_none());
+        // Removing the URL removes every variant.
+        assert!(m.remove(&p));
+        assert!(m.get(&p, url, &accept("gzip")).is_none());
+    }
+
+    #[test]
+    fn bodies_over_the_object_limit_are_not_admitted() {
+        let m = Memory::new(64 * 1024, 10_000);
+        assert!(m.admits(10_000));
+        assert!(!m.admits(10_001));
+        m.insert(entry("http://h/big", &[0u8; 10_001]));
+        assert!(
+            m.get(&primary("http://h/big"), "http://h/big", &HeaderMap::new())
+                .is_none()
+        );
+        assert_eq!(m.usage(), (0, 0));
+        // The object limit never exceeds the capacity.
+        let small = Memory::new(4096, 1 << 20);
+        assert_eq!(small.max_object, 4096);
+        assert_eq!(small.capacity(), 4096);
+    }
+
+    /// Far more inserted than fits: the bytes held (bodies plus the per-entry overhead) stay
+    /// within the capacity after every insert, and the evictions are counted.
+    #[test]
+    fn inserts_stay_within_the_capacity_and_count_evictions() {
+        const CAP: u64 = 256 * 1024;
+        let m = Memory::new(CAP, 32 * 1024);
+        let mut inserted = 0u64;
+        for i in 0..400 {
+            let body = vec![i as u8; 1000 + (i * 131) % 20_000];
+            inserted += body.len() as u64 + OVERHEAD;
+            m.insert(entry(&format!("http://h/{i}"), &body));
+            // What the map holds right after the insert (before anything else runs moka's
+            // pending evictions).
+            let held: u64 = m
+                .cache
+                .iter()
+                .map(|(_, v)| {
+                    v.iter()
+                        .map(|e| e.body.len() as u64 + OVERHEAD)
+                        .sum::<u64>()
+                })
+                .sum();
+            assert!(held <= CAP, "{held} bytes in the map after insert {i}");
+            let (objects, bytes) = m.usage();
+            assert!(bytes <= CAP, "{bytes} bytes held after insert {i}");
+            assert!(objects > 0);
+        }
+        assert!(inserted > 10 * CAP);
+        let (objects, bytes) = m.usage();
+        assert!(m.evictions() > 0);
+        // Whatever was dropped was either evicted or refused admission, never lost silently
+        // from the accounting: what is held is what the weigher says.
+        assert!(
+            bytes >= objects * (1000 + OVERHEAD),
+            "{objects} objects in {bytes}"
+        );
+    }
+
+    /// Readers on several threads while entries are replaced and inserted: every read sees a
+    /// whole body of one consistent version.
+    #[test]
+    fn concurrent_readers_see_whole_entries() {
+        let m = Arc::new(Memory::new(8 << 20, 1 << 20));
+        let url = "http://h/hot";
+        m.insert(entry(url, &[0u8; 50_000]));
+        let p = primary(url);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (m, p) = (m.clone(), p.clone());
+                s.spawn(move || {
+                    for _ in 0..2000 {
+                        let e = m.get(&p, url, &HeaderMap::new()).unwrap();
+                        assert_eq!(e.body.len(), 50_000);
+                        let first = e.body[0];
+                        assert!(e.body.iter().all(|b| *b == first), "a mixed body");
+                        assert_eq!(e.meta.content_length(), Some(50_000));
+                    }
+                });
+            }
+            let m = m.clone();
+            s.spawn(move || {
+                for i in 0..300u32 {
+                    m.insert(entry(url, &[(i % 250) as u8; 50_000]));
+                    m.insert(entry(&format!("http://h/other{i}"), &[1u8; 2000]));
+                }
+            });
+        });
+        assert_eq!(m.get(&p, url, &HeaderMap::new()).unwrap().body[0], 49);
+    }
+}

@@ -14,6 +14,7 @@ pub mod meta;
 pub mod policy;
 pub mod rules;
 pub mod serve;
+pub mod shared;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use lock::Locks;
 use memory::{MemEntry, Memory};
 use meta::Meta;
 use rules::Rules;
+use shared::{Shared, SharedSettings, Source, Upload};
 
 /// The cache's configuration (validated).
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct CacheSettings {
     pub purge_allow: Vec<IpNet>,
     /// How long a fill without a disk copy waits for a stalled reader.
     pub reader_stall: Duration,
+    /// The shared tier (`--shared-cache`), when configured.
+    pub shared: Option<SharedSettings>,
 }
 
 /// Counters kept by the cache (the metrics module reads them).
@@ -176,6 +180,8 @@ pub struct Cache {
     pub stats: Arc<CacheStats>,
     /// Bodies held in memory by fills and whole-object disk reads.
     pub fill_budget: Arc<Budget>,
+    /// The shared tier below the disk (`None` when not configured or not usable).
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl Cache {
@@ -199,13 +205,29 @@ impl Cache {
             _ => None,
         };
         let memory = Memory::new(settings.mem_size, settings.mem_object);
+        let fill_budget = Budget::new(fill::FILLS_BUDGET);
+        // Nothing is sent to the store here: startup never waits for it.
+        let shared = settings.shared.clone().and_then(|s| {
+            let url = s.url();
+            match Shared::new(s, settings.max_object, fill_budget.clone()) {
+                Ok(sh) => {
+                    tracing::info!(store = %url, "shared cache tier configured");
+                    Some(sh)
+                }
+                Err(e) => {
+                    tracing::warn!(store = %url, error = %e, "shared cache unavailable: local tiers only");
+                    None
+                }
+            }
+        });
         Arc::new(Cache {
             rules: arc_swap::ArcSwap::from_pointee(settings.rules.clone()),
             memory,
             disk,
             locks: Locks::default(),
             stats: Arc::new(CacheStats::default()),
-            fill_budget: Budget::new(fill::FILLS_BUDGET),
+            fill_budget,
+            shared,
             settings,
         })
     }
@@ -270,12 +292,14 @@ impl Cache {
     /// Starts storing a response whose head is `meta` and whose body is `body`. The fill is
     /// published to `permit`'s followers at once, but the key stays locked until the fill has
     /// finished (and its entry is findable): a request arriving while it streams joins it
-    /// instead of fetching the object again.
+    /// instead of fetching the object again. Once stored, the entry is offered to the shared
+    /// tier as `upload` says (off the request path).
     pub async fn fill<B>(
         self: &Arc<Cache>,
         meta: Arc<Meta>,
         body: B,
         permit: lock::Permit,
+        upload: Upload,
     ) -> Arc<Fill>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -309,9 +333,19 @@ impl Cache {
                 reader_stall: self.settings.reader_stall,
                 budget: self.fill_budget.clone(),
             },
-            move |_fill, completed| {
+            move |fill, completed| {
                 match completed {
-                    Completed::Stored { mem } => {
+                    Completed::Stored { mem, file } => {
+                        if let Some(sh) = &cache.shared {
+                            let source = match (file, &mem) {
+                                (Some(f), _) => Some(Source::File(f)),
+                                (None, Some(m)) => Some(Source::Mem(m.body.clone())),
+                                (None, None) => None,
+                            };
+                            if let Some(source) = source {
+                                sh.offer(fill.meta.clone(), source, upload);
+                            }
+                        }
                         if let Some(m) = mem {
                             cache.memory.insert(m);
                         }
@@ -333,6 +367,9 @@ impl Cache {
 
     /// Replaces the metadata of a stored entry (after a 304 merge).
     pub fn refresh(&self, meta: Arc<Meta>) {
+        if let Some(sh) = &self.shared {
+            sh.offer_meta(meta.clone());
+        }
         self.memory.refresh(meta.clone());
         if let Some(d) = &self.disk {
             d.refresh(meta);

@@ -187,7 +187,7 @@ fn response(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
 
 /// RFC 9111 §5.2: "Cache directives are identified by a token, to be compared
 /// case-insensitively" (the crate compares them as sent). Pragma's `no-cache` likewise.
-fn lowercase_directive_names(h: &mut HeaderMap, name: header::HeaderName) {
+pub(crate) fn lowercase_directive_names(h: &mut HeaderMap, name: header::HeaderName) {
     let lines: Vec<HeaderValue> = h.get_all(&name).iter().cloned().collect();
     if lines.is_empty() {
         return;
@@ -225,7 +225,7 @@ fn lowercase_directive_names(h: &mut HeaderMap, name: header::HeaderName) {
 }
 
 /// Response `Cache-Control` directives, lower-cased, with their values.
-fn directives(h: &HeaderMap) -> Vec<(String, Option<String>)> {
+pub(crate) fn directives(h: &HeaderMap) -> Vec<(String, Option<String>)> {
     h.get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -257,7 +257,7 @@ fn seconds(dirs: &[(String, Option<String>)], name: &str) -> Option<Duration> {
 /// the first member of the field value, discarding subsequent ones. If the field value (after
 /// discarding additional members ...) is invalid ..., a cache SHOULD ignore the field." Several
 /// field lines are one list (RFC 9110 §5.3).
-fn age_value(h: &HeaderMap) -> Option<u64> {
+pub(crate) fn age_value(h: &HeaderMap) -> Option<u64> {
     let first = h.get(header::AGE)?.to_str().ok()?;
     let member = first.split(',').next()?.trim();
     if member.is_empty() || !member.bytes().all(|b| b.is_ascii_digit()) {
@@ -419,7 +419,16 @@ impl StoredPolicy {
         let credentials = authorization(req);
         // Artifact rules never apply to credentialed requests: their freshness would override
         // RFC 9111 §3.5.
-        let rule = rule.filter(|_| credentials.is_none());
+        // Rules for artifacts and metadata describe successful answers; the negative rule
+        // describes 404 and 410 only ([`super::rules::Rules::for_status`]).
+        let rule = rule.filter(|r| {
+            credentials.is_none()
+                && if r.negative {
+                    matches!(status.as_u16(), 404 | 410)
+                } else {
+                    status.is_success()
+                }
+        });
         let mut h = headers.clone();
         h.remove("warning");
         normalise_dates(&mut h);
@@ -475,7 +484,8 @@ impl StoredPolicy {
             has("must-revalidate") || has("proxy-revalidate") || has("no-cache") || has("s-maxage");
         let (policy, lifetime, no_stale) = match rule {
             Some(r) => {
-                let lifetime = r.clamp(origin_lifetime);
+                // `no-cache` from the origin is explicit too: it asks for revalidation.
+                let lifetime = r.lifetime(origin_lifetime, explicit || has("no-cache"));
                 let kept: Vec<String> = dirs
                     .iter()
                     .filter(|(k, _)| {
@@ -510,7 +520,12 @@ impl StoredPolicy {
         Some(StoredPolicy {
             policy,
             lifetime,
-            swr: seconds(&dirs, "stale-while-revalidate"),
+            // A metadata rule's grace is a stale-while-revalidate the origin did not give.
+            swr: seconds(&dirs, "stale-while-revalidate").or_else(|| {
+                rule.and_then(|r| r.metadata)
+                    .map(|m| m.grace)
+                    .filter(|g| !g.is_zero())
+            }),
             sie: seconds(&dirs, "stale-if-error"),
             no_stale,
             rule: rule.map(|r| r.name.clone()),
@@ -538,6 +553,12 @@ impl StoredPolicy {
             (Some(a), Some(fp)) => !fp.is_empty() && super::key::fingerprint(&a) == *fp,
             _ => false,
         }
+    }
+
+    /// Whether any client may reuse the stored response (it was not fetched or last validated
+    /// with credentials, RFC 9111 §3.5): what the shared tier is allowed to hold.
+    pub fn is_shared_reusable(&self) -> bool {
+        self.recorded && !self.credentialed
     }
 
     /// Decides whether the stored response answers `req` now.

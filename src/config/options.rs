@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::cache::rules::RuleConfig;
+use crate::mirror::MirrorConfig;
 use crate::upstream::auth::setup::PeerAuthOptions;
 
 /// The default of every option that has one.
@@ -58,7 +59,20 @@ pub mod defaults {
     pub const SERVE_STALE_ON_ERROR: &str = "7d";
     pub const RANGE_FETCH_LIMIT: &str = "1GiB";
     pub const BUILTIN_CACHE_RULES: bool = true;
+    /// Nexus's default "maximum metadata age" is 30 minutes; builds see new versions sooner.
+    pub const METADATA_MAX_AGE: &str = "5m";
+    pub const METADATA_GRACE: &str = "1h";
+    pub const NEGATIVE_TTL: &str = "1m";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9128";
+    /// MinIO, Ceph RGW and most S3-compatible stores address buckets by path.
+    pub const SHARED_CACHE_PATH_STYLE: bool = true;
+    pub const SHARED_CACHE_REGION: &str = "us-east-1";
+    /// A lookup in the shared tier waits at most this long before going upstream.
+    pub const SHARED_CACHE_TIMEOUT: &str = "2s";
+    pub const SHARED_CACHE_MAX_AGE: &str = "30d";
+    pub const SHARED_CACHE_UPLOADS: u64 = 4;
+    pub const SHARED_CACHE_UPLOAD_QUEUE: u64 = 256;
+    pub const SHARED_CACHE_BACKOFF: &str = "30s";
 
     /// `cuttle-cache` under the system's temporary directory.
     pub fn cache_dir() -> PathBuf {
@@ -322,6 +336,22 @@ options! {
     #[arg(long, env = "CUTTLE_BUILTIN_CACHE_RULES")]
     builtin_cache_rules: bool = || defaults::BUILTIN_CACHE_RULES;
 
+    /// How long mutable registry metadata (npm packuments, PyPI simple pages,
+    /// maven-metadata.xml, cargo index files, Go @v/list and @latest, apt indexes) is served
+    /// from the cache when the origin gives no explicit freshness (e.g. 5m).
+    #[arg(long, env = "CUTTLE_METADATA_MAX_AGE")]
+    metadata_max_age: String = || defaults::METADATA_MAX_AGE.into();
+
+    /// After metadata-max-age, how long the stored metadata is still served while one
+    /// background refresh runs (0s: refresh before answering).
+    #[arg(long, env = "CUTTLE_METADATA_GRACE")]
+    metadata_grace: String = || defaults::METADATA_GRACE.into();
+
+    /// How long a 404 or 410 without explicit freshness is remembered (0s: not at all);
+    /// 5xx answers never are.
+    #[arg(long, env = "CUTTLE_NEGATIVE_TTL")]
+    negative_ttl: String = || defaults::NEGATIVE_TTL.into();
+
     /// Admin port (health probes, metrics, status page): address:port, or `off`.
     #[arg(long, env = "CUTTLE_ADMIN_LISTEN")]
     admin_listen: String = || defaults::ADMIN_LISTEN.into();
@@ -356,9 +386,92 @@ options! {
     #[arg(long, env = "CUTTLE_UPSTREAM_CA")]
     upstream_ca: PathBuf;
 
+    /// Addresses of a TLS listener (comma-separated) serving the same as the proxy port over
+    /// HTTPS, for mirror clients that refuse plain-HTTP repositories; needs --tls-cert and
+    /// --tls-key.
+    #[arg(long, env = "CUTTLE_TLS_LISTEN", value_delimiter = ',')]
+    tls_listen: Vec<String>;
+
+    /// The TLS listener's certificate chain (PEM, leaf first).
+    #[arg(long, env = "CUTTLE_TLS_CERT")]
+    tls_cert: PathBuf;
+
+    /// The TLS listener's private key (PEM).
+    #[arg(long, env = "CUTTLE_TLS_KEY")]
+    tls_key: PathBuf;
+    /// Shared cache tier in S3-compatible object storage, e.g. s3://bucket/prefix: replicas
+    /// with the same value share what they cache (memory, disk, then this, then upstream).
+    #[arg(long, env = "CUTTLE_SHARED_CACHE")]
+    shared_cache: String;
+
+    /// S3 endpoint of the shared cache (MinIO, Ceph RGW, ...), e.g. http://minio:9000
+    /// (default: AWS S3 in the region).
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_ENDPOINT")]
+    shared_cache_endpoint: String;
+
+    /// Region of the shared cache bucket (default: AWS_REGION, else us-east-1).
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_REGION")]
+    shared_cache_region: String;
+
+    /// Path-style bucket addressing (endpoint/bucket/key), as MinIO and Ceph expect: true or
+    /// false (false: virtual-hosted, bucket.endpoint/key).
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_PATH_STYLE")]
+    shared_cache_path_style: bool = || defaults::SHARED_CACHE_PATH_STYLE;
+
+    /// Access key id for the shared cache (default: the AWS credential chain: web identity
+    /// (IRSA), profile, instance metadata).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    shared_cache_access_key_id: Secret;
+
+    /// File holding the access key id (a mounted Secret).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID_FILE")]
+    shared_cache_access_key_id_file: PathBuf;
+
+    /// Secret access key for the shared cache.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    shared_cache_secret_access_key: Secret;
+
+    /// File holding the secret access key (a mounted Secret).
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY_FILE")]
+    shared_cache_secret_access_key_file: PathBuf;
+
+    /// Session token for temporary credentials.
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    shared_cache_session_token: Secret;
+
+    /// Longest wait for the shared cache on a lookup (then the request goes upstream), and
+    /// for each step of a transfer.
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_TIMEOUT")]
+    shared_cache_timeout: String = || defaults::SHARED_CACHE_TIMEOUT.into();
+
+    /// Shared objects older than this are ignored and replaced (bucket lifecycle rules evict).
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_MAX_AGE")]
+    shared_cache_max_age: String = || defaults::SHARED_CACHE_MAX_AGE.into();
+
+    /// Uploads to the shared cache running at once (each holds one 8 MiB part).
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_UPLOADS")]
+    shared_cache_uploads: u64 = || defaults::SHARED_CACHE_UPLOADS;
+
+    /// Uploads waiting; when the queue is full new ones are skipped (and counted).
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_UPLOAD_QUEUE")]
+    shared_cache_upload_queue: u64 = || defaults::SHARED_CACHE_UPLOAD_QUEUE;
+
+    /// How long the shared cache is skipped after repeated failures (doubling up to 8x while
+    /// it keeps failing).
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_BACKOFF")]
+    shared_cache_backoff: String = || defaults::SHARED_CACHE_BACKOFF.into();
+
     /// Cache rules (config file only: `[[cache-rule]]` tables).
     #[arg(skip)]
     cache_rule: Vec<RuleConfig>;
+
+    /// Registry mirror routes served on the proxy port, as NAME=KIND=URL (comma-separated;
+    /// several upstreams of one mirror joined with `|`, tried in order), e.g.
+    /// npm=npm=https://registry.example.org/ serves it at http://cuttle:3128/npm/. KIND is
+    /// npm, pypi, maven, cargo, go, apt or raw. The config file's `[[mirror]]` tables have
+    /// more settings (public-url, metadata-max-age, allow-write, forward-credentials).
+    #[arg(long, env = "CUTTLE_MIRROR", value_delimiter = ',')]
+    mirror: Vec<MirrorConfig>;
 }
 
 impl Options {

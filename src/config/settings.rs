@@ -62,6 +62,11 @@ pub struct ValidConfig {
     /// `None` when both cache tiers are off.
     pub cache: Option<CacheSettings>,
     pub intercept: InterceptSettings,
+    /// Registry mirror routes on the proxy port.
+    pub mirrors: Vec<crate::mirror::MirrorSettings>,
+    /// The TLS listener (`--tls-listen`): its addresses and server configuration.
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// `None` when the admin port is off.
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<Secret>,
@@ -137,6 +142,28 @@ impl fmt::Display for ValidConfig {
                 writeln!(f, "cache-size = {}", c.disk_size)?;
                 writeln!(f, "cache-mem = {}", c.mem_size)?;
                 writeln!(f, "max-mem-object-size = {}", c.mem_object)?;
+                match &c.shared {
+                    Some(s) => {
+                        let creds = if s.credentials.is_some() {
+                            "static keys"
+                        } else {
+                            "AWS credential chain"
+                        };
+                        writeln!(f, "shared-cache = {:?}", s.url())?;
+                        writeln!(
+                            f,
+                            "shared-cache-store = \"{}, region {}, {}, {creds}\"",
+                            s.endpoint.as_deref().unwrap_or("AWS S3"),
+                            s.region,
+                            if s.path_style {
+                                "path-style"
+                            } else {
+                                "virtual-hosted"
+                            },
+                        )?;
+                    }
+                    None => writeln!(f, "shared-cache = \"off\"")?,
+                }
                 writeln!(f, "cache-rules = {}", c.rules.len())
             }
         }

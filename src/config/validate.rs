@@ -16,7 +16,9 @@ use crate::access::AccessSettings;
 use crate::access::auth::Users;
 use crate::access::hosts::{HostList, PortSet};
 use crate::cache::CacheSettings;
-use crate::cache::rules::Rules;
+use crate::cache::rules::{MetadataAge, RuleDefaults, Rules};
+use crate::cache::shared::{self, SharedSettings, StaticCredentials};
+use crate::mirror::MirrorSettings;
 use crate::mitm::ca::Ca;
 use crate::telemetry::LogFormat;
 use crate::upstream::{self, UpstreamSettings};
@@ -159,8 +161,10 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
     );
     let access = access(&mut p, &o);
     let upstream = upstream(&mut p, &o);
-    let cache = cache(&mut p, &o, timeouts.read);
+    let mut cache = cache(&mut p, &o, timeouts.read);
     let intercept = intercept(&mut p, &o);
+    let mirrors = mirrors(&mut p, &o);
+    let (tls_listen, tls_server) = tls_listen(&mut p, &o);
     let admin_listen = admin_listen(&mut p, &o);
     let admin_token = p
         .secret(
@@ -178,6 +182,16 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
             LogFormat::Squid
         }
     };
+    let shared = upstream
+        .as_ref()
+        .and_then(|u| shared_cache(&mut p, &o, &u.tls));
+    match (&mut cache, shared) {
+        (Some(c), shared) => c.shared = shared,
+        (None, Some(_)) => p.push(
+            "shared-cache: needs a local cache tier (cache-mem or cache-size above 0)".into(),
+        ),
+        (None, None) => {}
+    }
     // The upstream TLS configuration is needed by everything that follows; without it there
     // is no configuration to return.
     let upstream = match upstream {
@@ -199,6 +213,9 @@ pub(super) fn validate(o: Options) -> Result<ValidConfig, Vec<String>> {
         upstream,
         cache,
         intercept,
+        mirrors,
+        tls_listen,
+        tls_server,
         admin_listen,
         admin_token,
         log_format,
@@ -308,10 +325,18 @@ fn cache(p: &mut Problems, o: &Options, read_timeout: Duration) -> Option<CacheS
     let range_fetch_limit = p.size("range-fetch-limit", o.range_fetch_limit.clone());
     let serve_stale = p.duration_or_zero("serve-stale-on-error", o.serve_stale_on_error.clone());
     let purge_allow = p.nets("purge-allow", o.purge_allow.clone());
+    let rule_defaults = RuleDefaults {
+        metadata: MetadataAge {
+            max_age: p.duration_or_zero("metadata-max-age", o.metadata_max_age.clone()),
+            grace: p.duration_or_zero("metadata-grace", o.metadata_grace.clone()),
+        },
+        negative_ttl: p.duration_or_zero("negative-ttl", o.negative_ttl.clone()),
+    };
     let rules = Rules::build(
         &o.cache_rule.clone().unwrap_or_default(),
         o.builtin_cache_rules
             .unwrap_or(defaults::BUILTIN_CACHE_RULES),
+        rule_defaults,
     )
     .unwrap_or_else(|e| {
         p.push(e);
@@ -328,6 +353,92 @@ fn cache(p: &mut Problems, o: &Options, read_timeout: Duration) -> Option<CacheS
         rules,
         purge_allow,
         reader_stall: read_timeout,
+        shared: None,
+    })
+}
+
+/// The shared tier (`--shared-cache` and its options); `None` when not configured.
+fn shared_cache(
+    p: &mut Problems,
+    o: &Options,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Option<SharedSettings> {
+    let url = o
+        .shared_cache
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())?;
+    let (bucket, prefix) = shared::parse_url(url)
+        .map_err(|e| p.push(format!("shared-cache: {e}")))
+        .ok()?;
+    let endpoint = o
+        .shared_cache_endpoint
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    if let Some(e) = endpoint {
+        match url::Url::parse(e) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+                if !u.username().is_empty() || u.password().is_some() {
+                    p.push("shared-cache-endpoint: give credentials as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, not in the URL".into());
+                }
+            }
+            _ => p.push(format!(
+                "shared-cache-endpoint: `{e}` is not an http:// or https:// URL"
+            )),
+        }
+    }
+    let region = o
+        .shared_cache_region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| defaults::SHARED_CACHE_REGION.into());
+    let id = p.secret(
+        "shared-cache-access-key-id",
+        o.shared_cache_access_key_id.clone(),
+        o.shared_cache_access_key_id_file.clone(),
+        // An empty file (a placeholder Secret): the AWS credential chain.
+        false,
+    );
+    let key = p.secret(
+        "shared-cache-secret-access-key",
+        o.shared_cache_secret_access_key.clone(),
+        o.shared_cache_secret_access_key_file.clone(),
+        // An empty file (a placeholder Secret): the AWS credential chain.
+        false,
+    );
+    let credentials = match (id, key) {
+        (Some(id), Some(key)) => Some(StaticCredentials {
+            access_key_id: id.trim().to_string(),
+            secret_access_key: key.trim().to_string(),
+            session_token: o
+                .shared_cache_session_token
+                .as_ref()
+                .map(|t| t.expose().trim().to_string())
+                .filter(|t| !t.is_empty()),
+        }),
+        (None, None) => None,
+        _ => {
+            p.push("shared-cache-access-key-id/shared-cache-secret-access-key: give both (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or neither for the AWS credential chain".into());
+            None
+        }
+    };
+    Some(SharedSettings {
+        bucket,
+        prefix,
+        endpoint: endpoint.map(str::to_string),
+        region: region.trim().to_string(),
+        path_style: o
+            .shared_cache_path_style
+            .unwrap_or(defaults::SHARED_CACHE_PATH_STYLE),
+        credentials,
+        timeout: p.duration("shared-cache-timeout", o.shared_cache_timeout.clone()),
+        max_age: p.duration("shared-cache-max-age", o.shared_cache_max_age.clone()),
+        uploads: p.count("shared-cache-uploads", o.shared_cache_uploads, 1),
+        queue: p.count("shared-cache-upload-queue", o.shared_cache_upload_queue, 1),
+        backoff: p.duration("shared-cache-backoff", o.shared_cache_backoff.clone()),
+        tls: tls.clone(),
     })
 }
 
@@ -363,6 +474,52 @@ fn intercept(p: &mut Problems, o: &Options) -> InterceptSettings {
         exclude,
         ca,
     }
+}
+
+fn tls_listen(
+    p: &mut Problems,
+    o: &Options,
+) -> (
+    Vec<SocketAddr>,
+    Option<std::sync::Arc<rustls::ServerConfig>>,
+) {
+    let mut addrs = Vec::new();
+    for a in o.tls_listen.clone().unwrap_or_default() {
+        match a.trim().parse::<SocketAddr>() {
+            Ok(sa) => addrs.push(sa),
+            Err(_) => p.push(format!("tls-listen: `{a}` is not an address:port")),
+        }
+    }
+    if addrs.is_empty() {
+        return (addrs, None);
+    }
+    match (&o.tls_cert, &o.tls_key) {
+        (Some(c), Some(k)) => match crate::mirror::tls::server_config(c, k) {
+            Ok(cfg) => (addrs, Some(cfg)),
+            Err(e) => {
+                p.push(e);
+                (addrs, None)
+            }
+        },
+        _ => {
+            p.push("tls-listen: give the certificate and key with --tls-cert and --tls-key".into());
+            (addrs, None)
+        }
+    }
+}
+
+fn mirrors(p: &mut Problems, o: &Options) -> Vec<MirrorSettings> {
+    let mut out: Vec<MirrorSettings> = Vec::new();
+    for c in o.mirror.clone().unwrap_or_default() {
+        match MirrorSettings::from_config(&c) {
+            Ok(m) if out.iter().any(|x| x.name == m.name) => {
+                p.push(format!("mirror: the name `{}` is used twice", m.name));
+            }
+            Ok(m) => out.push(m),
+            Err(e) => p.push(format!("mirror: {e}")),
+        }
+    }
+    out
 }
 
 fn admin_listen(p: &mut Problems, o: &Options) -> Option<SocketAddr> {

@@ -20,6 +20,7 @@ use crate::cache::policy::{
 };
 use crate::cache::rules::Rule;
 use crate::cache::serve::{self, Source};
+use crate::cache::shared::{Lookup, Upload};
 use crate::cache::{Cache, Stored};
 use crate::error::ProxyError;
 use crate::http::body::{Body, BodyEnd, CountingBody, IdleTimeoutBody, empty};
@@ -68,6 +69,20 @@ pub(super) async fn handle(
 ) -> Result<Response<Body>, ProxyError> {
     let primary = PrimaryKey::for_uri(&out.uri, target);
     let rule = cache.rules().classify(primary.url()).cloned();
+    handle_with_rule(scope, cache, target, out, rule, rec).await
+}
+
+/// [`handle`] with the artifact rule chosen by the caller (a mirror route knows what its
+/// URLs are better than the host-based patterns of the built-in rules).
+pub async fn handle_with_rule(
+    scope: &Scope,
+    cache: &Arc<Cache>,
+    target: &Target,
+    out: &Outgoing,
+    rule: Option<Rule>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
+    let primary = PrimaryKey::for_uri(&out.uri, target);
     let view_uri: Uri = primary.url().parse().unwrap_or_else(|_| out.uri.clone());
     let authority = view_uri
         .authority()
@@ -154,6 +169,11 @@ pub(super) async fn handle(
 }
 
 impl Ctx<'_> {
+    /// The rule a response with `status` is stored under (the negative rule for 404/410).
+    fn rule_for(&self, status: StatusCode) -> Option<Rule> {
+        self.cache.rules().for_status(self.rule.as_ref(), status)
+    }
+
     fn serve_on_error(&self, stored: &Stored) -> bool {
         stored.meta().policy.may_serve_on_error(
             &self.view,
@@ -203,7 +223,7 @@ impl Ctx<'_> {
                     &stored.meta().headers,
                     resp.headers(),
                     now,
-                    self.rule.as_ref(),
+                    self.rule_for(stored.meta().status()).as_ref(),
                 );
                 match merged {
                     Some((policy, status, headers)) => {
@@ -233,7 +253,8 @@ impl Ctx<'_> {
                     // The origin's 304 names another representation: fetch it whole.
                     None => {
                         drop(resp);
-                        self.fetch_and_store(permit, false, rec).await
+                        self.fetch_and_store(permit, false, Upload::Replace, rec)
+                            .await
                     }
                 }
             }
@@ -247,9 +268,13 @@ impl Ctx<'_> {
             Ok(resp) if denied(resp.status()) => {
                 // The stored response is no longer to be served to anyone without asking.
                 self.cache.invalidate(&self.primary).await;
-                self.store_or_pass(resp, permit, modified, rec).await
+                self.store_or_pass(resp, permit, modified, Upload::Replace, rec)
+                    .await
             }
-            Ok(resp) => self.store_or_pass(resp, permit, modified, rec).await,
+            Ok(resp) => {
+                self.store_or_pass(resp, permit, modified, Upload::Replace, rec)
+                    .await
+            }
             Err(e) => {
                 permit.resolve(Outcome::Failed);
                 if self.serve_on_error(&stored) {
@@ -297,6 +322,7 @@ impl Ctx<'_> {
             uri: self.out.uri.clone(),
             headers,
         };
+        let rules = Arc::clone(&*self.cache.rules());
         tokio::spawn(async move {
             let mut rec = AccessRecord::new(([0, 0, 0, 0], 0).into(), "GET", String::new());
             let now = SystemTime::now();
@@ -317,7 +343,7 @@ impl Ctx<'_> {
                     &old.headers,
                     resp.headers(),
                     now,
-                    rule.as_ref(),
+                    rules.for_status(rule.as_ref(), old.status()).as_ref(),
                 ) {
                     cache.refresh(Arc::new(refreshed(&old, status, headers, policy)));
                 }
@@ -328,7 +354,9 @@ impl Ctx<'_> {
             let mut headers = parts.headers;
             strip_hop_by_hop(&mut headers, false);
             let variant = variant_for(&headers, &req.headers, rule.as_ref());
-            let Some(policy) = StoredPolicy::new(&view, parts.status, &headers, now, rule.as_ref())
+            let status_rule = rules.for_status(rule.as_ref(), parts.status);
+            let Some(policy) =
+                StoredPolicy::new(&view, parts.status, &headers, now, status_rule.as_ref())
             else {
                 return;
             };
@@ -342,6 +370,7 @@ impl Ctx<'_> {
                     meta,
                     IdleTimeoutBody::new(body, scope.state.config.timeouts.read),
                     permit,
+                    Upload::Replace,
                 )
                 .await;
         });
@@ -424,10 +453,59 @@ impl Ctx<'_> {
     }
 
     async fn miss(&self, rec: &mut AccessRecord) -> Result<Response<Body>, ProxyError> {
-        match self.cache.locks.acquire(self.primary.hex()) {
-            Acquired::Leader(permit) => self.fetch_and_store(permit, true, rec).await,
-            Acquired::Follower(f) => self.follow(f, rec).await,
-        }
+        let permit = match self.cache.locks.acquire(self.primary.hex()) {
+            Acquired::Leader(permit) => permit,
+            Acquired::Follower(f) => return self.follow(f, rec).await,
+        };
+        let permit = match self.shared_lookup(permit, rec).await {
+            Ok(resp) => return Ok(resp),
+            Err(p) => p,
+        };
+        self.fetch_and_store(permit.0, true, permit.1, rec).await
+    }
+
+    /// A local miss asks the shared tier (bounded by its timeout; skipped while its breaker
+    /// is open). A usable entry is served while it fills the local tiers; otherwise the
+    /// permit comes back with what the upload after the upstream fetch should do.
+    async fn shared_lookup(
+        &self,
+        permit: Permit,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, (Permit, Upload)> {
+        let Some(shared) = &self.cache.shared else {
+            return Err((permit, Upload::New));
+        };
+        let view = &self.view;
+        let now = SystemTime::now();
+        let usable = |m: &Meta| {
+            m.policy.may_reuse(view) && matches!(m.policy.lookup(view, now), Freshness::Fresh(_))
+        };
+        let found = match shared
+            .lookup(&self.primary, &self.out.headers, usable)
+            .await
+        {
+            Lookup::Found(found) => found,
+            Lookup::Replace => return Err((permit, Upload::Replace)),
+            Lookup::Miss | Lookup::Skipped => return Err((permit, Upload::New)),
+        };
+        let meta = found.meta.clone();
+        let Some(body) = found.into_body().await else {
+            return Err((permit, Upload::Replace));
+        };
+        let now = SystemTime::now();
+        let headers = match meta.policy.lookup(&self.view, now) {
+            Freshness::Fresh(h) => h,
+            Freshness::Stale(_) => meta.policy.stale_headers(&meta.headers, now),
+        };
+        let fill = self.cache.fill(meta, body, permit, Upload::No).await;
+        rec.hierarchy = Hierarchy::none();
+        Ok(self.serve_fill_as(
+            &fill,
+            headers,
+            ResultCode::TcpSharedHit,
+            "hit; detail=shared",
+            rec,
+        ))
     }
 
     /// Fetches the whole object for the cache (client conditionals and Range removed).
@@ -435,6 +513,7 @@ impl Ctx<'_> {
         &self,
         permit: Permit,
         is_miss: bool,
+        upload: Upload,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {
         let mut headers = self.out.headers.clone();
@@ -462,7 +541,7 @@ impl Ctx<'_> {
         } else {
             ResultCode::TcpRefreshModified
         };
-        self.store_or_pass(resp, permit, code, rec).await
+        self.store_or_pass(resp, permit, code, upload, rec).await
     }
 
     /// Stores a storable response (and serves it from the fill), or passes it through.
@@ -471,6 +550,7 @@ impl Ctx<'_> {
         resp: Response<Incoming>,
         permit: Permit,
         code: ResultCode,
+        upload: Upload,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {
         let now = SystemTime::now();
@@ -478,7 +558,10 @@ impl Ctx<'_> {
         strip_hop_by_hop(&mut headers, false);
         let status = resp.status();
         let policy = (status != StatusCode::PARTIAL_CONTENT && status != StatusCode::NOT_MODIFIED)
-            .then(|| StoredPolicy::new(&self.view, status, &headers, now, self.rule.as_ref()))
+            .then(|| {
+                let rule = self.rule_for(status);
+                StoredPolicy::new(&self.view, status, &headers, now, rule.as_ref())
+            })
             .flatten();
         let Some(policy) = policy.filter(|_| self.cache.can_store(content_length(&headers))) else {
             drop(permit);
@@ -498,6 +581,7 @@ impl Ctx<'_> {
                 meta,
                 IdleTimeoutBody::new(body, self.scope.state.config.timeouts.read),
                 permit,
+                upload,
             )
             .await;
         Ok(self.serve_fill_as(&fill, own, code, "fwd=miss; stored", rec))
@@ -540,7 +624,8 @@ impl Ctx<'_> {
             headers,
             fill as &dyn Source,
         );
-        finish(self.scope, resp, code, status_entry, rec)
+        let entry = with_rule(status_entry, fill.meta.policy.rule.as_deref());
+        finish(self.scope, resp, code, &entry, rec)
     }
 
     fn serve_stored(
@@ -561,7 +646,23 @@ impl Ctx<'_> {
             headers,
             stored as &dyn Source,
         );
-        finish(self.scope, resp, code, status_entry, rec)
+        let entry = with_rule(status_entry, stored.meta().policy.rule.as_deref());
+        finish(self.scope, resp, code, &entry, rec)
+    }
+}
+
+/// A `Cache-Status` entry naming the artifact rule that decided the entry's freshness (an
+/// extension parameter, RFC 9211 §2: `rule="npm-packument"`, `rule="negative"`).
+fn with_rule(entry: &str, rule: Option<&str>) -> String {
+    match rule {
+        Some(r) => {
+            let r: String = r
+                .chars()
+                .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+                .collect();
+            format!("{entry}; rule=\"{r}\"")
+        }
+        None => entry.to_string(),
     }
 }
 

@@ -101,7 +101,7 @@ fn is_purge(method: &Method) -> bool {
 /// client going away) is the client's error, 400, whatever the upstream exchange it was
 /// feeding makes of it: hyper-util returns it inside its own error, where
 /// [`exchange::map_client_error`] finds it.
-fn client_body_error(e: hyper::Error) -> ProxyError {
+pub(crate) fn client_body_error(e: hyper::Error) -> ProxyError {
     ProxyError::ClientBadRequest(format!("reading the request body: {}", chain(&e)))
 }
 

@@ -325,7 +325,7 @@ const MAX_HELLO: usize = 16 * 1024;
 
 /// Reads the client's first TLS flight until its ClientHello parses; returns the bytes read
 /// (to replay) and the SNI name.
-async fn peek_client_hello<IO>(
+pub(crate) async fn peek_client_hello<IO>(
     io: &mut IO,
     limit: Duration,
 ) -> Result<(bytes::Bytes, Option<String>), &'static str>

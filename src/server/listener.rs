@@ -35,6 +35,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts until shutdown starts.
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
+    serve_with(listener, state, None).await
+}
+
+/// Accepts until shutdown starts; with `tls`, each connection is a TLS one (`--tls-listen`).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = state.shutdown.cancelled() => break,
@@ -67,10 +76,49 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
         let ctx = Arc::new(ConnCtx {
             peer,
             permit: Arc::new(ConnPermit::new(permit, slot)),
+            secure: tls.is_some(),
         });
-        state
-            .tracker
-            .spawn(serve_connection(stream, ctx, state.clone()));
+        match &tls {
+            None => state
+                .tracker
+                .spawn(serve_connection(stream, ctx, state.clone())),
+            Some(acceptor) => state.tracker.spawn(serve_tls_connection(
+                stream,
+                acceptor.clone(),
+                ctx,
+                state.clone(),
+            )),
+        };
+    }
+}
+
+/// The TLS listener: the handshake within the header-read timeout, then the connection is
+/// served as one on the proxy port (HTTP/2 or HTTP/1.1 by ALPN).
+async fn serve_tls_connection(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: Arc<ConnCtx>,
+    state: Arc<State>,
+) {
+    let _open = state.metrics.connection();
+    let peer = ctx.peer;
+    let timeout = state.config.timeouts.header_read;
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let protocol = serve::protocol_from_alpn(tls.get_ref().1.alpn_protocol());
+    let svc_state = state.clone();
+    let handler = move |req| dispatch::handle(svc_state.clone(), ctx.clone(), req);
+    if let Err(e) = serve::serve(TokioIo::new(tls), protocol, &state, handler).await {
+        tracing::debug!(client = %peer, error = %e, "TLS client connection ended with an error");
     }
 }
 

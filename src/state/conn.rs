@@ -11,4 +11,6 @@ use super::limits::ConnPermit;
 pub struct ConnCtx {
     pub peer: SocketAddr,
     pub permit: Arc<ConnPermit>,
+    /// The client reached cuttle over TLS (`--tls-listen`): mirror documents name `https`.
+    pub secure: bool,
 }

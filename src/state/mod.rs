@@ -24,6 +24,7 @@ use crate::access::hosts::HostList;
 use crate::cache::Cache;
 use crate::config::ValidConfig;
 use crate::metrics::Metrics;
+use crate::mirror::Mirrors;
 use crate::mitm::issuer::CertIssuer;
 use crate::telemetry::AccessLog;
 use crate::telemetry::stats::LiveStats;
@@ -86,6 +87,8 @@ pub struct State {
     /// Mints leaf certificates for intercepted hosts (present when interception is on at
     /// start, or a CA was configured).
     pub issuer: Option<Arc<CertIssuer>>,
+    /// The registry mirror routes and their figures (not reloadable).
+    pub mirrors: Arc<Mirrors>,
 }
 
 /// The parts of [`State`] made by the caller (they need the bound addresses, the metrics,
@@ -105,6 +108,7 @@ impl State {
     pub fn new(p: Parts) -> State {
         State {
             snapshot: ArcSwap::from_pointee(Snapshot::build(&p.config, p.own_addrs.clone())),
+            mirrors: Arc::new(Mirrors::new(&p.config.mirrors)),
             conn_limit: Arc::new(Semaphore::new(p.config.max_connections)),
             client_slots: ClientSlots::new(p.config.max_connections_per_client),
             config: p.config,

@@ -81,16 +81,7 @@ where
     let idle = limits.timeouts.header_read;
     match protocol {
         Protocol::Http1 => {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                // Also the keep-alive idle timeout: hyper restarts it when it waits for the
-                // next request head.
-                .header_read_timeout(limits.timeouts.header_read)
-                .max_buf_size(limits.max_header_size)
-                // max_buf_size alone is soft (a read may fill the buffer's spare capacity
-                // past it); this is the exact limit on the parsed head.
-                .max_header_size(limits.max_header_size)
-                .keep_alive(true);
+            let b = http1_builder(limits.max_header_size, limits.timeouts.header_read);
             let conn = b.serve_connection(io, svc).with_upgrades();
             drive(conn, |c| c.graceful_shutdown(), &activity, idle, state).await
         }
@@ -105,6 +96,25 @@ where
             drive(conn, |c| c.graceful_shutdown(), &activity, idle, state).await
         }
     }
+}
+
+/// The HTTP/1.1 server every client connection is parsed with: heads bounded by
+/// `max_header_size`, each awaited at most `header_read`.
+pub fn http1_builder(
+    max_header_size: usize,
+    header_read: Duration,
+) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        // Also the keep-alive idle timeout: hyper restarts it when it waits for the next
+        // request head.
+        .header_read_timeout(header_read)
+        .max_buf_size(max_header_size)
+        // max_buf_size alone is soft (a read may fill the buffer's spare capacity past it);
+        // this is the exact limit on the parsed head.
+        .max_header_size(max_header_size)
+        .keep_alive(true);
+    b
 }
 
 /// Polls `conn` to its end, starting a graceful shutdown when the proxy drains or the

@@ -21,6 +21,8 @@ pub enum ResultCode {
     TcpHit,
     /// A fresh hit from the memory tier.
     TcpMemHit,
+    /// A fresh hit from the shared tier (another replica stored it).
+    TcpSharedHit,
     /// Joined another client's download of the same URL (collapsed forwarding).
     TcpCfMiss,
     /// Answered from a download in progress that already held the response.
@@ -44,11 +46,12 @@ pub enum ResultCode {
 }
 
 impl ResultCode {
-    pub const ALL: [ResultCode; 14] = [
+    pub const ALL: [ResultCode; 15] = [
         ResultCode::NoneNone,
         ResultCode::TcpMiss,
         ResultCode::TcpHit,
         ResultCode::TcpMemHit,
+        ResultCode::TcpSharedHit,
         ResultCode::TcpCfMiss,
         ResultCode::TcpCfHit,
         ResultCode::TcpRefreshUnmodified,
@@ -73,6 +76,8 @@ impl ResultCode {
             (TcpHit, true) => "TCP_HIT_ABORTED",
             (TcpMemHit, false) => "TCP_MEM_HIT",
             (TcpMemHit, true) => "TCP_MEM_HIT_ABORTED",
+            (TcpSharedHit, false) => "TCP_SHARED_HIT",
+            (TcpSharedHit, true) => "TCP_SHARED_HIT_ABORTED",
             (TcpCfMiss, false) => "TCP_CF_MISS",
             (TcpCfMiss, true) => "TCP_CF_MISS_ABORTED",
             (TcpCfHit, false) => "TCP_CF_HIT",
@@ -102,7 +107,13 @@ impl ResultCode {
         use ResultCode::*;
         matches!(
             self,
-            TcpHit | TcpMemHit | TcpCfHit | TcpRefreshUnmodified | TcpStaleHit | TcpStaleIfError
+            TcpHit
+                | TcpMemHit
+                | TcpSharedHit
+                | TcpCfHit
+                | TcpRefreshUnmodified
+                | TcpStaleHit
+                | TcpStaleIfError
         )
     }
 
@@ -125,6 +136,7 @@ impl ResultCode {
         use ResultCode::*;
         match self {
             TcpMemHit => ByteSource::CacheMemory,
+            TcpSharedHit => ByteSource::CacheShared,
             TcpHit | TcpCfHit | TcpCfMiss | TcpRefreshUnmodified | TcpStaleHit
             | TcpStaleIfError => ByteSource::CacheDisk,
             TcpTunnel => ByteSource::Tunnel,
@@ -138,6 +150,7 @@ impl ResultCode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ByteSource {
     CacheMemory,
+    CacheShared,
     CacheDisk,
     Tunnel,
     Proxy,
@@ -148,6 +161,7 @@ impl ByteSource {
     pub fn as_str(self) -> &'static str {
         match self {
             ByteSource::CacheMemory => "cache_memory",
+            ByteSource::CacheShared => "cache_shared",
             ByteSource::CacheDisk => "cache_disk",
             ByteSource::Tunnel => "tunnel",
             ByteSource::Proxy => "proxy",
@@ -156,7 +170,10 @@ impl ByteSource {
     }
 
     pub fn is_cache(self) -> bool {
-        matches!(self, ByteSource::CacheMemory | ByteSource::CacheDisk)
+        matches!(
+            self,
+            ByteSource::CacheMemory | ByteSource::CacheShared | ByteSource::CacheDisk
+        )
     }
 }
 

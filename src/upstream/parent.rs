@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
@@ -237,12 +237,15 @@ pub(crate) struct RawResponse {
 /// Writes `head` and reads the answer's head (bounded). A 1xx or a 2xx to CONNECT returns
 /// at once; any other answer has its body (at most 64 KiB, by Content-Length or chunked)
 /// read so that the connection can carry the next leg of an authentication.
-pub(crate) async fn exchange(
-    stream: &mut TcpStream,
+pub(crate) async fn exchange<S>(
+    stream: &mut S,
     head: &[u8],
     connect: bool,
     peer: &str,
-) -> Result<RawResponse, ProxyError> {
+) -> Result<RawResponse, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let io_err = |e: std::io::Error| ProxyError::ParentProtocol {
         peer: peer.to_string(),
         cause: e.to_string(),
@@ -321,7 +324,7 @@ pub(crate) async fn exchange(
 }
 
 /// Reads a body of `n` bytes (some already in `have`); true when exactly that was read.
-async fn drain_exact(stream: &mut TcpStream, mut have: BytesMut, n: usize) -> bool {
+async fn drain_exact(stream: &mut (impl AsyncRead + Unpin), mut have: BytesMut, n: usize) -> bool {
     while have.len() < n {
         match stream.read_buf(&mut have).await {
             Ok(0) | Err(_) => return false,
@@ -332,7 +335,7 @@ async fn drain_exact(stream: &mut TcpStream, mut have: BytesMut, n: usize) -> bo
 }
 
 /// Reads a chunked body (RFC 9112 §7.1) of at most 64 KiB; true when it ended cleanly.
-async fn drain_chunked(stream: &mut TcpStream, mut buf: BytesMut) -> bool {
+async fn drain_chunked(stream: &mut (impl AsyncRead + Unpin), mut buf: BytesMut) -> bool {
     let mut at = 0;
     loop {
         // One chunk-size line, then its data and CRLF; a zero size ends at the empty line.
@@ -362,7 +365,12 @@ async fn drain_chunked(stream: &mut TcpStream, mut buf: BytesMut) -> bool {
                 }
             }
         }
-        let need = at + eol + 2 + size + 2;
+        // The size line with its CRLF, the data, its CRLF; a size near the largest number
+        // must not wrap the sum around (a release build would then read the same line
+        // forever, never yielding).
+        let Some(need) = (at + eol + 4).checked_add(size) else {
+            return false;
+        };
         if need > MAX_DRAINED_BODY {
             return false;
         }
@@ -379,6 +387,51 @@ fn find_crlf(b: &[u8]) -> Option<usize> {
     b.windows(2).position(|w| w == b"\r\n")
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+async fn read_more(stream: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> bool {
     matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parent's answer `reply` to a request, read by [`exchange`].
+    async fn answer(reply: &'static [u8]) -> Result<RawResponse, ProxyError> {
+        let mut stream = tokio::io::join(reply, tokio::io::sink());
+        let head = b"CONNECT origin.example.org:443 HTTP/1.1\r\n\r\n";
+        exchange(&mut stream, head, false, "p").await
+    }
+
+    #[tokio::test]
+    async fn a_chunk_size_near_the_largest_number_ends_the_drain() {
+        // Found while writing the parent_reply fuzz target: the size plus the bytes before it
+        // overflowed (a panic in a debug build); in a release build the sum wrapped around to
+        // the chunk's own start and the drain read the same chunk line forever, never
+        // yielding, so not even the handshake timeout could end it.
+        for reply in [
+            &b"HTTP/1.1 407 No\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffec\r\nab\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 407 No\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+        ] {
+            let r = tokio::time::timeout(Duration::from_secs(5), answer(reply))
+                .await
+                .expect("the drain ends");
+            let r = r.expect("a 407 is an answer");
+            assert_eq!(r.status, 407);
+            assert!(!r.reusable, "a body that cannot be drained leaves the connection unusable");
+        }
+    }
+
+    #[tokio::test]
+    async fn chunked_and_sized_bodies_are_drained() {
+        let r = answer(
+            b"HTTP/1.1 407 No\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\nX: y\r\n\r\n",
+        )
+        .await
+        .expect("answer");
+        assert!(r.reusable);
+        let r = answer(b"HTTP/1.1 407 No\r\nContent-Length: 3\r\n\r\nabc")
+            .await
+            .expect("answer");
+        assert!(r.reusable);
+    }
 }

@@ -258,13 +258,13 @@ fn enc_rep_part(plain: &[u8]) -> Result<EncKdcRepPart, KerberosError> {
 }
 
 /// A KDC's answer.
-enum Reply {
+pub(crate) enum Reply {
     As(Box<KdcRep>),
     Tgs(Box<KdcRep>),
     Error(Box<KrbError>),
 }
 
-fn parse_reply(b: &[u8]) -> Result<Reply, KerberosError> {
+pub(crate) fn parse_reply(b: &[u8]) -> Result<Reply, KerberosError> {
     match b.first() {
         Some(0x6b) => picky_asn1_der::from_bytes::<AsRep>(b)
             .map(|r| Reply::As(Box::new(r.0)))

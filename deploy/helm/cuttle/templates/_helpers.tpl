@@ -64,6 +64,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Values that cannot be combined, stopped at render time. */}}
 {{- define "cuttle.validate" -}}
+{{- if and .Values.sharedCache.enabled (not .Values.sharedCache.url) }}
+{{- fail "sharedCache.enabled needs sharedCache.url (s3://bucket/prefix)" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
+{{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
+{{- end }}
 {{- if and .Values.nodePort.enabled (not .Values.auth.enabled) (not .Values.nodePort.allowWithoutAuth) }}
 {{- fail "nodePort.enabled needs auth.enabled: behind a NodePort cuttle sees node addresses, which allowClient admits (set nodePort.allowWithoutAuth to override)" }}
 {{- end }}
@@ -115,6 +121,14 @@ shutdown-grace = {{ printf "%ds" (int .Values.config.shutdownGraceSeconds) | toJ
 log-format = {{ .Values.config.logFormat | toJson }}
 log-level = {{ .Values.config.logLevel | toJson }}
 auth-realm = {{ .Values.auth.realm | toJson }}
+{{- if .Values.sharedCache.enabled }}
+shared-cache = {{ .Values.sharedCache.url | toJson }}
+{{- with .Values.sharedCache.endpoint }}
+shared-cache-endpoint = {{ toJson . }}
+{{- end }}
+shared-cache-region = {{ .Values.sharedCache.region | toJson }}
+shared-cache-path-style = {{ .Values.sharedCache.pathStyle }}
+{{- end }}
 {{- if .Values.interception.enabled }}
 intercept = {{ .Values.interception.hosts | toJson }}
 {{- with .Values.interception.noIntercept }}
@@ -174,4 +188,9 @@ vary = {{ toJson . }}
 {{- $mem := include "cuttle.cacheMemMiB" . | int64 -}}
 {{- $conns := div (add (mul (int64 .Values.config.maxConnections) $perConnKiB) 1023) 1024 -}}
 {{- add $fixed (div (add (mul $mem 3) 1) 2) (mul (int64 .Values.cache.sizeGiB) $indexMiBPerGiB) $conns $fills $unbudgeted -}}
+{{- end }}
+
+{{/* Static S3 keys for the shared cache: from existingSecret or the chart's Secret. */}}
+{{- define "cuttle.sharedCacheKeys" -}}
+{{- if and .Values.sharedCache.enabled (or .Values.sharedCache.existingSecret .Values.sharedCache.accessKey) }}true{{ end }}
 {{- end }}

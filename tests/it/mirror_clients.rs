@@ -1,0 +1,536 @@
+//! Real clients against mirror routes, with no internet, no proxy setting and no CA in the
+//! client: only its registry URL points at cuttle. npm against an npm-style registry whose
+//! packument and tarball the test makes with `npm pack`; pip against a PEP 503 / PEP 691
+//! simple index with a wheel the test builds; cargo against a sparse registry (`config.json`,
+//! an index file, a `.crate` made with `cargo package`). The registries are in-process plain-HTTP
+//! origins on 127.0.0.1 that count requests and link their files with absolute URLs, as the
+//! public registries do (so the mirror's rewriting is what keeps the client on cuttle).
+//!
+//! Every client runs three times: cold; in a clean directory with a clean client cache (served
+//! entirely from cuttle: no upstream request within the metadata max age); with the origin
+//! answering 503 to everything.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::support::*;
+use bytes::Bytes;
+use cuttle::http::body::full;
+use cuttle::mirror::MirrorConfig;
+use http::Response;
+use tokio::net::TcpListener;
+
+/// A client command gets this long before the test fails (a stuck client must not hang CI).
+const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
+
+async fn run(cmd: tokio::process::Command) -> Ran {
+    run_client(cmd, CLIENT_DEADLINE).await
+}
+
+/// A plain-HTTP registry serving fixed documents by path; `{origin}` in a document is
+/// replaced by its own `http://127.0.0.1:port`. `down` makes it answer 503.
+struct Registry {
+    origin: Origin,
+    down: Arc<AtomicBool>,
+}
+
+type Doc = (String, Bytes);
+
+impl Registry {
+    async fn start(files: Vec<(String, Doc)>) -> Registry {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let files: Arc<Vec<(String, Doc)>> = Arc::new(
+            files
+                .into_iter()
+                .map(|(path, (ct, body))| {
+                    let body = match std::str::from_utf8(&body) {
+                        Ok(t) if ct.contains("json") || ct.contains("html") => {
+                            Bytes::from(t.replace("{origin}", &base))
+                        }
+                        _ => body,
+                    };
+                    (path, (ct, body))
+                })
+                .collect(),
+        );
+        let down = Arc::new(AtomicBool::new(false));
+        let d = down.clone();
+        let origin = Origin::serve(listener, move |req| {
+            let path = req.uri().path().to_string();
+            let accept = req
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let files = files.clone();
+            let down = d.load(Ordering::SeqCst);
+            async move {
+                if down {
+                    return respond(503, "down");
+                }
+                // The simple API in the format the client prefers (PEP 691): JSON to a
+                // client that asks for it first, HTML otherwise.
+                let wants_json = accept.starts_with("application/vnd.pypi.simple.v1+json");
+                let found = files.iter().find(|(p, (ct, _))| {
+                    *p == path
+                        && (!ct.starts_with("application/vnd.pypi.simple.v1")
+                            || ct.ends_with("+json") == wants_json)
+                });
+                match found {
+                    Some((_, (ct, body))) => Response::builder()
+                        .header("content-type", ct.as_str())
+                        .body(full(body.clone()))
+                        .unwrap(),
+                    None => respond(404, "not found"),
+                }
+            }
+        });
+        Registry { origin, down }
+    }
+}
+
+fn mirror_proxy_opts(name: &str, kind: &str, upstream: &str) -> cuttle::config::Options {
+    cuttle::config::Options {
+        mirror: Some(vec![
+            MirrorConfig::parse_flag(&format!("{name}={kind}={upstream}")).unwrap(),
+        ]),
+        ..opts()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// npm
+
+const NPM_PKG: &str = "cuttle-mirror-pkg";
+const NPM_INDEX_JS: &str = "module.exports = 'hello from cuttle-mirror-pkg';\n";
+
+/// Makes the package tarball with `npm pack`; returns (tarball, integrity, shasum).
+async fn npm_pack(dir: &Path) -> (Vec<u8>, String, String) {
+    let src = dir.join("pkg-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("package.json"),
+        format!(
+            r#"{{"name":"{NPM_PKG}","version":"1.0.0","main":"index.js","license":"MIT","description":"cuttle test package"}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(src.join("index.js"), NPM_INDEX_JS).unwrap();
+    let mut c = package_client("npm");
+    c.args(["pack", "--json", "--pack-destination"])
+        .arg(dir)
+        .arg("--cache")
+        .arg(dir.join("pack-cache"))
+        .arg("--userconfig")
+        .arg(dir.join("empty-npmrc"))
+        .env("HOME", dir)
+        .current_dir(&src);
+    let r = run(c).await;
+    assert!(r.ok, "npm pack failed: {}\n{}", r.stdout, r.stderr);
+    let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let info = &json[0];
+    let tgz = std::fs::read(dir.join(info["filename"].as_str().unwrap())).unwrap();
+    (
+        tgz,
+        info["integrity"].as_str().unwrap().to_string(),
+        info["shasum"].as_str().unwrap().to_string(),
+    )
+}
+
+/// `npm install` in a new project directory with a new npm cache, the registry set to the
+/// mirror and nothing else.
+async fn npm_install(work: &Path, n: usize, registry: &str) -> Ran {
+    let project = work.join(format!("project{n}"));
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("package.json"),
+        r#"{"name":"consumer","version":"1.0.0","private":true}"#,
+    )
+    .unwrap();
+    let (npmrc, global) = (work.join("user-npmrc"), work.join("global-npmrc"));
+    std::fs::write(&npmrc, "").unwrap();
+    std::fs::write(&global, "").unwrap();
+    let mut c = package_client("npm");
+    c.args(["install", NPM_PKG, "--registry", registry])
+        .arg("--cache")
+        .arg(work.join(format!("npm-cache{n}")))
+        .arg("--userconfig")
+        .arg(&npmrc)
+        .arg("--globalconfig")
+        .arg(&global)
+        .args([
+            "--no-audit",
+            "--no-fund",
+            "--no-update-notifier",
+            "--loglevel",
+            "http",
+            "--fetch-retries",
+            "0",
+        ])
+        .env("HOME", work)
+        .current_dir(&project);
+    let r = run(c).await;
+    if r.ok {
+        let installed = project.join("node_modules").join(NPM_PKG).join("index.js");
+        assert_eq!(
+            std::fs::read_to_string(&installed).unwrap_or_default(),
+            NPM_INDEX_JS,
+            "npm said it installed {NPM_PKG}, but {} is not the packed file",
+            installed.display()
+        );
+    }
+    r
+}
+
+#[tokio::test]
+async fn npm_install_through_the_mirror_is_served_from_cache_and_offline() {
+    let work = tempfile::tempdir().unwrap();
+    let (tgz, integrity, shasum) = npm_pack(work.path()).await;
+    let tarball_path = format!("/{NPM_PKG}/-/{NPM_PKG}-1.0.0.tgz");
+    let packument = format!(
+        r#"{{"name":"{NPM_PKG}","dist-tags":{{"latest":"1.0.0"}},"versions":{{"1.0.0":{{"name":"{NPM_PKG}","version":"1.0.0","main":"index.js","dist":{{"tarball":"{{origin}}{tarball_path}","integrity":"{integrity}","shasum":"{shasum}"}}}}}}}}"#
+    );
+    let reg = Registry::start(vec![
+        (
+            format!("/{NPM_PKG}"),
+            ("application/json".into(), Bytes::from(packument)),
+        ),
+        (
+            tarball_path.clone(),
+            ("application/octet-stream".into(), Bytes::from(tgz)),
+        ),
+    ])
+    .await;
+    let p = TestProxy::start(mirror_proxy_opts("npm", "npm", &reg.origin.url("/"))).await;
+    let registry = format!("{}/npm/", p.url());
+
+    let cold = npm_install(work.path(), 1, &registry).await;
+    assert!(
+        cold.ok,
+        "cold install failed:\n{}\n{}",
+        cold.stdout, cold.stderr
+    );
+    // npm fetched the tarball from the mirror, not from the URL the registry wrote.
+    assert!(
+        cold.stderr
+            .contains(&format!("{registry}{NPM_PKG}/-/{NPM_PKG}-1.0.0.tgz")),
+        "{}",
+        cold.stderr
+    );
+    assert!(
+        !cold.stderr.contains(&reg.origin.url("/")),
+        "{}",
+        cold.stderr
+    );
+    let upstream_cold = reg.origin.hits();
+    assert_eq!(upstream_cold, 2, "{:?}", reg.origin.seen());
+
+    let warm = npm_install(work.path(), 2, &registry).await;
+    assert!(
+        warm.ok,
+        "warm install failed:\n{}\n{}",
+        warm.stdout, warm.stderr
+    );
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second install, with an empty npm cache, sent nothing upstream"
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let offline = npm_install(work.path(), 3, &registry).await;
+    assert!(
+        offline.ok,
+        "install with the origin gone failed:\n{}\n{}",
+        offline.stdout, offline.stderr
+    );
+    let st = &p.proxy().state().mirrors.list[0].stats;
+    assert_eq!(
+        st.hits.load(Ordering::SeqCst),
+        4,
+        "two runs of two requests"
+    );
+    assert_eq!(st.rewrite_errors.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// pip
+
+const WHEEL: &str = "cuttle_mirror_pkg-1.0.0-py3-none-any.whl";
+const PY_INIT: &str = "GREETING = 'hello from cuttle-mirror-pkg'\n";
+
+/// Builds a minimal valid wheel with python's zipfile.
+const BUILD_WHEEL: &str = r#"
+import base64, hashlib, sys, zipfile
+out, init = sys.argv[1], sys.argv[2]
+dist = "cuttle_mirror_pkg-1.0.0.dist-info"
+files = {
+    "cuttle_mirror_pkg/__init__.py": init.encode(),
+    dist + "/METADATA": b"Metadata-Version: 2.1\nName: cuttle-mirror-pkg\nVersion: 1.0.0\n",
+    dist + "/WHEEL": b"Wheel-Version: 1.0\nGenerator: cuttle-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+def digest(b):
+    return base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b"=").decode()
+record = "".join("%s,sha256=%s,%d\n" % (n, digest(b), len(b)) for n, b in files.items())
+record += dist + "/RECORD,,\n"
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for n, b in files.items():
+        z.writestr(n, b)
+    z.writestr(dist + "/RECORD", record)
+"#;
+
+async fn build_wheel(dir: &Path) -> Vec<u8> {
+    let out = dir.join(WHEEL);
+    let mut c = package_client("python3");
+    c.arg("-c").arg(BUILD_WHEEL).arg(&out).arg(PY_INIT);
+    let r = run(c).await;
+    assert!(r.ok, "building the wheel failed: {}{}", r.stdout, r.stderr);
+    std::fs::read(out).unwrap()
+}
+
+/// `pip download` into a new directory, without pip's cache, the index set to the mirror.
+async fn pip_download(work: &Path, n: usize, index: &str) -> Ran {
+    let dest = work.join(format!("dl{n}"));
+    let mut c = package_client("python3");
+    c.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--no-deps",
+    ])
+    .args(["--index-url", index, "--trusted-host", "127.0.0.1"])
+    .args(["--retries", "0", "--timeout", "20", "--no-input", "-v"])
+    .arg("--dest")
+    .arg(&dest)
+    .arg("cuttle-mirror-pkg")
+    .env("PIP_CONFIG_FILE", "/dev/null")
+    .env("HOME", work);
+    let r = run(c).await;
+    if r.ok {
+        let got = std::fs::read(dest.join(WHEEL)).unwrap_or_default();
+        assert!(
+            !got.is_empty(),
+            "pip said it downloaded the wheel, but it is not there"
+        );
+    }
+    r
+}
+
+#[tokio::test]
+async fn pip_download_through_the_mirror_is_served_from_cache_and_offline() {
+    use sha2::Digest;
+    let work = tempfile::tempdir().unwrap();
+    let wheel = build_wheel(work.path()).await;
+    let sha = hex::encode(sha2::Sha256::digest(&wheel));
+    let file_path = format!("/packages/ab/cd/{WHEEL}");
+    let html = format!(
+        "<!DOCTYPE html><html><body><a href=\"{{origin}}{file_path}#sha256={sha}\" data-requires-python=\"&gt;=3.7\">{WHEEL}</a></body></html>"
+    );
+    let json = format!(
+        r#"{{"meta":{{"api-version":"1.1"}},"name":"cuttle-mirror-pkg","files":[{{"filename":"{WHEEL}","url":"{{origin}}{file_path}","hashes":{{"sha256":"{sha}"}},"requires-python":">=3.7"}}]}}"#
+    );
+    let simple = "/simple/cuttle-mirror-pkg/".to_string();
+    let reg = Registry::start(vec![
+        (
+            simple.clone(),
+            (
+                "application/vnd.pypi.simple.v1+html".into(),
+                Bytes::from(html),
+            ),
+        ),
+        (
+            simple.clone(),
+            (
+                "application/vnd.pypi.simple.v1+json".into(),
+                Bytes::from(json),
+            ),
+        ),
+        (
+            file_path.clone(),
+            ("application/octet-stream".into(), Bytes::from(wheel)),
+        ),
+    ])
+    .await;
+    let p = TestProxy::start(mirror_proxy_opts("pypi", "pypi", &reg.origin.url("/"))).await;
+    let index = format!("{}/pypi/simple/", p.url());
+
+    let cold = pip_download(work.path(), 1, &index).await;
+    assert!(
+        cold.ok,
+        "cold download failed:\n{}\n{}",
+        cold.stdout, cold.stderr
+    );
+    let mirror_file = format!("{}/pypi{file_path}", p.url());
+    assert!(
+        cold.stdout.contains(&mirror_file) || cold.stderr.contains(&mirror_file),
+        "pip did not fetch the wheel from the mirror:\n{}\n{}",
+        cold.stdout,
+        cold.stderr
+    );
+    let upstream_cold = reg.origin.hits();
+    assert_eq!(upstream_cold, 2, "{:?}", reg.origin.seen());
+
+    let warm = pip_download(work.path(), 2, &index).await;
+    assert!(
+        warm.ok,
+        "warm download failed:\n{}\n{}",
+        warm.stdout, warm.stderr
+    );
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second download sent nothing upstream (pip's max-age=0 included)"
+    );
+
+    // The HTML form of the same page (PEP 503), as an older pip asks for it: the file link
+    // points at the mirror with its hash fragment.
+    let page = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{index}cuttle-mirror-pkg/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("href=\"{mirror_file}#sha256={sha}\"")),
+        "{page}"
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let offline = pip_download(work.path(), 3, &index).await;
+    assert!(
+        offline.ok,
+        "download with the origin gone failed:\n{}\n{}",
+        offline.stdout, offline.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// cargo (sparse registry)
+
+const CRATE: &str = "cuttle-mirror-crate";
+const CRATE_LIB: &str = "pub const GREETING: &str = \"hello from cuttle-mirror-crate\";\n";
+
+/// `cargo fetch` of a project depending on the crate from the mirror's sparse registry
+/// (`sparse+http://cuttle/cargo/`), with a new CARGO_HOME and no proxy.
+async fn cargo_fetch(work: &Path, n: usize, index: &str) -> Ran {
+    let project = work.join(format!("consumer{n}"));
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"consumer\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [dependencies]\n{CRATE} = {{ version = \"1\", registry = \"mirror\" }}\n\n\
+             [workspace]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(project.join("src/lib.rs"), "").unwrap();
+    let home = work.join(format!("cargo-home{n}"));
+    let mut c = cargo_cmd(&home);
+    c.args(["fetch", "--quiet"])
+        .env("CARGO_REGISTRIES_MIRROR_INDEX", format!("sparse+{index}"))
+        .env("CARGO_NET_RETRY", "0")
+        .current_dir(&project);
+    let r = run(c).await;
+    if r.ok {
+        let found = std::fs::read_dir(home.join("registry/src"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| d.path().join(format!("{CRATE}-1.0.0/src/lib.rs")))
+            .any(|p| std::fs::read_to_string(p).is_ok_and(|s| s == CRATE_LIB));
+        assert!(
+            found,
+            "cargo said it fetched {CRATE}, but its source is not there"
+        );
+    }
+    r
+}
+
+#[tokio::test]
+async fn cargo_fetch_through_the_mirror_is_served_from_cache_and_offline() {
+    use sha2::Digest;
+    let work = tempfile::tempdir().unwrap();
+    let krate = cargo_package(work.path(), CRATE, CRATE_LIB, CLIENT_DEADLINE).await;
+    let cksum = hex::encode(sha2::Sha256::digest(&krate));
+    let index_line = format!(
+        r#"{{"name":"{CRATE}","vers":"1.0.0","deps":[],"cksum":"{cksum}","features":{{}},"yanked":false}}"#
+    ) + "\n";
+    let download = format!("/api/v1/crates/{CRATE}/1.0.0/download");
+    let reg = Registry::start(vec![
+        (
+            "/config.json".into(),
+            (
+                "application/json".into(),
+                Bytes::from(r#"{"dl":"{origin}/api/v1/crates","api":"{origin}"}"#),
+            ),
+        ),
+        (
+            format!("/cu/tt/{CRATE}"),
+            ("text/plain".into(), Bytes::from(index_line)),
+        ),
+        (
+            download.clone(),
+            ("application/x-tar".into(), Bytes::from(krate)),
+        ),
+    ])
+    .await;
+    let p = TestProxy::start(mirror_proxy_opts("cargo", "cargo", &reg.origin.url("/"))).await;
+    let index = format!("{}/cargo/", p.url());
+
+    let cold = cargo_fetch(work.path(), 1, &index).await;
+    assert!(
+        cold.ok,
+        "cold fetch failed:\n{}\n{}",
+        cold.stdout, cold.stderr
+    );
+    let paths: Vec<String> = reg
+        .origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    assert!(paths.contains(&download), "{paths:?}");
+    let upstream_cold = reg.origin.hits();
+    // The download went through the mirror: cuttle logged it under the upstream URL.
+    assert!(
+        p.all_logs().iter().any(|l| l.contains(&download)),
+        "{:?}",
+        p.all_logs()
+    );
+
+    let warm = cargo_fetch(work.path(), 2, &index).await;
+    assert!(
+        warm.ok,
+        "warm fetch failed:\n{}\n{}",
+        warm.stdout, warm.stderr
+    );
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second fetch, with a new CARGO_HOME, sent nothing upstream"
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let offline = cargo_fetch(work.path(), 3, &index).await;
+    assert!(
+        offline.ok,
+        "fetch with the origin gone failed:\n{}\n{}",
+        offline.stdout, offline.stderr
+    );
+}
