@@ -13,7 +13,7 @@
 //! `Content-Length` and upstream reported no error).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -65,6 +65,10 @@ struct Inner {
     state: FillState,
     /// Positions of live readers.
     readers: Vec<Weak<AtomicU64>>,
+    /// A client has read from this fill (a background refresh never has one).
+    had_reader: bool,
+    /// The fill goes on with no reader left, holding one of the budget's orphan places.
+    orphan: Option<Orphan>,
 }
 
 impl Inner {
@@ -109,6 +113,14 @@ impl Inner {
 /// (`config::sizing`).
 pub const FILLS_BUDGET: u64 = 64 << 20;
 
+/// Fills that go on after every client reading them has gone away (to store an artifact the
+/// next build will want) are at most this many at once; past it, a fill whose last reader
+/// leaves stops, and so does one that would store nothing. Without a bound, clients that
+/// abort and retry (a slow origin, a build's timeout) leave any number of fills behind, each
+/// with its upstream connection, disk-writer thread and buffers. A term of the memory
+/// formula (`config::sizing`).
+pub const MAX_ORPHAN_FILLS: usize = 32;
+
 /// Bytes of bodies held in memory by all fills (their windows, and whole bodies kept for the
 /// memory tier) and by whole-object reads of disk entries, against one limit
 /// ([`FILLS_BUDGET`]). Past it, fills keep no whole bodies and only a small window
@@ -117,14 +129,46 @@ pub const FILLS_BUDGET: u64 = 64 << 20;
 pub struct Budget {
     held: AtomicU64,
     limit: u64,
+    /// Fills going on without a reader, against [`MAX_ORPHAN_FILLS`].
+    orphans: AtomicUsize,
+    max_orphans: usize,
 }
 
 impl Budget {
     pub fn new(limit: u64) -> Arc<Budget> {
+        Self::with_orphans(limit, MAX_ORPHAN_FILLS)
+    }
+
+    pub fn with_orphans(limit: u64, max_orphans: usize) -> Arc<Budget> {
         Arc::new(Budget {
             held: AtomicU64::new(0),
             limit,
+            orphans: AtomicUsize::new(0),
+            max_orphans,
         })
+    }
+
+    /// Fills going on without a reader now.
+    pub fn orphans(&self) -> usize {
+        self.orphans.load(Ordering::Relaxed)
+    }
+
+    fn take_orphan(self: &Arc<Budget>) -> Option<Orphan> {
+        let mut cur = self.orphans.load(Ordering::Relaxed);
+        loop {
+            if cur >= self.max_orphans {
+                return None;
+            }
+            match self.orphans.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Orphan(self.clone())),
+                Err(v) => cur = v,
+            }
+        }
     }
 
     fn spent(&self) -> bool {
@@ -169,6 +213,15 @@ impl Budget {
     }
 }
 
+/// One of the budget's places for a fill without a reader; given back when dropped.
+struct Orphan(Arc<Budget>);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        self.0.orphans.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Bytes taken from a [`Budget`].
 pub struct Held {
     budget: Arc<Budget>,
@@ -201,6 +254,8 @@ pub struct Fill {
     changed: watch::Sender<u64>,
     /// Readers advanced (the fill may be waiting for the slowest one).
     progress: Notify,
+    /// A reader went away (the fill may have none left).
+    left: Notify,
     budget: Arc<Budget>,
     /// Bytes sent to the disk writer and not yet written.
     queued: AtomicU64,
@@ -259,9 +314,12 @@ impl Fill {
                 writer_done: writer.is_none(),
                 state: FillState::Receiving,
                 readers: Vec::new(),
+                had_reader: false,
+                orphan: None,
             }),
             changed: tx,
             progress: Notify::new(),
+            left: Notify::new(),
             abandoned: Mutex::new(None),
             budget: limits.budget.clone(),
             queued: AtomicU64::new(0),
@@ -284,8 +342,16 @@ impl Fill {
             let mut progress = f.changed.subscribe();
             let mut body = Box::pin(body);
             let outcome = loop {
+                if let Some(why) = f.without_readers() {
+                    tracing::debug!(url = %f.meta.url, why, "fill stopped");
+                    break Err(format!("stopped: {why}"));
+                }
                 f.wait_for_slow_readers(limits.reader_stall).await;
-                let frame = match body.frame().await {
+                let frame = match tokio::select! {
+                    next = body.frame() => next,
+                    // The last reader may have gone: look again before waiting on.
+                    _ = f.left.notified() => continue,
+                } {
                     None => break Ok(()),
                     Some(Err(e)) => break Err(crate::error::chain(&*e.into())),
                     Some(Ok(frame)) => frame,
@@ -339,7 +405,11 @@ impl Fill {
                 Some(t) => t.await.unwrap_or(false),
                 None => false,
             };
-            f.inner.lock().writer_done = true;
+            {
+                let mut inner = f.inner.lock();
+                inner.writer_done = true;
+                inner.orphan = None;
+            }
             f.notify();
             let mem = f.whole_body().map(|body| MemEntry {
                 meta: f.meta.clone(),
@@ -358,6 +428,35 @@ impl Fill {
             done(f, completed);
         });
         fill
+    }
+
+    /// Whether the fill must stop because every client reading it has gone: it would store
+    /// nothing, or [`MAX_ORPHAN_FILLS`] fills already go on without a reader (Some(why)).
+    /// Otherwise a fill left without readers takes an orphan place and goes on.
+    fn without_readers(&self) -> Option<&'static str> {
+        let mut inner = self.inner.lock();
+        if !inner.had_reader {
+            return None;
+        }
+        inner.readers.retain(|r| r.strong_count() > 0);
+        if !inner.readers.is_empty() {
+            return None;
+        }
+        // Looked at on every chunk: an orphan may learn only later that it stores nothing
+        // (its disk copy abandoned, or grown past the memory-object limit).
+        if inner.file_failed && !inner.keep_all {
+            return Some("no reader left and nothing to store");
+        }
+        if inner.orphan.is_some() {
+            return None;
+        }
+        match self.budget.take_orphan() {
+            Some(o) => {
+                inner.orphan = Some(o);
+                None
+            }
+            None => Some("no reader left and the most fills without one are running"),
+        }
     }
 
     /// Without a disk copy, the fill must not run more than a window ahead of its slowest
@@ -493,7 +592,11 @@ impl Fill {
     /// arrive.
     pub fn reader(self: &Arc<Fill>, start: u64, end: Option<u64>) -> Body {
         let pos = Arc::new(AtomicU64::new(start));
-        self.inner.lock().readers.push(Arc::downgrade(&pos));
+        {
+            let mut inner = self.inner.lock();
+            inner.readers.push(Arc::downgrade(&pos));
+            inner.had_reader = true;
+        }
         let st = ReaderState {
             fill: self.clone(),
             pos,
@@ -524,6 +627,17 @@ struct ReaderState {
     end: Option<u64>,
     rx: watch::Receiver<u64>,
     failed: bool,
+}
+
+impl Drop for ReaderState {
+    fn drop(&mut self) {
+        // The position goes first (the fill sees this reader gone), then the fill is told.
+        drop(std::mem::replace(
+            &mut self.pos,
+            Arc::new(AtomicU64::new(0)),
+        ));
+        self.fill.left.notify_one();
+    }
 }
 
 enum Step {
@@ -932,6 +1046,79 @@ mod tests {
             );
             assert_eq!(budget.held(), 0, "{url}");
         }
+    }
+
+    /// Fills whose every reader went away go on to store the object, up to the orphan
+    /// limit: past it a fill stops (its upstream body is dropped) and stores nothing. The
+    /// place is given back when the orphan completes. A background fill that never had a
+    /// reader is not an orphan and goes on.
+    #[tokio::test]
+    async fn fills_without_readers_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        let budget = Budget::with_orphans(FILLS_BUDGET, 1);
+        let body = data(200_000);
+        let mut fills = Vec::new();
+        for name in ["first", "second"] {
+            let m = meta(&format!("http://h/{name}"), Some(body.len()));
+            let writer = d.writer(&m).unwrap();
+            let (tx, up) = upstream();
+            let (fill, done) = start(m, up, Some(writer), limits(&budget, 1 << 30, 0));
+            let reader = fill.reader(0, None);
+            tx.send(Ok(body.slice(..1000))).await.unwrap();
+            drop(reader);
+            fills.push((fill, tx, done));
+        }
+        let (second_fill, second_tx, second_done) = fills.pop().unwrap();
+        let (first_fill, first_tx, first_done) = fills.pop().unwrap();
+        // The second orphan finds no place: it stops, and its upstream body is dropped.
+        assert_eq!(second_done.await.unwrap(), None);
+        assert!(matches!(second_fill.state(), FillState::Failed(e) if e.contains("no reader")));
+        tokio::time::timeout(Duration::from_secs(5), second_tx.closed())
+            .await
+            .expect("the stopped fill drops its upstream body");
+        assert_eq!(budget.orphans(), 1);
+        // The first goes on to the end and is stored.
+        for c in body[1000..].chunks(10_000) {
+            first_tx.send(Ok(Bytes::copy_from_slice(c))).await.unwrap();
+        }
+        drop(first_tx);
+        assert!(first_done.await.unwrap().is_some(), "the orphan was stored");
+        assert!(matches!(first_fill.state(), FillState::Done(n) if n == body.len() as u64));
+        assert_eq!(budget.orphans(), 0, "the place is given back");
+        // A fill nobody ever read (a background refresh) is no orphan.
+        let m = meta("http://h/background", Some(body.len()));
+        let writer = d.writer(&m).unwrap();
+        let (tx, up) = upstream();
+        let (_fill, done) = start(m, up, Some(writer), limits(&budget, 1 << 30, 0));
+        let other = Budget::with_orphans(FILLS_BUDGET, 0);
+        assert!(other.take_orphan().is_none());
+        feed(&tx, &body, 10_000).await;
+        drop(tx);
+        assert!(done.await.unwrap().is_some());
+        assert_eq!(budget.orphans(), 0);
+    }
+
+    /// A fill that would store nothing (no disk copy, too large for memory) stops as soon
+    /// as its last reader leaves, even with orphan places free.
+    #[tokio::test]
+    async fn a_fill_that_stores_nothing_stops_with_its_last_reader() {
+        let budget = Budget::new(FILLS_BUDGET);
+        let (tx, up) = upstream();
+        let (fill, done) = start(
+            meta("http://h/nothing", None),
+            up,
+            None,
+            limits(&budget, 1 << 30, 0),
+        );
+        let reader = fill.reader(0, None);
+        tx.send(Ok(data(1000))).await.unwrap();
+        drop(reader);
+        assert_eq!(done.await.unwrap(), None);
+        tokio::time::timeout(Duration::from_secs(5), tx.closed())
+            .await
+            .expect("the upstream body is dropped");
+        assert_eq!(budget.orphans(), 0);
     }
 
     /// An object that grows past max-object-size (no Content-Length) is still served whole
