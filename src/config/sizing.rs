@@ -22,12 +22,15 @@ pub const PER_CONNECTION: u64 = 128 << 10;
 /// (the budget `cache::fill` enforces).
 pub const FILLS: u64 = crate::cache::fill::FILLS_BUDGET;
 
-/// An allowance measured, not derived: under the soak's slow-origin fault RSS peaks about
-/// 80 MiB above its steady level (jemalloc, debug build: 148 MiB steady, 228 MiB peak), above
-/// everything counted here. Fills whose client has gone away keep going to store the
-/// object, with their upstream connection, disk-writer thread and window overshoot, and
-/// nothing bounds how many there are. Remove this term once they are bounded (issue 15).
-pub const UNBUDGETED: u64 = 96 << 20;
+/// A fill that goes on after its clients left (to store the object) holds an upstream
+/// connection without a client connection counted in [`PER_CONNECTION`]: that
+/// connection's buffers (its read buffer is capped at 64 KiB,
+/// `upstream::settings::READ_BUF_MAX`), and the disk-writer thread's stack pages. Its
+/// window is in [`FILLS`].
+pub const PER_ORPHAN_FILL: u64 = 512 << 10;
+/// All fills without a client: at most [`crate::cache::fill::MAX_ORPHAN_FILLS`] go on at
+/// once (16 MiB).
+pub const ORPHAN_FILLS: u64 = crate::cache::fill::MAX_ORPHAN_FILLS as u64 * PER_ORPHAN_FILL;
 
 /// The memory bound in bytes.
 pub fn memory_bound(cache_mem: u64, cache_size: u64, max_connections: u64) -> u64 {
@@ -37,7 +40,7 @@ pub fn memory_bound(cache_mem: u64, cache_size: u64, max_connections: u64) -> u6
         .saturating_add(entries.saturating_mul(INDEX_PER_ENTRY))
         .saturating_add(max_connections.saturating_mul(PER_CONNECTION))
         .saturating_add(FILLS)
-        .saturating_add(UNBUDGETED)
+        .saturating_add(ORPHAN_FILLS)
 }
 
 #[cfg(test)]
@@ -49,7 +52,7 @@ mod tests {
         let m = memory_bound(32 << 20, 256 << 20, 256);
         assert_eq!(
             m,
-            FIXED + (48 << 20) + 8192 * INDEX_PER_ENTRY + 256 * PER_CONNECTION + FILLS + UNBUDGETED
+            FIXED + (48 << 20) + 8192 * INDEX_PER_ENTRY + 256 * PER_CONNECTION + FILLS + ORPHAN_FILLS
         );
         assert!(memory_bound(u64::MAX, u64::MAX, u64::MAX) > 0);
     }
