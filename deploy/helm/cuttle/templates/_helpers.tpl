@@ -178,16 +178,17 @@ vary = {{ toJson . }}
 
 {{/* The memory formula (README "Sizing memory"; cuttle's src/config/sizing.rs), in MiB:
      FIXED + 1.5 x cache-mem + disk index per GiB of cache-size + PER_CONNECTION x
-     max-connections + FILLS + UNBUDGETED. Keep the constants equal to src/config/sizing.rs. */}}
+     max-connections + FILLS + ORPHAN_FILLS + READ_BUFFER_SLACK. Keep the constants equal to src/config/sizing.rs. */}}
 {{- define "cuttle.memoryLimitMiB" -}}
 {{- $fixed := 48 -}}
 {{- $indexMiBPerGiB := 8 -}}
 {{- $perConnKiB := 128 -}}
 {{- $fills := 64 -}}
-{{- $unbudgeted := 96 -}}
+{{- $orphanFills := 16 -}}
+{{- $readBufferSlack := 96 -}}
 {{- $mem := include "cuttle.cacheMemMiB" . | int64 -}}
 {{- $conns := div (add (mul (int64 .Values.config.maxConnections) $perConnKiB) 1023) 1024 -}}
-{{- add $fixed (div (add (mul $mem 3) 1) 2) (mul (int64 .Values.cache.sizeGiB) $indexMiBPerGiB) $conns $fills $unbudgeted -}}
+{{- add $fixed (div (add (mul $mem 3) 1) 2) (mul (int64 .Values.cache.sizeGiB) $indexMiBPerGiB) $conns $fills $orphanFills $readBufferSlack -}}
 {{- end }}
 
 {{/* Static S3 keys for the shared cache: from existingSecret or the chart's Secret. */}}
