@@ -37,6 +37,14 @@ const WRITER_QUEUE: u64 = 16 * 1024 * 1024;
 /// A writer that makes no progress for this long is stalled: the entry is abandoned.
 const WRITER_STALL: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 64 * 1024;
+/// Chunks from upstream smaller than this are copied into buffers of their own before the
+/// fill keeps them. hyper reads a body into buffers of up to 64 KiB
+/// (`upstream::settings::READ_BUF_MAX`) and hands out slices of them, and while a slice
+/// lives its whole buffer does: a slow upstream sending small pieces made every kept
+/// 16 KiB chunk hold a 64 KiB buffer, and the soak's slow origin put RSS far above the
+/// [`Budget`], which counts the slices. With the copy, a kept chunk holds at most 4/3 of its
+/// bytes.
+const COPY_BELOW: usize = 48 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FillState {
@@ -362,6 +370,11 @@ impl Fill {
                 if data.is_empty() {
                     continue;
                 }
+                let data = if data.len() < COPY_BELOW {
+                    Bytes::copy_from_slice(&data)
+                } else {
+                    data
+                };
                 if f.push(data.clone(), &limits) {
                     wtx = None;
                     f.abandon_file("larger than max-object-size");
@@ -1046,6 +1059,42 @@ mod tests {
             );
             assert_eq!(budget.held(), 0, "{url}");
         }
+    }
+
+    /// A small chunk is copied before the fill keeps it (it would keep its whole upstream
+    /// read buffer alive); a large one is kept as it is, without a copy.
+    #[tokio::test]
+    async fn small_chunks_are_kept_in_buffers_of_their_own() {
+        let budget = Budget::new(FILLS_BUDGET);
+        let (tx, up) = upstream();
+        let (fill, done) = start(
+            meta("http://h/pieces", Some(1000 + 60_000)),
+            up,
+            None,
+            limits(&budget, 1 << 30, 1 << 20),
+        );
+        let small_buf = data(64 * 1024);
+        let large_buf = data(64 * 1024);
+        let reader = fill.reader(0, None);
+        tx.send(Ok(small_buf.slice(..1000))).await.unwrap();
+        tx.send(Ok(large_buf.slice(..60_000))).await.unwrap();
+        drop(tx);
+        let (got, failed) = drain(reader).await;
+        assert!(!failed);
+        assert_eq!(got.len(), 61_000);
+        let _ = done.await.unwrap();
+        let inner = fill.inner.lock();
+        let kept: Vec<&Bytes> = inner.window.iter().collect();
+        assert_eq!(kept.len(), 2);
+        let within = |b: &Bytes, buf: &Bytes| {
+            let (p, start) = (b.as_ptr() as usize, buf.as_ptr() as usize);
+            p >= start && p < start + buf.len()
+        };
+        assert!(!within(kept[0], &small_buf), "the small chunk was copied");
+        assert!(
+            within(kept[1], &large_buf),
+            "the large chunk was kept as it is"
+        );
     }
 
     /// Fills whose every reader went away go on to store the object, up to the orphan

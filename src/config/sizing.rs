@@ -32,14 +32,14 @@ pub const PER_ORPHAN_FILL: u64 = 512 << 10;
 /// once (16 MiB).
 pub const ORPHAN_FILLS: u64 = crate::cache::fill::MAX_ORPHAN_FILLS as u64 * PER_ORPHAN_FILL;
 
-/// An allowance measured, not derived: hyper reads upstream bodies into buffers of up to
-/// 64 KiB and hands out slices of them, and a slice kept anywhere (a fill's window, the
-/// disk writer's queue, a client connection's write queue) keeps its whole buffer alive.
-/// The [`FILLS`] budget counts the slices, not the buffers. Under the soak's slow-origin
-/// fault (many upstream bodies arriving in small pieces at once) heaptrack showed 145 MB of
-/// such buffers alive at the heap's peak (system malloc, debug build, 32 clients), and RSS
-/// peaks 50 to 80 MiB above the other terms (jemalloc; debug and release builds).
-pub const READ_BUFFER_SLACK: u64 = 96 << 20;
+/// An allowance measured, not derived: upstream connections' read buffers (up to 64 KiB
+/// each, `upstream::settings::READ_BUF_MAX`) on pooled connections and on bodies read ahead
+/// of their clients, beyond what [`PER_CONNECTION`] counts, and slices of 48 KiB and more
+/// that fills keep without a copy (each holds its read buffer: at most 4/3 of its bytes).
+/// Under the soak's slow-origin fault heaptrack put 47 MB of read buffers at the heap's
+/// peak (system malloc, debug build, 32 clients), and RSS peaked 40 MiB above its steady
+/// level (jemalloc).
+pub const READ_BUFFER_SLACK: u64 = 64 << 20;
 
 /// The memory bound in bytes.
 pub fn memory_bound(cache_mem: u64, cache_size: u64, max_connections: u64) -> u64 {

@@ -185,7 +185,7 @@ vary = {{ toJson . }}
 {{- $perConnKiB := 128 -}}
 {{- $fills := 64 -}}
 {{- $orphanFills := 16 -}}
-{{- $readBufferSlack := 96 -}}
+{{- $readBufferSlack := 64 -}}
 {{- $mem := include "cuttle.cacheMemMiB" . | int64 -}}
 {{- $conns := div (add (mul (int64 .Values.config.maxConnections) $perConnKiB) 1023) 1024 -}}
 {{- add $fixed (div (add (mul $mem 3) 1) 2) (mul (int64 .Values.cache.sizeGiB) $indexMiBPerGiB) $conns $fills $orphanFills $readBufferSlack -}}
