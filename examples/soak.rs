@@ -1625,7 +1625,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .collect();
     let steady = |f: &dyn Fn(&Sample) -> f64| {
         if quiet.len() >= 6 {
-            (quiet.iter().map(|s| f(s)).collect::<Vec<_>>(), "outside faults")
+            (
+                quiet.iter().map(|s| f(s)).collect::<Vec<_>>(),
+                "outside faults",
+            )
         } else {
             (series(f), "all")
         }

@@ -52,7 +52,12 @@ mod tests {
         let m = memory_bound(32 << 20, 256 << 20, 256);
         assert_eq!(
             m,
-            FIXED + (48 << 20) + 8192 * INDEX_PER_ENTRY + 256 * PER_CONNECTION + FILLS + ORPHAN_FILLS
+            FIXED
+                + (48 << 20)
+                + 8192 * INDEX_PER_ENTRY
+                + 256 * PER_CONNECTION
+                + FILLS
+                + ORPHAN_FILLS
         );
         assert!(memory_bound(u64::MAX, u64::MAX, u64::MAX) > 0);
     }
