@@ -1,14 +1,14 @@
-//! The shared cache tier against a real S3 server on loopback (`s3s-fs`, started by the
-//! tests): replicas with separate local caches and one bucket fetch each object from the
-//! origin once between them, survive the store failing, never serve a corrupt object, and
-//! see each other's 304 refreshes.
+//! The shared cache tier against real S3 servers on loopback (`s3s-fs`, and `moto` for the
+//! core scenarios, started by the tests): replicas with separate local caches and one bucket
+//! fetch each object from the origin once between them, survive the store failing, never
+//! serve a corrupt object, and see each other's 304 refreshes.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::s3::{ACCESS_KEY, BUCKET, Gate, Mode, PREFIX, S3, SECRET_KEY};
+use crate::support::s3::{ACCESS_KEY, BUCKET, Gate, Mode, PREFIX, S3, SECRET_KEY, Store};
 use crate::support::{Origin, TestProxy, opts};
 use bytes::Bytes;
 use cuttle::cache::Cache;
@@ -103,9 +103,38 @@ fn data(len: usize, seed: u8) -> Bytes {
         .into()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_fetch_from_upstream_once() {
-    let s3 = S3::start().await;
+/// The core scenarios run against each store: `shared_cache::s3s_fs::…` and
+/// `shared_cache::moto::…`.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod s3s_fs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::S3sFs).await
+                }
+            )*
+        }
+        mod moto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::Moto).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    two_replicas_fetch_from_upstream_once,
+    store_failures_never_fail_a_request,
+    corrupt_object_is_deleted_and_refetched,
+    store_dying_mid_upload_leaves_nothing_partial,
+);
+
+async fn two_replicas_fetch_from_upstream_once(store: Store) {
+    let s3 = S3::start_with(store).await;
     let body = data(300 * 1024, 7);
     let (origin, count) = artifact_origin(body.clone()).await;
     let url = origin.url("/pkg/-/pkg-1.0.tgz");
@@ -120,7 +149,7 @@ async fn two_replicas_fetch_from_upstream_once() {
     assert_eq!((status, got == body), (200, true));
     assert!(a.log_with("/pkg-1.0.tgz ").await.contains("TCP_MISS"));
     uploads(&a, 1).await;
-    assert_eq!(s3.entries().len(), 1, "one object in the bucket");
+    assert_eq!(s3.entries().await.len(), 1, "one object in the bucket");
 
     let b = TestProxy::start(shared_opts(&s3.endpoint(), db.path())).await;
     let (status, cs, got) = get(&b, &url).await;
@@ -170,9 +199,8 @@ async fn two_replicas_fetch_from_upstream_once() {
 /// The store stopped, answering 500, answering too slowly: every request succeeds from the
 /// origin, the breaker opens (and stays open while the probes fail), then closes once the
 /// store is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_failures_never_fail_a_request() {
-    let mut s3 = S3::start().await;
+async fn store_failures_never_fail_a_request(store: Store) {
+    let mut s3 = S3::start_with(store).await;
     let gate = Gate::start(s3.port).await;
     let body = data(64 * 1024, 3);
     let (origin, count) = artifact_origin(body.clone()).await;
@@ -252,9 +280,8 @@ async fn store_failures_never_fail_a_request() {
     p.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_object_is_deleted_and_refetched() {
-    let s3 = S3::start().await;
+async fn corrupt_object_is_deleted_and_refetched(store: Store) {
+    let s3 = S3::start_with(store).await;
     let body = data(200 * 1024, 11);
     let (origin, count) = artifact_origin(body.clone()).await;
     let url = origin.url("/lib/lib-2.jar");
@@ -263,11 +290,11 @@ async fn corrupt_object_is_deleted_and_refetched() {
     let a = TestProxy::start(shared_opts(&s3.endpoint(), dirs[0].path())).await;
     get(&a, &url).await;
     uploads(&a, 1).await;
-    let object = s3.entries().pop().expect("uploaded object");
-    let mut bytes = std::fs::read(&object).unwrap();
+    let object = s3.entries().await.pop().expect("uploaded object");
+    let mut bytes = s3.read(&object).await;
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x20;
-    std::fs::write(&object, &bytes).unwrap();
+    s3.write(&object, bytes).await;
 
     let b = TestProxy::start(shared_opts(&s3.endpoint(), dirs[1].path())).await;
     let (status, _, got) = get(&b, &url).await;
@@ -375,8 +402,12 @@ async fn private_entries_are_never_uploaded() {
     get(&p, &origin.url("/public")).await;
     uploads(&p, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(s3.entries().len(), 1, "only the public entry is shared");
-    let stored = std::fs::read(s3.entries().pop().unwrap()).unwrap();
+    assert_eq!(
+        s3.entries().await.len(),
+        1,
+        "only the public entry is shared"
+    );
+    let stored = s3.read(&s3.entries().await.pop().unwrap()).await;
     assert!(
         !String::from_utf8_lossy(&stored).contains("secret-token-1"),
         "credentials in the bucket"
@@ -442,9 +473,8 @@ async fn variants_are_shared_by_their_selecting_headers() {
 /// The store dies in the middle of a multipart upload: the client was served already, the
 /// upload fails and is counted, no partial object is left to be served, and another replica
 /// simply fetches from the origin.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_dying_mid_upload_leaves_nothing_partial() {
-    let s3 = S3::start().await;
+async fn store_dying_mid_upload_leaves_nothing_partial(store: Store) {
+    let s3 = S3::start_with(store).await;
     let gate = Gate::start(s3.port).await;
     let body = data(40 * 1024 * 1024, 5);
     let (origin, count) = artifact_origin(body.clone()).await;
@@ -461,11 +491,8 @@ async fn store_dying_mid_upload_leaves_nothing_partial() {
     })
     .await;
     assert_eq!(sh.stats.uploads.load(Ordering::SeqCst), 0);
-    assert!(
-        s3.entries().is_empty(),
-        "a partial object: {:?}",
-        s3.entries()
-    );
+    let left = s3.entries().await;
+    assert!(left.is_empty(), "a partial object: {left:?}");
 
     gate.set(Mode::Pass);
     let b = TestProxy::start(shared_opts(&gate.endpoint(), db.path())).await;
