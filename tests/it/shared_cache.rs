@@ -12,8 +12,10 @@ use crate::support::s3::{ACCESS_KEY, BUCKET, Gate, Mode, PREFIX, S3, SECRET_KEY,
 use crate::support::{Origin, TestProxy, opts};
 use bytes::Bytes;
 use cuttle::cache::Cache;
+use cuttle::cache::key::PrimaryKey;
 use cuttle::cache::shared::Shared;
 use cuttle::cache::shared::breaker::BreakerState;
+use cuttle::cache::shared::lease;
 use cuttle::config::Options;
 use cuttle::http::body::full;
 use http::Response;
@@ -131,6 +133,7 @@ on_every_store!(
     store_failures_never_fail_a_request,
     corrupt_object_is_deleted_and_refetched,
     store_dying_mid_upload_leaves_nothing_partial,
+    lease_coalesces_concurrent_misses_across_replicas,
 );
 
 async fn two_replicas_fetch_from_upstream_once(store: Store) {
@@ -502,4 +505,159 @@ async fn store_dying_mid_upload_leaves_nothing_partial(store: Store) {
     assert_eq!(count.load(Ordering::SeqCst), 2);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+fn lease_opts(endpoint: &str, dir: &Path, timeout: &str) -> Options {
+    Options {
+        shared_cache_lease: Some(true),
+        shared_cache_lease_timeout: Some(timeout.into()),
+        ..shared_opts(endpoint, dir)
+    }
+}
+
+/// The bucket key of a URL's lease object.
+fn lease_object(url: &str) -> String {
+    let primary = PrimaryKey::from_url(url.to_string());
+    format!(
+        "{PREFIX}/{}",
+        lease::lease_key(&cuttle::cache::shared::object_key(primary.hex()))
+    )
+}
+
+/// Waits until the lease object is gone (deleted after the upload).
+async fn lease_released(s3: &S3, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s3.exists(key).await {
+        assert!(Instant::now() < deadline, "lease {key} never deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With `--shared-cache-lease`, two replicas missing the same URL at the same moment fetch it
+/// upstream once between them: one takes the lease and fetches (slowly), the other waits for
+/// its upload and serves it as a shared hit. The lease is deleted after the upload.
+async fn lease_coalesces_concurrent_misses_across_replicas(store: Store) {
+    let s3 = S3::start_with(store).await;
+    let body = data(256 * 1024, 21);
+    let count = Arc::new(AtomicUsize::new(0));
+    let (c, b2) = (count.clone(), body.clone());
+    let origin = Origin::start(move |_req| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let body = b2.clone();
+        async move {
+            // Slow enough that both replicas miss before either has uploaded.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Response::builder()
+                .header("cache-control", "public, max-age=600")
+                .body(full(body))
+                .unwrap()
+        }
+    })
+    .await;
+    let url = origin.url("/herd/popular-1.0.tgz");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestProxy::start(lease_opts(&s3.endpoint(), da.path(), "10s")).await;
+    let b = TestProxy::start(lease_opts(&s3.endpoint(), db.path(), "10s")).await;
+    let (ca, cb) = (a.client(), b.client());
+    let (ua, ub) = (url.clone(), url.clone());
+    let ta = tokio::spawn(async move { ca.get(&ua).send().await.unwrap().bytes().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tb = tokio::spawn(async move { cb.get(&ub).send().await.unwrap().bytes().await });
+    let (ga, gb) = (ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap());
+    assert!(ga == body && gb == body, "a wrong body");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "the origin was asked once");
+    let mut codes = vec![
+        a.log_with("/popular-1.0.tgz ").await,
+        b.log_with("/popular-1.0.tgz ").await,
+    ];
+    codes.sort_by_key(|l| l.contains("TCP_SHARED_HIT"));
+    assert!(codes[0].contains("TCP_MISS"), "{codes:?}");
+    assert!(codes[1].contains("TCP_SHARED_HIT"), "{codes:?}");
+    let (sa, sb) = (shared(&a), shared(&b));
+    let sum = |f: fn(&Shared) -> &std::sync::atomic::AtomicU64| {
+        f(&sa).load(Ordering::SeqCst) + f(&sb).load(Ordering::SeqCst)
+    };
+    assert_eq!(sum(|s| &s.stats.leases_acquired), 1);
+    assert_eq!(sum(|s| &s.stats.lease_waits), 1);
+    assert_eq!(sum(|s| &s.stats.lease_wait_hits), 1);
+    assert_eq!(sum(|s| &s.stats.duplicate_fetches), 0);
+    lease_released(&s3, &lease_object(&url)).await;
+    let waiter = if sa.stats.lease_waits.load(Ordering::SeqCst) == 1 {
+        &a
+    } else {
+        &b
+    };
+    let metrics = reqwest::get(format!("{}/metrics", waiter.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"cuttle_shared_cache_operations_total{op="lease",outcome="wait_hit"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cuttle_shared_cache_duplicate_fetches_total 0"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A lease left by a replica that died blocks nobody beyond the lease timeout: one older than
+/// the timeout is replaced at once; a fresh one is waited for until it goes stale, then the
+/// waiting replica takes the lease, fetches, uploads and deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_replicas_lease_blocks_at_most_its_timeout() {
+    let s3 = S3::start().await;
+    let (origin, count) = artifact_origin(data(32 * 1024, 9)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = TestProxy::start(lease_opts(&s3.endpoint(), dir.path(), "2s")).await;
+    let sh = shared(&p);
+    let now_ms = lease::now_ms;
+
+    // Taken 10 s ago by a replica that never came back: replaced without waiting.
+    let old = origin.url("/dead/old.tgz");
+    s3.write(
+        &lease_object(&old),
+        lease::encode("dead-replica", now_ms() - 10_000).into_bytes(),
+    )
+    .await;
+    let start = Instant::now();
+    let (status, _, _) = get(&p, &old).await;
+    assert_eq!(status, 200);
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "waited for a stale lease: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(sh.stats.leases_stale.load(Ordering::SeqCst), 1);
+    assert_eq!(sh.stats.lease_waits.load(Ordering::SeqCst), 0);
+    lease_released(&s3, &lease_object(&old)).await;
+
+    // Taken just now by a replica that dies at once: waited for, 2 s at most (plus a poll).
+    let fresh = origin.url("/dead/fresh.tgz");
+    s3.write(
+        &lease_object(&fresh),
+        lease::encode("dead-replica", now_ms()).into_bytes(),
+    )
+    .await;
+    let start = Instant::now();
+    let (status, _, _) = get(&p, &fresh).await;
+    let took = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        took >= Duration::from_millis(1500),
+        "did not wait for a fresh lease: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(4500),
+        "blocked too long: {took:?}"
+    );
+    assert_eq!(sh.stats.lease_waits.load(Ordering::SeqCst), 1);
+    assert_eq!(sh.stats.lease_wait_upstream.load(Ordering::SeqCst), 1);
+    assert_eq!(sh.stats.leases_stale.load(Ordering::SeqCst), 2);
+    assert_eq!(count.load(Ordering::SeqCst), 2, "each URL fetched once");
+    uploads(&p, 2).await;
+    lease_released(&s3, &lease_object(&fresh)).await;
+    p.shutdown().await;
 }
