@@ -231,6 +231,10 @@ impl S3 {
         self.op().write(key, data).await.unwrap();
     }
 
+    pub async fn size(&self, key: &str) -> u64 {
+        self.op().stat(key).await.unwrap().content_length()
+    }
+
     pub async fn exists(&self, key: &str) -> bool {
         self.op().exists(key).await.unwrap()
     }
