@@ -498,6 +498,11 @@ impl Ctx<'_> {
             Lookup::Miss => Upload::New,
             Lookup::Skipped => return Err((permit, Upload::New, None)),
         };
+        if self.out.headers.contains_key(header::AUTHORIZATION) {
+            // Its response never goes to the shared tier (RFC 9111 §3.5): nothing to
+            // coalesce on, in either direction.
+            return Err((permit, upload, None));
+        }
         match shared.try_lease(&self.primary).await {
             lease::Try::Off => return Err((permit, upload, None)),
             lease::Try::Acquired(l) => return Err((permit, upload, Some(l))),

@@ -661,3 +661,51 @@ async fn dead_replicas_lease_blocks_at_most_its_timeout() {
     lease_released(&s3, &lease_object(&fresh)).await;
     p.shutdown().await;
 }
+
+/// A store that ignores `If-None-Match` (moto behind a gate that removes it): the probe finds
+/// out, so leases stay off (each replica fetches) and uploads are plain writes, and nothing
+/// fails: every request is answered, uploads succeed, the breaker stays closed, no probe
+/// object is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_ignoring_conditional_writes_gets_plain_writes_and_no_leases() {
+    let s3 = S3::start_with(Store::Moto).await;
+    let gate = Gate::start(s3.port).await;
+    gate.set(Mode::StripIfNoneMatch);
+    let body = data(64 * 1024, 17);
+    let (origin, count) = artifact_origin(body.clone()).await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestProxy::start(lease_opts(&gate.endpoint(), da.path(), "10s")).await;
+    let b = TestProxy::start(lease_opts(&gate.endpoint(), db.path(), "10s")).await;
+    let url = origin.url("/plain/one.tgz");
+    for p in [&a, &b] {
+        let (status, _, got) = get(p, &url).await;
+        assert_eq!((status, got == body), (200, true));
+    }
+    uploads(&a, 1).await;
+    let (sa, sb) = (shared(&a), shared(&b));
+    // B looked before A's upload may have landed: a shared hit or its own fetch, never a
+    // lease (A's "conditional" create would have succeeded on this store).
+    for sh in [&sa, &sb] {
+        assert_eq!(sh.stats.leases_acquired.load(Ordering::SeqCst), 0);
+        assert_eq!(sh.stats.lease_waits.load(Ordering::SeqCst), 0);
+        assert_eq!(sh.breaker.state(), BreakerState::Closed);
+        assert_eq!(sh.stats.upload_errors.load(Ordering::SeqCst), 0);
+    }
+    // Once uploaded, a third request through a fresh replica is a shared hit.
+    let dc = tempfile::tempdir().unwrap();
+    let c = TestProxy::start(lease_opts(&gate.endpoint(), dc.path(), "10s")).await;
+    let before = count.load(Ordering::SeqCst);
+    let (status, _, got) = get(&c, &url).await;
+    assert_eq!((status, got == body), (200, true));
+    assert!(c.log_with("/one.tgz ").await.contains("TCP_SHARED_HIT"));
+    assert_eq!(count.load(Ordering::SeqCst), before);
+    let keys = s3.keys().await;
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains("/probe/") && !k.ends_with(".lease")),
+        "{keys:?}"
+    );
+    for p in [a, b, c] {
+        p.shutdown().await;
+    }
+}

@@ -252,6 +252,28 @@ pub enum Mode {
     /// Passes until this many bytes have gone to the store (all connections together), then
     /// cuts every connection, as a store dying mid-upload.
     CutAfter(u64),
+    /// Passes, but removes `If-None-Match` from the requests: a store that ignores
+    /// conditional writes (moto only: s3s-fs would refuse the changed signature).
+    StripIfNoneMatch,
+}
+
+/// `data` without its `If-None-Match: *` header lines (whole lines within one read, as a
+/// request head arrives on loopback).
+fn strip_if_none_match(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut rest = data;
+    while !rest.is_empty() {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(rest.len(), |i| i + 2);
+        let line = &rest[..end];
+        if !line.to_ascii_lowercase().starts_with(b"if-none-match:") {
+            out.extend_from_slice(line);
+        }
+        rest = &rest[end..];
+    }
+    out
 }
 
 /// A TCP gate in front of the store. Changing the mode cuts the connections it holds, so
@@ -307,6 +329,27 @@ impl Gate {
                                 #[allow(clippy::disallowed_methods)]
                                 let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
                             }
+                        }
+                        Mode::StripIfNoneMatch => {
+                            let Ok(up) = TcpStream::connect(("127.0.0.1", target)).await else {
+                                return;
+                            };
+                            let (mut cr, mut cw) = s.into_split();
+                            let (mut ur, mut uw) = up.into_split();
+                            let back = tokio::spawn(async move {
+                                let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                            });
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match cr.read(&mut buf).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                if uw.write_all(&strip_if_none_match(&buf[..n])).await.is_err() {
+                                    break;
+                                }
+                            }
+                            back.abort();
                         }
                         Mode::Down => {}
                         Mode::Error500 => {
