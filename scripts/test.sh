@@ -136,7 +136,7 @@ stop_system_squid() {
   done
 }
 
-# s3s-fs, an S3 server over a directory, is the shared cache store of tests/shared_cache.rs
+# s3s-fs, an S3 server over a directory, is a shared cache store of tests/it/shared_cache.rs
 # (a Cargo-installed binary; 0.14.1 builds with the rustc of rust-version 1.85 and later).
 S3S_FS_VERSION=0.14.1
 install_s3s_fs() {
@@ -152,8 +152,34 @@ install_s3s_fs() {
     cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary
 }
 
+# moto in server mode (`moto_server`), the second S3 implementation of
+# tests/it/shared_cache.rs, from PyPI into a venv of its own (Debian 12's Python refuses
+# `pip install` outside one, PEP 668); the tests find it there or on PATH.
+MOTO_VERSION=5.2.1
+MOTO_VENV=${CUTTLE_TEST_TOOLS:-$HOME/.cache/cuttle-test}/moto
+install_moto() {
+  if command -v moto_server >/dev/null 2>&1 || [[ -x $MOTO_VENV/bin/moto_server ]]; then
+    return 0
+  fi
+  if [[ ${CUTTLE_TEST_NO_INSTALL:-0} == 1 ]]; then
+    log "missing moto_server (CUTTLE_TEST_NO_INSTALL=1: not installing; the moto tests will fail)"
+    return 0
+  fi
+  if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    # Debian splits venv support out of python3.
+    log "installing python3-venv"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      python3-venv
+  fi
+  log "installing moto[server] $MOTO_VERSION into $MOTO_VENV"
+  rm -rf "$MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+}
+
 install_missing
 install_s3s_fs
+install_moto
 stop_system_squid
 
 cargo test --all-targets "$@"

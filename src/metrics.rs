@@ -59,6 +59,7 @@ pub struct Metrics {
     shared_ops: Family<L2, Counter>,
     shared_seconds: Family<L1, Counter<f64, AtomicU64>>,
     shared_bytes_uploaded: Counter,
+    shared_duplicate_fetches: Counter,
     shared_breaker: Gauge,
     shared_breaker_openings: Counter,
     shared_queue: Gauge,
@@ -243,6 +244,12 @@ impl Metrics {
             "Bytes uploaded to the shared cache tier",
             shared_bytes_uploaded.clone(),
         );
+        let shared_duplicate_fetches = Counter::default();
+        r.register(
+            "shared_cache_duplicate_fetches",
+            "Upstream fetches another replica had made too (its object was in the bucket when this one's upload ran)",
+            shared_duplicate_fetches.clone(),
+        );
         let shared_breaker = Gauge::default();
         r.register(
             "shared_cache_breaker_state",
@@ -266,6 +273,7 @@ impl Metrics {
             shared_ops,
             shared_seconds,
             shared_bytes_uploaded,
+            shared_duplicate_fetches,
             shared_breaker,
             shared_breaker_openings,
             shared_queue,
@@ -430,7 +438,7 @@ impl Metrics {
     fn render_shared(&self, sh: &crate::cache::shared::Shared) {
         let st = &sh.stats;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let ops: [(&'static str, &'static str, u64); 12] = [
+        let ops: [(&'static str, &'static str, u64); 17] = [
             ("lookup", "hit", n(&st.hits)),
             ("lookup", "miss", n(&st.misses)),
             ("lookup", "error", n(&st.lookup_errors)),
@@ -443,6 +451,11 @@ impl Metrics {
             ("upload", "skipped_queue_full", n(&st.skipped_queue_full)),
             ("upload", "skipped_breaker", n(&st.skipped_breaker)),
             ("meta", "done", n(&st.meta_updates)),
+            ("lease", "acquired", n(&st.leases_acquired)),
+            ("lease", "stale_replaced", n(&st.leases_stale)),
+            ("lease", "waited", n(&st.lease_waits)),
+            ("lease", "wait_hit", n(&st.lease_wait_hits)),
+            ("lease", "wait_upstream", n(&st.lease_wait_upstream)),
         ];
         for (op, outcome, total) in ops {
             catch_up(
@@ -463,6 +476,7 @@ impl Metrics {
             }
         }
         catch_up(&self.shared_bytes_uploaded, n(&st.upload_bytes));
+        catch_up(&self.shared_duplicate_fetches, n(&st.duplicate_fetches));
         self.shared_breaker.set(sh.breaker.state().as_gauge());
         catch_up(&self.shared_breaker_openings, sh.breaker.openings());
         self.shared_queue.set(sh.queued() as i64);

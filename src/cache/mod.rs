@@ -293,13 +293,15 @@ impl Cache {
     /// published to `permit`'s followers at once, but the key stays locked until the fill has
     /// finished (and its entry is findable): a request arriving while it streams joins it
     /// instead of fetching the object again. Once stored, the entry is offered to the shared
-    /// tier as `upload` says (off the request path).
+    /// tier as `upload` says (off the request path); `lease`, the shared tier's lease taken
+    /// for this fetch, is released after that upload (or at once when nothing is uploaded).
     pub async fn fill<B>(
         self: &Arc<Cache>,
         meta: Arc<Meta>,
         body: B,
         permit: lock::Permit,
         upload: Upload,
+        lease: Option<shared::lease::Lease>,
     ) -> Arc<Fill>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -343,7 +345,7 @@ impl Cache {
                                 (None, None) => None,
                             };
                             if let Some(source) = source {
-                                sh.offer(fill.meta.clone(), source, upload);
+                                sh.offer(fill.meta.clone(), source, upload, lease);
                             }
                         }
                         if let Some(m) = mem {

@@ -73,6 +73,8 @@ pub mod defaults {
     pub const SHARED_CACHE_UPLOADS: u64 = 4;
     pub const SHARED_CACHE_UPLOAD_QUEUE: u64 = 256;
     pub const SHARED_CACHE_BACKOFF: &str = "30s";
+    pub const SHARED_CACHE_LEASE: bool = false;
+    pub const SHARED_CACHE_LEASE_TIMEOUT: &str = "30s";
 
     /// `cuttle-cache` under the system's temporary directory.
     pub fn cache_dir() -> PathBuf {
@@ -460,6 +462,19 @@ options! {
     /// it keeps failing).
     #[arg(long, env = "CUTTLE_SHARED_CACHE_BACKOFF")]
     shared_cache_backoff: String = || defaults::SHARED_CACHE_BACKOFF.into();
+
+    /// Coalesce upstream fetches across replicas: on a local and shared miss a replica takes
+    /// a lease object in the bucket (a conditional write) before fetching; the others wait
+    /// for its upload instead of fetching too. true or false; needs a store with conditional
+    /// writes (else it stays off).
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_LEASE")]
+    shared_cache_lease: bool = || defaults::SHARED_CACHE_LEASE;
+
+    /// Leases older than this are ignored and replaced (a replica that died holding one
+    /// blocks the others this long at most); also the longest wait for another replica's
+    /// upload.
+    #[arg(long, env = "CUTTLE_SHARED_CACHE_LEASE_TIMEOUT")]
+    shared_cache_lease_timeout: String = || defaults::SHARED_CACHE_LEASE_TIMEOUT.into();
 
     /// Cache rules (config file only: `[[cache-rule]]` tables).
     #[arg(skip)]

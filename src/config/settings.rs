@@ -161,6 +161,11 @@ impl fmt::Display for ValidConfig {
                                 "virtual-hosted"
                             },
                         )?;
+                        let lease = s.lease.map_or_else(
+                            || "off".to_string(),
+                            |t| format!("on, timeout {}", humantime::format_duration(t)),
+                        );
+                        writeln!(f, "shared-cache-lease = {lease:?}")?;
                     }
                     None => writeln!(f, "shared-cache = \"off\"")?,
                 }

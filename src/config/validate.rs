@@ -439,6 +439,15 @@ fn shared_cache(
         queue: p.count("shared-cache-upload-queue", o.shared_cache_upload_queue, 1),
         backoff: p.duration("shared-cache-backoff", o.shared_cache_backoff.clone()),
         tls: tls.clone(),
+        lease: {
+            let timeout = p.duration(
+                "shared-cache-lease-timeout",
+                o.shared_cache_lease_timeout.clone(),
+            );
+            o.shared_cache_lease
+                .unwrap_or(defaults::SHARED_CACHE_LEASE)
+                .then_some(timeout)
+        },
     })
 }
 

@@ -4,7 +4,8 @@
 //! concurrent client reads the same fill as it streams.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
@@ -20,7 +21,8 @@ use crate::cache::policy::{
 };
 use crate::cache::rules::Rule;
 use crate::cache::serve::{self, Source};
-use crate::cache::shared::{Lookup, Upload};
+use crate::cache::shared::lease::{self, Lease};
+use crate::cache::shared::{Found, Lookup, Shared, Upload};
 use crate::cache::{Cache, Stored};
 use crate::error::ProxyError;
 use crate::http::body::{Body, BodyEnd, CountingBody, IdleTimeoutBody, empty};
@@ -253,7 +255,7 @@ impl Ctx<'_> {
                     // The origin's 304 names another representation: fetch it whole.
                     None => {
                         drop(resp);
-                        self.fetch_and_store(permit, false, Upload::Replace, rec)
+                        self.fetch_and_store(permit, false, Upload::Replace, None, rec)
                             .await
                     }
                 }
@@ -268,11 +270,11 @@ impl Ctx<'_> {
             Ok(resp) if denied(resp.status()) => {
                 // The stored response is no longer to be served to anyone without asking.
                 self.cache.invalidate(&self.primary).await;
-                self.store_or_pass(resp, permit, modified, Upload::Replace, rec)
+                self.store_or_pass(resp, permit, modified, Upload::Replace, None, rec)
                     .await
             }
             Ok(resp) => {
-                self.store_or_pass(resp, permit, modified, Upload::Replace, rec)
+                self.store_or_pass(resp, permit, modified, Upload::Replace, None, rec)
                     .await
             }
             Err(e) => {
@@ -371,6 +373,7 @@ impl Ctx<'_> {
                     IdleTimeoutBody::new(body, scope.state.config.timeouts.read),
                     permit,
                     Upload::Replace,
+                    None,
                 )
                 .await;
         });
@@ -457,47 +460,110 @@ impl Ctx<'_> {
             Acquired::Leader(permit) => permit,
             Acquired::Follower(f) => return self.follow(f, rec).await,
         };
-        let permit = match self.shared_lookup(permit, rec).await {
+        let (permit, upload, lease) = match self.shared_lookup(permit, rec).await {
             Ok(resp) => return Ok(resp),
             Err(p) => p,
         };
-        self.fetch_and_store(permit.0, true, permit.1, rec).await
+        self.fetch_and_store(permit, true, upload, lease, rec).await
     }
 
-    /// A local miss asks the shared tier (bounded by its timeout; skipped while its breaker
-    /// is open). A usable entry is served while it fills the local tiers; otherwise the
-    /// permit comes back with what the upload after the upstream fetch should do.
-    async fn shared_lookup(
-        &self,
-        permit: Permit,
-        rec: &mut AccessRecord,
-    ) -> Result<Response<Body>, (Permit, Upload)> {
-        let Some(shared) = &self.cache.shared else {
-            return Err((permit, Upload::New));
-        };
+    /// The shared tier's lookup for this request (fresh for it, may be reused by it).
+    async fn ask_shared(&self, shared: &Arc<Shared>) -> Lookup {
         let view = &self.view;
         let now = SystemTime::now();
         let usable = |m: &Meta| {
             m.policy.may_reuse(view) && matches!(m.policy.lookup(view, now), Freshness::Fresh(_))
         };
-        let found = match shared
+        shared
             .lookup(&self.primary, &self.out.headers, usable)
             .await
-        {
-            Lookup::Found(found) => found,
-            Lookup::Replace => return Err((permit, Upload::Replace)),
-            Lookup::Miss | Lookup::Skipped => return Err((permit, Upload::New)),
+    }
+
+    /// A local miss asks the shared tier (bounded by its timeout; skipped while its breaker
+    /// is open). A usable entry is served while it fills the local tiers; otherwise the
+    /// permit comes back with what the upload after the upstream fetch should do, and the
+    /// lease taken for that fetch (`--shared-cache-lease`). When another replica holds the
+    /// lease, this request waits for its upload instead (bounded by the lease timeout).
+    async fn shared_lookup(
+        &self,
+        permit: Permit,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, (Permit, Upload, Option<Lease>)> {
+        let Some(shared) = &self.cache.shared else {
+            return Err((permit, Upload::New, None));
         };
+        let mut upload = match self.ask_shared(shared).await {
+            Lookup::Found(found) => return self.serve_shared(found, permit, rec).await,
+            Lookup::Replace => Upload::Replace,
+            Lookup::Miss => Upload::New,
+            Lookup::Skipped => return Err((permit, Upload::New, None)),
+        };
+        if self.out.headers.contains_key(header::AUTHORIZATION) {
+            // Its response never goes to the shared tier (RFC 9111 §3.5): nothing to
+            // coalesce on, in either direction.
+            return Err((permit, upload, None));
+        }
+        match shared.try_lease(&self.primary).await {
+            lease::Try::Off => return Err((permit, upload, None)),
+            lease::Try::Acquired(l) => return Err((permit, upload, Some(l))),
+            lease::Try::Held => {}
+        }
+        // Another replica is fetching it: wait for its upload, polling the store (100 ms,
+        // doubling to 1 s). Its lease going stale or away ends the wait: then this replica
+        // takes the lease, or fetches without one.
+        let stats = &shared.stats;
+        stats.lease_waits.fetch_add(1, Ordering::Relaxed);
+        let settings = shared.settings();
+        let bound = settings.lease.unwrap_or_default() + settings.timeout;
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+            match self.ask_shared(shared).await {
+                Lookup::Found(found) => {
+                    stats.lease_wait_hits.fetch_add(1, Ordering::Relaxed);
+                    return self.serve_shared(found, permit, rec).await;
+                }
+                Lookup::Replace => upload = Upload::Replace,
+                Lookup::Miss => {}
+                Lookup::Skipped => {
+                    stats.lease_wait_upstream.fetch_add(1, Ordering::Relaxed);
+                    return Err((permit, upload, None));
+                }
+            }
+            match shared.try_lease(&self.primary).await {
+                lease::Try::Held if tokio::time::Instant::now() < deadline => {}
+                lease::Try::Acquired(l) => {
+                    stats.lease_wait_upstream.fetch_add(1, Ordering::Relaxed);
+                    return Err((permit, upload, Some(l)));
+                }
+                lease::Try::Held | lease::Try::Off => {
+                    stats.lease_wait_upstream.fetch_add(1, Ordering::Relaxed);
+                    return Err((permit, upload, None));
+                }
+            }
+        }
+    }
+
+    /// Serves an entry the shared tier found while it fills the local tiers; a body that
+    /// cannot be read (or is corrupt) sends the request upstream to replace it.
+    async fn serve_shared(
+        &self,
+        found: Box<Found>,
+        permit: Permit,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<Body>, (Permit, Upload, Option<Lease>)> {
         let meta = found.meta.clone();
         let Some(body) = found.into_body().await else {
-            return Err((permit, Upload::Replace));
+            return Err((permit, Upload::Replace, None));
         };
         let now = SystemTime::now();
         let headers = match meta.policy.lookup(&self.view, now) {
             Freshness::Fresh(h) => h,
             Freshness::Stale(_) => meta.policy.stale_headers(&meta.headers, now),
         };
-        let fill = self.cache.fill(meta, body, permit, Upload::No).await;
+        let fill = self.cache.fill(meta, body, permit, Upload::No, None).await;
         rec.hierarchy = Hierarchy::none();
         Ok(self.serve_fill_as(
             &fill,
@@ -514,6 +580,7 @@ impl Ctx<'_> {
         permit: Permit,
         is_miss: bool,
         upload: Upload,
+        lease: Option<Lease>,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {
         let mut headers = self.out.headers.clone();
@@ -541,7 +608,8 @@ impl Ctx<'_> {
         } else {
             ResultCode::TcpRefreshModified
         };
-        self.store_or_pass(resp, permit, code, upload, rec).await
+        self.store_or_pass(resp, permit, code, upload, lease, rec)
+            .await
     }
 
     /// Stores a storable response (and serves it from the fill), or passes it through.
@@ -551,6 +619,7 @@ impl Ctx<'_> {
         permit: Permit,
         code: ResultCode,
         upload: Upload,
+        lease: Option<Lease>,
         rec: &mut AccessRecord,
     ) -> Result<Response<Body>, ProxyError> {
         let now = SystemTime::now();
@@ -582,6 +651,7 @@ impl Ctx<'_> {
                 IdleTimeoutBody::new(body, self.scope.state.config.timeouts.read),
                 permit,
                 upload,
+                lease,
             )
             .await;
         Ok(self.serve_fill_as(&fill, own, code, "fwd=miss; stored", rec))

@@ -1,19 +1,21 @@
-//! The shared cache tier against a real S3 server on loopback (`s3s-fs`, started by the
-//! tests): replicas with separate local caches and one bucket fetch each object from the
-//! origin once between them, survive the store failing, never serve a corrupt object, and
-//! see each other's 304 refreshes.
+//! The shared cache tier against real S3 servers on loopback (`s3s-fs`, and `moto` for the
+//! core scenarios, started by the tests): replicas with separate local caches and one bucket
+//! fetch each object from the origin once between them, survive the store failing, never
+//! serve a corrupt object, and see each other's 304 refreshes.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::s3::{ACCESS_KEY, BUCKET, Gate, Mode, PREFIX, S3, SECRET_KEY};
+use crate::support::s3::{ACCESS_KEY, BUCKET, Gate, Mode, PREFIX, S3, SECRET_KEY, Store};
 use crate::support::{Origin, TestProxy, opts};
 use bytes::Bytes;
 use cuttle::cache::Cache;
+use cuttle::cache::key::PrimaryKey;
 use cuttle::cache::shared::Shared;
 use cuttle::cache::shared::breaker::BreakerState;
+use cuttle::cache::shared::lease;
 use cuttle::config::Options;
 use cuttle::http::body::full;
 use http::Response;
@@ -103,9 +105,39 @@ fn data(len: usize, seed: u8) -> Bytes {
         .into()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_fetch_from_upstream_once() {
-    let s3 = S3::start().await;
+/// The core scenarios run against each store: `shared_cache::s3s_fs::…` and
+/// `shared_cache::moto::…`.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod s3s_fs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::S3sFs).await
+                }
+            )*
+        }
+        mod moto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::Moto).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    two_replicas_fetch_from_upstream_once,
+    store_failures_never_fail_a_request,
+    corrupt_object_is_deleted_and_refetched,
+    store_dying_mid_upload_leaves_nothing_partial,
+    lease_coalesces_concurrent_misses_across_replicas,
+);
+
+async fn two_replicas_fetch_from_upstream_once(store: Store) {
+    let s3 = S3::start_with(store).await;
     let body = data(300 * 1024, 7);
     let (origin, count) = artifact_origin(body.clone()).await;
     let url = origin.url("/pkg/-/pkg-1.0.tgz");
@@ -120,7 +152,7 @@ async fn two_replicas_fetch_from_upstream_once() {
     assert_eq!((status, got == body), (200, true));
     assert!(a.log_with("/pkg-1.0.tgz ").await.contains("TCP_MISS"));
     uploads(&a, 1).await;
-    assert_eq!(s3.entries().len(), 1, "one object in the bucket");
+    assert_eq!(s3.entries().await.len(), 1, "one object in the bucket");
 
     let b = TestProxy::start(shared_opts(&s3.endpoint(), db.path())).await;
     let (status, cs, got) = get(&b, &url).await;
@@ -170,9 +202,8 @@ async fn two_replicas_fetch_from_upstream_once() {
 /// The store stopped, answering 500, answering too slowly: every request succeeds from the
 /// origin, the breaker opens (and stays open while the probes fail), then closes once the
 /// store is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_failures_never_fail_a_request() {
-    let mut s3 = S3::start().await;
+async fn store_failures_never_fail_a_request(store: Store) {
+    let mut s3 = S3::start_with(store).await;
     let gate = Gate::start(s3.port).await;
     let body = data(64 * 1024, 3);
     let (origin, count) = artifact_origin(body.clone()).await;
@@ -252,9 +283,8 @@ async fn store_failures_never_fail_a_request() {
     p.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_object_is_deleted_and_refetched() {
-    let s3 = S3::start().await;
+async fn corrupt_object_is_deleted_and_refetched(store: Store) {
+    let s3 = S3::start_with(store).await;
     let body = data(200 * 1024, 11);
     let (origin, count) = artifact_origin(body.clone()).await;
     let url = origin.url("/lib/lib-2.jar");
@@ -263,11 +293,11 @@ async fn corrupt_object_is_deleted_and_refetched() {
     let a = TestProxy::start(shared_opts(&s3.endpoint(), dirs[0].path())).await;
     get(&a, &url).await;
     uploads(&a, 1).await;
-    let object = s3.entries().pop().expect("uploaded object");
-    let mut bytes = std::fs::read(&object).unwrap();
+    let object = s3.entries().await.pop().expect("uploaded object");
+    let mut bytes = s3.read(&object).await;
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x20;
-    std::fs::write(&object, &bytes).unwrap();
+    s3.write(&object, bytes).await;
 
     let b = TestProxy::start(shared_opts(&s3.endpoint(), dirs[1].path())).await;
     let (status, _, got) = get(&b, &url).await;
@@ -375,8 +405,12 @@ async fn private_entries_are_never_uploaded() {
     get(&p, &origin.url("/public")).await;
     uploads(&p, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(s3.entries().len(), 1, "only the public entry is shared");
-    let stored = std::fs::read(s3.entries().pop().unwrap()).unwrap();
+    assert_eq!(
+        s3.entries().await.len(),
+        1,
+        "only the public entry is shared"
+    );
+    let stored = s3.read(&s3.entries().await.pop().unwrap()).await;
     assert!(
         !String::from_utf8_lossy(&stored).contains("secret-token-1"),
         "credentials in the bucket"
@@ -442,9 +476,8 @@ async fn variants_are_shared_by_their_selecting_headers() {
 /// The store dies in the middle of a multipart upload: the client was served already, the
 /// upload fails and is counted, no partial object is left to be served, and another replica
 /// simply fetches from the origin.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_dying_mid_upload_leaves_nothing_partial() {
-    let s3 = S3::start().await;
+async fn store_dying_mid_upload_leaves_nothing_partial(store: Store) {
+    let s3 = S3::start_with(store).await;
     let gate = Gate::start(s3.port).await;
     let body = data(40 * 1024 * 1024, 5);
     let (origin, count) = artifact_origin(body.clone()).await;
@@ -461,11 +494,8 @@ async fn store_dying_mid_upload_leaves_nothing_partial() {
     })
     .await;
     assert_eq!(sh.stats.uploads.load(Ordering::SeqCst), 0);
-    assert!(
-        s3.entries().is_empty(),
-        "a partial object: {:?}",
-        s3.entries()
-    );
+    let left = s3.entries().await;
+    assert!(left.is_empty(), "a partial object: {left:?}");
 
     gate.set(Mode::Pass);
     let b = TestProxy::start(shared_opts(&gate.endpoint(), db.path())).await;
@@ -475,4 +505,207 @@ async fn store_dying_mid_upload_leaves_nothing_partial() {
     assert_eq!(count.load(Ordering::SeqCst), 2);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+fn lease_opts(endpoint: &str, dir: &Path, timeout: &str) -> Options {
+    Options {
+        shared_cache_lease: Some(true),
+        shared_cache_lease_timeout: Some(timeout.into()),
+        ..shared_opts(endpoint, dir)
+    }
+}
+
+/// The bucket key of a URL's lease object.
+fn lease_object(url: &str) -> String {
+    let primary = PrimaryKey::from_url(url.to_string());
+    format!(
+        "{PREFIX}/{}",
+        lease::lease_key(&cuttle::cache::shared::object_key(primary.hex()))
+    )
+}
+
+/// Waits until the lease object is gone (deleted after the upload).
+async fn lease_released(s3: &S3, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s3.exists(key).await {
+        assert!(Instant::now() < deadline, "lease {key} never deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With `--shared-cache-lease`, two replicas missing the same URL at the same moment fetch it
+/// upstream once between them: one takes the lease and fetches (slowly), the other waits for
+/// its upload and serves it as a shared hit. The lease is deleted after the upload.
+async fn lease_coalesces_concurrent_misses_across_replicas(store: Store) {
+    let s3 = S3::start_with(store).await;
+    let body = data(256 * 1024, 21);
+    let count = Arc::new(AtomicUsize::new(0));
+    let (c, b2) = (count.clone(), body.clone());
+    let origin = Origin::start(move |_req| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let body = b2.clone();
+        async move {
+            // Slow enough that both replicas miss before either has uploaded.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Response::builder()
+                .header("cache-control", "public, max-age=600")
+                .body(full(body))
+                .unwrap()
+        }
+    })
+    .await;
+    let url = origin.url("/herd/popular-1.0.tgz");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestProxy::start(lease_opts(&s3.endpoint(), da.path(), "10s")).await;
+    let b = TestProxy::start(lease_opts(&s3.endpoint(), db.path(), "10s")).await;
+    let (ca, cb) = (a.client(), b.client());
+    let (ua, ub) = (url.clone(), url.clone());
+    let ta = tokio::spawn(async move { ca.get(&ua).send().await.unwrap().bytes().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tb = tokio::spawn(async move { cb.get(&ub).send().await.unwrap().bytes().await });
+    let (ga, gb) = (ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap());
+    assert!(ga == body && gb == body, "a wrong body");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "the origin was asked once");
+    let mut codes = vec![
+        a.log_with("/popular-1.0.tgz ").await,
+        b.log_with("/popular-1.0.tgz ").await,
+    ];
+    codes.sort_by_key(|l| l.contains("TCP_SHARED_HIT"));
+    assert!(codes[0].contains("TCP_MISS"), "{codes:?}");
+    assert!(codes[1].contains("TCP_SHARED_HIT"), "{codes:?}");
+    let (sa, sb) = (shared(&a), shared(&b));
+    let sum = |f: fn(&Shared) -> &std::sync::atomic::AtomicU64| {
+        f(&sa).load(Ordering::SeqCst) + f(&sb).load(Ordering::SeqCst)
+    };
+    assert_eq!(sum(|s| &s.stats.leases_acquired), 1);
+    assert_eq!(sum(|s| &s.stats.lease_waits), 1);
+    assert_eq!(sum(|s| &s.stats.lease_wait_hits), 1);
+    assert_eq!(sum(|s| &s.stats.duplicate_fetches), 0);
+    lease_released(&s3, &lease_object(&url)).await;
+    let waiter = if sa.stats.lease_waits.load(Ordering::SeqCst) == 1 {
+        &a
+    } else {
+        &b
+    };
+    let metrics = reqwest::get(format!("{}/metrics", waiter.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"cuttle_shared_cache_operations_total{op="lease",outcome="wait_hit"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cuttle_shared_cache_duplicate_fetches_total 0"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A lease left by a replica that died blocks nobody beyond the lease timeout: one older than
+/// the timeout is replaced at once; a fresh one is waited for until it goes stale, then the
+/// waiting replica takes the lease, fetches, uploads and deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_replicas_lease_blocks_at_most_its_timeout() {
+    let s3 = S3::start().await;
+    let (origin, count) = artifact_origin(data(32 * 1024, 9)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = TestProxy::start(lease_opts(&s3.endpoint(), dir.path(), "2s")).await;
+    let sh = shared(&p);
+    let now_ms = lease::now_ms;
+
+    // Taken 10 s ago by a replica that never came back: replaced without waiting.
+    let old = origin.url("/dead/old.tgz");
+    s3.write(
+        &lease_object(&old),
+        lease::encode("dead-replica", now_ms() - 10_000).into_bytes(),
+    )
+    .await;
+    let start = Instant::now();
+    let (status, _, _) = get(&p, &old).await;
+    assert_eq!(status, 200);
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "waited for a stale lease: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(sh.stats.leases_stale.load(Ordering::SeqCst), 1);
+    assert_eq!(sh.stats.lease_waits.load(Ordering::SeqCst), 0);
+    lease_released(&s3, &lease_object(&old)).await;
+
+    // Taken just now by a replica that dies at once: waited for, 2 s at most (plus a poll).
+    let fresh = origin.url("/dead/fresh.tgz");
+    s3.write(
+        &lease_object(&fresh),
+        lease::encode("dead-replica", now_ms()).into_bytes(),
+    )
+    .await;
+    let start = Instant::now();
+    let (status, _, _) = get(&p, &fresh).await;
+    let took = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        took >= Duration::from_millis(1500),
+        "did not wait for a fresh lease: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(4500),
+        "blocked too long: {took:?}"
+    );
+    assert_eq!(sh.stats.lease_waits.load(Ordering::SeqCst), 1);
+    assert_eq!(sh.stats.lease_wait_upstream.load(Ordering::SeqCst), 1);
+    assert_eq!(sh.stats.leases_stale.load(Ordering::SeqCst), 2);
+    assert_eq!(count.load(Ordering::SeqCst), 2, "each URL fetched once");
+    uploads(&p, 2).await;
+    lease_released(&s3, &lease_object(&fresh)).await;
+    p.shutdown().await;
+}
+
+/// A store that ignores `If-None-Match` (moto behind a gate that removes it): the probe finds
+/// out, so leases stay off (each replica fetches) and uploads are plain writes, and nothing
+/// fails: every request is answered, uploads succeed, the breaker stays closed, no probe
+/// object is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_ignoring_conditional_writes_gets_plain_writes_and_no_leases() {
+    let s3 = S3::start_with(Store::Moto).await;
+    let gate = Gate::start(s3.port).await;
+    gate.set(Mode::StripIfNoneMatch);
+    let body = data(64 * 1024, 17);
+    let (origin, count) = artifact_origin(body.clone()).await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestProxy::start(lease_opts(&gate.endpoint(), da.path(), "10s")).await;
+    let b = TestProxy::start(lease_opts(&gate.endpoint(), db.path(), "10s")).await;
+    let url = origin.url("/plain/one.tgz");
+    for p in [&a, &b] {
+        let (status, _, got) = get(p, &url).await;
+        assert_eq!((status, got == body), (200, true));
+    }
+    uploads(&a, 1).await;
+    let (sa, sb) = (shared(&a), shared(&b));
+    // B looked before A's upload may have landed: a shared hit or its own fetch, never a
+    // lease (A's "conditional" create would have succeeded on this store).
+    for sh in [&sa, &sb] {
+        assert_eq!(sh.stats.leases_acquired.load(Ordering::SeqCst), 0);
+        assert_eq!(sh.stats.lease_waits.load(Ordering::SeqCst), 0);
+        assert_eq!(sh.breaker.state(), BreakerState::Closed);
+        assert_eq!(sh.stats.upload_errors.load(Ordering::SeqCst), 0);
+    }
+    // Once uploaded, a third request through a fresh replica is a shared hit.
+    let dc = tempfile::tempdir().unwrap();
+    let c = TestProxy::start(lease_opts(&gate.endpoint(), dc.path(), "10s")).await;
+    let before = count.load(Ordering::SeqCst);
+    let (status, _, got) = get(&c, &url).await;
+    assert_eq!((status, got == body), (200, true));
+    assert!(c.log_with("/one.tgz ").await.contains("TCP_SHARED_HIT"));
+    assert_eq!(count.load(Ordering::SeqCst), before);
+    let keys = s3.keys().await;
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains("/probe/") && !k.ends_with(".lease")),
+        "{keys:?}"
+    );
+    for p in [a, b, c] {
+        p.shutdown().await;
+    }
 }

@@ -23,17 +23,25 @@
 //! and run off the request path: at most `uploads` at once, a bounded queue (full: skipped and
 //! counted), streamed from the disk file in parts of [`UPLOAD_CHUNK`] (multipart upload for
 //! larger objects: memory stays flat whatever the object's size). A new object is written
-//! with `If-None-Match: *` where the store supports it, so the first writer wins.
+//! with `If-None-Match: *` where the store supports it, so the first writer wins. Whether it
+//! does is found out once per process (a probe object written twice, the second time
+//! conditionally): a store that ignores or refuses the condition gets plain writes (the last
+//! writer wins; every copy is a valid entry of the URL) and no leases.
+//!
+//! **Leases** ([`lease`], `--shared-cache-lease`, off by default) coalesce the upstream
+//! fetches of replicas that miss the same URL at once: one fetches, the others wait for its
+//! upload.
 //!
 //! **Failures** never fail a request: every operation has a timeout and reports to the
 //! [`breaker::Breaker`]; while it is open the tier is skipped.
 
 pub mod breaker;
+pub mod lease;
 
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -98,6 +106,9 @@ pub struct SharedSettings {
     pub backoff: Duration,
     /// TLS for an `https` endpoint (the roots cuttle verifies origins with).
     pub tls: Arc<rustls::ClientConfig>,
+    /// Cross-replica coalescing with lease objects: `Some(timeout)` (a lease older than the
+    /// timeout is ignored and replaced), `None` off.
+    pub lease: Option<Duration>,
 }
 
 impl SharedSettings {
@@ -142,6 +153,18 @@ pub struct SharedStats {
     pub upload_errors: AtomicU64,
     /// Uploads not made because another replica had written the object first.
     pub upload_exists: AtomicU64,
+    /// Upstream fetches that another replica had made too: found when the upload met the
+    /// object already in the store.
+    pub duplicate_fetches: AtomicU64,
+    /// Leases this replica took (and then fetched upstream).
+    pub leases_acquired: AtomicU64,
+    /// Leases found older than the timeout and replaced (a replica died holding one).
+    pub leases_stale: AtomicU64,
+    /// Requests that waited for another replica's lease, and how the waits ended: a shared
+    /// hit, or upstream (the lease released without a usable object, or the wait's bound).
+    pub lease_waits: AtomicU64,
+    pub lease_wait_hits: AtomicU64,
+    pub lease_wait_upstream: AtomicU64,
     pub skipped_queue_full: AtomicU64,
     pub skipped_breaker: AtomicU64,
     pub meta_updates: AtomicU64,
@@ -189,6 +212,8 @@ enum Job {
         meta: Arc<Meta>,
         source: Source,
         conditional: bool,
+        /// Held (only for its drop) until the job is done or dropped, then deleted.
+        _lease: Option<lease::Lease>,
     },
     Meta(Arc<Meta>),
 }
@@ -204,8 +229,15 @@ pub struct Shared {
     queued_mem: AtomicU64,
     budget: Arc<Budget>,
     max_object: u64,
-    conditional_writes: bool,
+    /// Whether the store honours `If-None-Match: *`: [`COND_UNKNOWN`] until probed.
+    conditional: AtomicU8,
+    /// This process's id in its lease objects.
+    owner: String,
 }
+
+const COND_UNKNOWN: u8 = 0;
+const COND_YES: u8 = 1;
+const COND_NO: u8 = 2;
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -341,7 +373,11 @@ impl Shared {
                 opendal::raw::HttpClient::with(client),
             ))
             .finish();
-        let conditional_writes = op.info().full_capability().write_with_if_not_exists;
+        let conditional = if op.info().full_capability().write_with_if_not_exists {
+            COND_UNKNOWN
+        } else {
+            COND_NO
+        };
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let shared = Arc::new(Shared {
             op,
@@ -351,7 +387,8 @@ impl Shared {
             queued_mem: AtomicU64::new(0),
             budget,
             max_object,
-            conditional_writes,
+            conditional: AtomicU8::new(conditional),
+            owner: lease::owner_id(),
             settings,
         });
         tokio::spawn(dispatch(Arc::downgrade(&shared), rx));
@@ -536,8 +573,16 @@ impl Shared {
         Lookup::Replace
     }
 
-    /// Queues the upload of a complete local entry (never waits: a full queue skips it).
-    pub fn offer(&self, meta: Arc<Meta>, source: Source, upload: Upload) {
+    /// Queues the upload of a complete local entry (never waits: a full queue skips it). The
+    /// lease this replica took for the fetch, if any, is dropped (deleted) once the upload
+    /// has run or was skipped.
+    pub fn offer(
+        &self,
+        meta: Arc<Meta>,
+        source: Source,
+        upload: Upload,
+        lease: Option<lease::Lease>,
+    ) {
         if upload == Upload::No || !shareable(&meta) {
             return;
         }
@@ -559,6 +604,7 @@ impl Shared {
             meta,
             source,
             conditional: upload == Upload::New,
+            _lease: lease,
         };
         if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) =
             self.queue.try_send(job)
@@ -604,6 +650,7 @@ impl Shared {
                 meta,
                 source,
                 conditional,
+                ..
             } => self.upload(meta, source, *conditional).await,
             Job::Meta(meta) => self.upload_meta(meta).await.map(|_| true),
         };
@@ -624,6 +671,7 @@ impl Shared {
                     }
                     (_, false) => {
                         self.stats.upload_exists.fetch_add(1, Ordering::Relaxed);
+                        self.stats.duplicate_fetches.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -654,8 +702,20 @@ impl Shared {
             }
             Source::Mem(b) => b.len() as u64,
         };
-        // Conditional only for single-request uploads (multipart completion differs by store).
-        let conditional = conditional && self.conditional_writes && len < UPLOAD_CHUNK as u64;
+        // Conditional only for single-request uploads (multipart completion differs by
+        // store); a new multipart object, or one for a store without conditional writes, is
+        // not uploaded when another replica's copy is there already.
+        let single = len < UPLOAD_CHUNK as u64;
+        let first_wins = conditional && single && self.conditional_ok().await;
+        if conditional && !first_wins {
+            match tokio::time::timeout(idle, self.op.stat(&key)).await {
+                Ok(Ok(_)) => return Ok(false),
+                Ok(Err(e)) if e.kind() == opendal::ErrorKind::NotFound => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("timed out".into()),
+            }
+        }
+        let conditional = first_wins;
         let mut w = tokio::time::timeout(
             idle,
             self.op
@@ -737,6 +797,143 @@ impl Shared {
             .map_err(|_| "timed out".to_string())?
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Whether the store honours `If-None-Match: *`, probed once: a probe object written
+    /// plainly, then again conditionally, which must be refused. A store that accepts the
+    /// second write ignores the condition; one that fails it otherwise (400, 501) refuses
+    /// it. Either way conditional writes and leases stay off for this process (one log
+    /// line). While the store fails, the answer stays unknown (and `false`).
+    async fn conditional_ok(&self) -> bool {
+        match self.conditional.load(Ordering::Acquire) {
+            COND_YES => return true,
+            COND_NO => return false,
+            _ => {}
+        }
+        let key = format!("probe/{}-{}", self.owner, lease::now_ms());
+        let t = self.settings.timeout;
+        let plain = tokio::time::timeout(t, self.op.write(&key, "probe")).await;
+        if !matches!(plain, Ok(Ok(_))) {
+            return false;
+        }
+        let again =
+            tokio::time::timeout(t, self.op.write_with(&key, "probe").if_not_exists(true)).await;
+        let verdict = match again {
+            Err(_) => None,
+            Ok(Err(e)) if e.kind() == opendal::ErrorKind::ConditionNotMatch => Some(COND_YES),
+            Ok(Err(e)) if e.is_temporary() => None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "shared cache: the store refuses conditional writes; plain writes, no leases");
+                Some(COND_NO)
+            }
+            Ok(Ok(_)) => {
+                tracing::warn!(
+                    "shared cache: the store ignores If-None-Match; plain writes, no leases"
+                );
+                Some(COND_NO)
+            }
+        };
+        let _ = tokio::time::timeout(t, self.op.delete(&key)).await;
+        match verdict {
+            Some(v) => {
+                self.conditional.store(v, Ordering::Release);
+                v == COND_YES
+            }
+            None => false,
+        }
+    }
+
+    /// A small object whole (its size checked first: a larger one is read as its first
+    /// `max` bytes).
+    async fn read_small(&self, key: &str, max: u64) -> opendal::Result<Bytes> {
+        let size = self.op.stat(key).await?.content_length();
+        if size == 0 {
+            return Ok(Bytes::new());
+        }
+        Ok(self
+            .op
+            .read_with(key)
+            .range(0..size.min(max))
+            .await?
+            .to_bytes())
+    }
+
+    /// Asks for the lease of `primary` before fetching it upstream (see [`lease`]).
+    pub async fn try_lease(&self, primary: &PrimaryKey) -> lease::Try {
+        let Some(timeout) = self.settings.lease else {
+            return lease::Try::Off;
+        };
+        if self.breaker.state() == breaker::BreakerState::Open || !self.conditional_ok().await {
+            return lease::Try::Off;
+        }
+        let key = lease::lease_key(&object_key(primary.hex()));
+        let t = self.settings.timeout;
+        let held = |me: &Self| lease::Lease {
+            op: me.op.clone(),
+            key: key.clone(),
+            timeout: t,
+        };
+        for _ in 0..2 {
+            let body = lease::encode(&self.owner, lease::now_ms());
+            let r =
+                tokio::time::timeout(t, self.op.write_with(&key, body).if_not_exists(true)).await;
+            match r {
+                Ok(Ok(_)) => {
+                    self.breaker.success();
+                    self.stats.leases_acquired.fetch_add(1, Ordering::Relaxed);
+                    return lease::Try::Acquired(held(self));
+                }
+                Ok(Err(e)) if e.kind() == opendal::ErrorKind::ConditionNotMatch => {}
+                Ok(Err(e)) => {
+                    self.breaker.failure(&e.to_string());
+                    return lease::Try::Off;
+                }
+                Err(_) => {
+                    self.breaker.failure("timed out");
+                    return lease::Try::Off;
+                }
+            }
+            // Someone's lease: fresh, or left behind?
+            let data = match tokio::time::timeout(t, self.read_small(&key, 256)).await {
+                Ok(Ok(d)) => d,
+                // Released in between: ask again.
+                Ok(Err(e)) if e.kind() == opendal::ErrorKind::NotFound => continue,
+                Ok(Err(e)) => {
+                    self.breaker.failure(&e.to_string());
+                    return lease::Try::Off;
+                }
+                Err(_) => {
+                    self.breaker.failure("timed out");
+                    return lease::Try::Off;
+                }
+            };
+            let live = lease::decode(&data).is_some_and(|(owner, created)| {
+                owner != self.owner && lease::fresh(created, lease::now_ms(), timeout)
+            });
+            if live {
+                return lease::Try::Held;
+            }
+            // Stale (its replica died), damaged, or this process's own leftover: replaced.
+            // Two replicas replacing the same stale lease at once both fetch (rare; the
+            // upload's first-writer-wins keeps one copy).
+            let body = lease::encode(&self.owner, lease::now_ms());
+            return match tokio::time::timeout(t, self.op.write(&key, body)).await {
+                Ok(Ok(_)) => {
+                    self.stats.leases_stale.fetch_add(1, Ordering::Relaxed);
+                    self.stats.leases_acquired.fetch_add(1, Ordering::Relaxed);
+                    lease::Try::Acquired(held(self))
+                }
+                Ok(Err(e)) => {
+                    self.breaker.failure(&e.to_string());
+                    lease::Try::Off
+                }
+                Err(_) => {
+                    self.breaker.failure("timed out");
+                    lease::Try::Off
+                }
+            };
+        }
+        lease::Try::Held
     }
 
     /// Uploads queued and running now.

@@ -128,6 +128,7 @@ shared-cache-endpoint = {{ toJson . }}
 {{- end }}
 shared-cache-region = {{ .Values.sharedCache.region | toJson }}
 shared-cache-path-style = {{ .Values.sharedCache.pathStyle }}
+shared-cache-lease = {{ .Values.sharedCache.lease }}
 {{- end }}
 {{- if .Values.interception.enabled }}
 intercept = {{ .Values.interception.hosts | toJson }}
