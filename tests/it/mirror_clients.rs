@@ -2,9 +2,11 @@
 //! client: only its registry URL points at cuttle. npm against an npm-style registry whose
 //! packument and tarball the test makes with `npm pack`; pip against a PEP 503 / PEP 691
 //! simple index with a wheel the test builds; cargo against a sparse registry (`config.json`,
-//! an index file, a `.crate` made with `cargo package`). The registries are in-process plain-HTTP
-//! origins on 127.0.0.1 that count requests and link their files with absolute URLs, as the
-//! public registries do (so the mirror's rewriting is what keeps the client on cuttle).
+//! an index file, a `.crate` made with `cargo package`); Maven (`mvn validate` resolving a
+//! parent through `maven-metadata.xml` and a core extension with its dependency, `.sha1` files
+//! included) through the TLS listener. The registries are in-process plain-HTTP origins on
+//! 127.0.0.1 that count requests and link their files with absolute URLs, as the public
+//! registries do (so the mirror's rewriting is what keeps the client on cuttle).
 //!
 //! Every client runs three times: cold; in a clean directory with a clean client cache (served
 //! entirely from cuttle: no upstream request within the metadata max age); with the origin
@@ -533,4 +535,236 @@ async fn cargo_fetch_through_the_mirror_is_served_from_cache_and_offline() {
         "fetch with the origin gone failed:\n{}\n{}",
         offline.stdout, offline.stderr
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Maven (over the TLS listener)
+
+/// The Maven repository tree: a parent POM found through `maven-metadata.xml` (a version
+/// range), a core extension (POM + jar) and its dependency (POM + jar), each with a `.sha1`.
+/// Core extensions (`.mvn/extensions.xml`) and parents are resolved by Maven itself, with no
+/// plugin, so `mvn validate` needs nothing from the internet.
+fn maven_tree() -> Vec<(String, Doc)> {
+    use sha1::Digest;
+    use std::io::Write;
+    fn jar(entry: &str, text: &str) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let o = zip::write::SimpleFileOptions::default();
+        w.start_file("META-INF/MANIFEST.MF", o).unwrap();
+        w.write_all(b"Manifest-Version: 1.0\r\n\r\n").unwrap();
+        w.start_file(entry, o).unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+        w.finish().unwrap().into_inner()
+    }
+    let pom = |a: &str, packaging: &str, deps: &str| {
+        format!(
+            r#"<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion><groupId>org.example</groupId><artifactId>{a}</artifactId><version>1.0.0</version><packaging>{packaging}</packaging>{deps}</project>"#
+        )
+        .into_bytes()
+    };
+    let g = "/maven2/org/example";
+    let files: Vec<(String, &str, Vec<u8>)> = vec![
+        (
+            format!("{g}/cuttle-parent/maven-metadata.xml"),
+            "application/xml",
+            br#"<?xml version="1.0" encoding="UTF-8"?><metadata><groupId>org.example</groupId><artifactId>cuttle-parent</artifactId><versioning><latest>1.0.0</latest><release>1.0.0</release><versions><version>1.0.0</version></versions><lastUpdated>20260101000000</lastUpdated></versioning></metadata>"#.to_vec(),
+        ),
+        (
+            format!("{g}/cuttle-parent/1.0.0/cuttle-parent-1.0.0.pom"),
+            "text/xml",
+            pom("cuttle-parent", "pom", ""),
+        ),
+        (
+            format!("{g}/cuttle-ext/1.0.0/cuttle-ext-1.0.0.pom"),
+            "text/xml",
+            pom(
+                "cuttle-ext",
+                "jar",
+                "<dependencies><dependency><groupId>org.example</groupId><artifactId>cuttle-lib</artifactId><version>1.0.0</version></dependency></dependencies>",
+            ),
+        ),
+        (
+            format!("{g}/cuttle-ext/1.0.0/cuttle-ext-1.0.0.jar"),
+            "application/java-archive",
+            jar("org/example/ext.txt", MAVEN_EXT_TXT),
+        ),
+        (
+            format!("{g}/cuttle-lib/1.0.0/cuttle-lib-1.0.0.pom"),
+            "text/xml",
+            pom("cuttle-lib", "jar", ""),
+        ),
+        (
+            format!("{g}/cuttle-lib/1.0.0/cuttle-lib-1.0.0.jar"),
+            "application/java-archive",
+            jar("org/example/lib.txt", "hello from cuttle-lib\n"),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (path, ct, body) in files {
+        let sha = hex::encode(sha1::Sha1::digest(&body));
+        out.push((
+            format!("{path}.sha1"),
+            ("text/plain".to_string(), Bytes::from(sha)),
+        ));
+        out.push((path, (ct.to_string(), Bytes::from(body))));
+    }
+    out
+}
+
+const MAVEN_EXT_TXT: &str = "hello from cuttle-ext\n";
+
+/// `mvn -B validate` of a project whose parent (a version range) and core extension come from
+/// the mirror at `url`, with a new local repository, settings of its own (a `<mirror>` of
+/// `*`, no global settings) and the JVM trusting only `truststore`.
+async fn mvn_validate(work: &Path, n: usize, url: &str, truststore: &Path) -> Ran {
+    let project = work.join(format!("project{n}"));
+    let repo = work.join(format!("m2-repository{n}"));
+    std::fs::create_dir_all(project.join(".mvn")).unwrap();
+    std::fs::write(
+        project.join("pom.xml"),
+        r#"<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
+<parent><groupId>org.example</groupId><artifactId>cuttle-parent</artifactId><version>[1.0,2.0)</version><relativePath/></parent>
+<artifactId>consumer</artifactId><version>1.0</version><packaging>pom</packaging></project>"#,
+    )
+    .unwrap();
+    std::fs::write(
+        project.join(".mvn/extensions.xml"),
+        "<extensions><extension><groupId>org.example</groupId><artifactId>cuttle-ext</artifactId><version>1.0.0</version></extension></extensions>",
+    )
+    .unwrap();
+    let settings = work.join(format!("settings{n}.xml"));
+    std::fs::write(
+        &settings,
+        format!(
+            "<settings><localRepository>{}</localRepository><mirrors><mirror><id>cuttle</id>\
+             <mirrorOf>*</mirrorOf><url>{url}</url></mirror></mirrors></settings>",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let mut c = package_client("mvn");
+    c.args(["-B", "-e", "-s"])
+        .arg(&settings)
+        .arg("-gs")
+        .arg(&settings)
+        .arg("validate")
+        .env(
+            "MAVEN_OPTS",
+            format!(
+                "-Djavax.net.ssl.trustStore={} -Djavax.net.ssl.trustStorePassword=changeit \
+                 -Djavax.net.ssl.trustStoreType=PKCS12",
+                truststore.display()
+            ),
+        )
+        .env_remove("MAVEN_ARGS")
+        .env_remove("JAVA_TOOL_OPTIONS")
+        .env_remove("JDK_JAVA_OPTIONS")
+        .env("HOME", work)
+        .current_dir(&project);
+    let r = run(c).await;
+    if r.ok {
+        let jar = repo.join("org/example/cuttle-ext/1.0.0/cuttle-ext-1.0.0.jar");
+        let mut z = zip::ZipArchive::new(std::fs::File::open(&jar).unwrap()).unwrap();
+        let text = std::io::read_to_string(z.by_name("org/example/ext.txt").unwrap()).unwrap();
+        assert_eq!(
+            text,
+            MAVEN_EXT_TXT,
+            "{} is not the served jar",
+            jar.display()
+        );
+        for f in [
+            "org/example/cuttle-lib/1.0.0/cuttle-lib-1.0.0.jar",
+            "org/example/cuttle-parent/1.0.0/cuttle-parent-1.0.0.pom",
+        ] {
+            assert!(repo.join(f).is_file(), "mvn did not store {f}");
+        }
+    }
+    r
+}
+
+/// Maven 3.8 refuses plain-HTTP repositories, so it reaches the mirror through the TLS
+/// listener (`--tls-listen`), trusting the operator's certificate through a PKCS12
+/// truststore made with keytool. The metadata, POMs, jars and `.sha1` files all come through
+/// the mirror; a second build with an empty local repository sends nothing upstream; a third
+/// works with the upstream gone.
+#[tokio::test]
+async fn maven_through_the_mirror_over_tls_is_served_from_cache_and_offline() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = maven_tree();
+    let files = tree.len();
+    let reg = Registry::start(tree).await;
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let p = TestProxy::start(cuttle::config::Options {
+        tls_listen: Some(vec!["127.0.0.1:0".into()]),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        ..mirror_proxy_opts("maven", "maven", &reg.origin.url("/maven2/"))
+    })
+    .await;
+    let store = work.path().join("truststore.p12");
+    let mut c = package_client("keytool");
+    c.args(["-importcert", "-noprompt", "-alias", "cuttle", "-storetype"])
+        .args(["PKCS12", "-storepass", "changeit", "-file"])
+        .arg(&cert)
+        .arg("-keystore")
+        .arg(&store);
+    let r = run(c).await;
+    assert!(r.ok, "keytool: {}{}", r.stdout, r.stderr);
+    let url = format!(
+        "https://127.0.0.1:{}/maven/",
+        p.proxy().tls_addrs()[0].port()
+    );
+
+    let cold = mvn_validate(work.path(), 1, &url, &store).await;
+    assert!(
+        cold.ok,
+        "cold build failed:\n{}\n{}",
+        cold.stdout, cold.stderr
+    );
+    // Every file of the tree, once: Maven asked the mirror, the mirror asked the upstream.
+    let mut paths: Vec<String> = reg
+        .origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), files, "{paths:?}");
+    let upstream_cold = reg.origin.hits();
+    assert_eq!(upstream_cold, files, "{:?}", reg.origin.seen());
+    assert!(
+        cold.stdout.contains(&format!(
+            "{url}org/example/cuttle-ext/1.0.0/cuttle-ext-1.0.0.jar"
+        )),
+        "{}",
+        cold.stdout
+    );
+
+    let warm = mvn_validate(work.path(), 2, &url, &store).await;
+    assert!(
+        warm.ok,
+        "warm build failed:\n{}\n{}",
+        warm.stdout, warm.stderr
+    );
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second build, with an empty local repository, sent nothing upstream"
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let offline = mvn_validate(work.path(), 3, &url, &store).await;
+    assert!(
+        offline.ok,
+        "build with the upstream gone failed:\n{}\n{}",
+        offline.stdout, offline.stderr
+    );
+    let st = &p.proxy().state().mirrors.list[0].stats;
+    assert_eq!(st.hits.load(Ordering::SeqCst), 2 * files as u64);
 }
