@@ -4,9 +4,10 @@
 //! simple index with a wheel the test builds; cargo against a sparse registry (`config.json`,
 //! an index file, a `.crate` made with `cargo package`); Maven (`mvn validate` resolving a
 //! parent through `maven-metadata.xml` and a core extension with its dependency, `.sha1` files
-//! included) through the TLS listener. The registries are in-process plain-HTTP origins on
-//! 127.0.0.1 that count requests and link their files with absolute URLs, as the public
-//! registries do (so the mirror's rewriting is what keeps the client on cuttle).
+//! included) through the TLS listener; apt (`apt-get update` and `apt-get download`) against a
+//! repository made with `dpkg-deb` and `apt-ftparchive`. The registries are in-process
+//! plain-HTTP origins on 127.0.0.1 that count requests and link their files with absolute URLs,
+//! as the public registries do (so the mirror's rewriting is what keeps the client on cuttle).
 //!
 //! Every client runs three times: cold; in a clean directory with a clean client cache (served
 //! entirely from cuttle: no upstream request within the metadata max age); with the origin
@@ -767,4 +768,256 @@ async fn maven_through_the_mirror_over_tls_is_served_from_cache_and_offline() {
     );
     let st = &p.proxy().state().mirrors.list[0].stats;
     assert_eq!(st.hits.load(Ordering::SeqCst), 2 * files as u64);
+}
+
+// ---------------------------------------------------------------------------------------
+// apt
+
+const DEB: &str = "cuttle-mirror-deb";
+const DEB_TXT: &str = "hello from cuttle-mirror-deb\n";
+
+/// A command that must succeed (building the apt repository).
+async fn must(mut c: tokio::process::Command, what: &str) -> String {
+    let r = run_client(
+        {
+            c.env("LC_ALL", "C");
+            c
+        },
+        CLIENT_DEADLINE,
+    )
+    .await;
+    assert!(r.ok, "{what} failed:\n{}\n{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+/// An apt repository made the Debian way: a `.deb` built with `dpkg-deb --build`, the
+/// `Packages` index (and `Packages.gz`) and the `Release` file with `apt-ftparchive`. Returns
+/// the files under `/debian/`, the `.deb`'s bytes and its path.
+async fn apt_repository(work: &Path) -> (Vec<(String, Doc)>, Vec<u8>, String) {
+    let arch = must(
+        {
+            let mut c = package_client("dpkg");
+            c.arg("--print-architecture");
+            c
+        },
+        "dpkg --print-architecture",
+    )
+    .await
+    .trim()
+    .to_string();
+    let src = work.join("deb-src");
+    std::fs::create_dir_all(src.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(src.join(format!("usr/share/{DEB}"))).unwrap();
+    std::fs::write(
+        src.join("DEBIAN/control"),
+        format!(
+            "Package: {DEB}\nVersion: 1.0.0\nArchitecture: all\nMaintainer: cuttle tests <tests@example.org>\n\
+             Description: cuttle test package\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(src.join(format!("usr/share/{DEB}/hello.txt")), DEB_TXT).unwrap();
+    let repo = work.join("apt-repo");
+    let pool = format!("pool/main/c/{DEB}");
+    std::fs::create_dir_all(repo.join(&pool)).unwrap();
+    let deb_rel = format!("{pool}/{DEB}_1.0.0_all.deb");
+    let mut c = package_client("dpkg-deb");
+    c.args(["--root-owner-group", "--build"])
+        .arg(&src)
+        .arg(repo.join(&deb_rel));
+    must(c, "dpkg-deb --build").await;
+    let lists = format!("dists/stable/main/binary-{arch}");
+    std::fs::create_dir_all(repo.join(&lists)).unwrap();
+    let mut c = package_client("apt-ftparchive");
+    c.args(["packages", "pool"]).current_dir(&repo);
+    let packages = must(c, "apt-ftparchive packages").await;
+    assert!(packages.contains(&deb_rel), "{packages}");
+    std::fs::write(repo.join(&lists).join("Packages"), &packages).unwrap();
+    let mut c = package_client("gzip");
+    c.args(["-9nk"]).arg(repo.join(&lists).join("Packages"));
+    must(c, "gzip").await;
+    let mut c = package_client("apt-ftparchive");
+    c.args(["-o", "APT::FTPArchive::Release::Suite=stable"])
+        .args(["-o", "APT::FTPArchive::Release::Codename=stable"])
+        .args(["-o", "APT::FTPArchive::Release::Components=main"])
+        .args([
+            "-o",
+            &format!("APT::FTPArchive::Release::Architectures={arch}"),
+        ])
+        .args(["release", "dists/stable"])
+        .current_dir(&repo);
+    let release = must(c, "apt-ftparchive release").await;
+    std::fs::write(repo.join("dists/stable/Release"), release).unwrap();
+    let mut files = Vec::new();
+    for rel in [
+        "dists/stable/Release".to_string(),
+        format!("{lists}/Packages"),
+        format!("{lists}/Packages.gz"),
+        deb_rel.clone(),
+    ] {
+        let body = std::fs::read(repo.join(&rel)).unwrap();
+        let ct = if rel.ends_with(".deb") {
+            "application/vnd.debian.binary-package"
+        } else if rel.ends_with(".gz") {
+            "application/gzip"
+        } else {
+            "text/plain"
+        };
+        files.push((
+            format!("/debian/{rel}"),
+            (ct.to_string(), Bytes::from(body)),
+        ));
+    }
+    let deb = std::fs::read(repo.join(&deb_rel)).unwrap();
+    (files, deb, format!("/debian/{deb_rel}"))
+}
+
+/// `apt-get update` then `apt-get download` with a configuration of their own: no system
+/// configuration or sources (APT_CONFIG names an empty parts directory and no main file), the
+/// lists, cache and status under `work/apt{n}`, one source: the mirror, `trusted=yes`.
+async fn apt_get(work: &Path, n: usize, mirror: &str) -> (Ran, Ran) {
+    let root = work.join(format!("apt{n}"));
+    for d in ["etc/apt.conf.d", "etc/sources.list.d", "etc/preferences.d"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for d in ["state/lists/partial", "cache/archives/partial", "download"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("state/status"), "").unwrap();
+    std::fs::write(
+        root.join("etc/sources.list"),
+        format!("deb [trusted=yes] {mirror} stable main\n"),
+    )
+    .unwrap();
+    let r = root.display();
+    std::fs::write(
+        root.join("apt.conf"),
+        format!(
+            "Dir::Etc::main \"/dev/null\";\nDir::Etc::parts \"{r}/etc/apt.conf.d\";\n\
+             Dir::Etc::sourcelist \"{r}/etc/sources.list\";\n\
+             Dir::Etc::sourceparts \"{r}/etc/sources.list.d\";\n\
+             Dir::Etc::preferencesparts \"{r}/etc/preferences.d\";\n\
+             Dir::State \"{r}/state\";\nDir::State::status \"{r}/state/status\";\n\
+             Dir::Cache \"{r}/cache\";\nAPT::Sandbox::User \"root\";\n\
+             Acquire::Languages \"none\";\nAcquire::http::Proxy \"DIRECT\";\n\
+             Acquire::Retries \"0\";\n"
+        ),
+    )
+    .unwrap();
+    let apt = |args: &[&str]| {
+        let mut c = package_client("apt-get");
+        c.args(args)
+            .env("APT_CONFIG", root.join("apt.conf"))
+            .env("LC_ALL", "C")
+            .current_dir(root.join("download"));
+        c
+    };
+    let update = run(apt(&["update"])).await;
+    if !update.ok {
+        return (
+            update,
+            Ran {
+                ok: false,
+                stdout: String::new(),
+                stderr: "not run".into(),
+            },
+        );
+    }
+    let download = run(apt(&["download", DEB])).await;
+    (update, download)
+}
+
+/// apt through an `apt` mirror: `apt-get update` and `apt-get download` of a package the test
+/// built, against a repository made with apt-ftparchive. The index and the `.deb` come through
+/// the mirror; a second run with empty lists and cache is served by cuttle alone (the
+/// missing `InRelease` and `Release.gpg` too: 404s are remembered); a third works with the
+/// upstream gone.
+#[tokio::test]
+async fn apt_through_the_mirror_is_served_from_cache_and_offline() {
+    let work = tempfile::tempdir().unwrap();
+    let (files, deb, deb_path) = apt_repository(work.path()).await;
+    let reg = Registry::start(files).await;
+    let p = TestProxy::start(mirror_proxy_opts(
+        "debian",
+        "apt",
+        &reg.origin.url("/debian/"),
+    ))
+    .await;
+    let mirror = format!("{}/debian/", p.url());
+    let downloaded = |n: usize| {
+        std::fs::read(
+            work.path()
+                .join(format!("apt{n}/download/{DEB}_1.0.0_all.deb")),
+        )
+        .unwrap_or_default()
+    };
+
+    let (update, download) = apt_get(work.path(), 1, &mirror).await;
+    assert!(
+        update.ok,
+        "cold update failed:\n{}\n{}",
+        update.stdout, update.stderr
+    );
+    assert!(
+        update
+            .stdout
+            .contains(&format!("{} stable/main", mirror.trim_end_matches('/'))),
+        "{}",
+        update.stdout
+    );
+    assert!(
+        download.ok,
+        "cold download failed:\n{}\n{}",
+        download.stdout, download.stderr
+    );
+    assert!(
+        downloaded(1) == deb,
+        "apt-get download did not store the served .deb"
+    );
+    let paths: Vec<String> = reg
+        .origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    assert!(paths.contains(&deb_path), "{paths:?}");
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.contains("/binary-") && p.contains("/Packages")),
+        "{paths:?}"
+    );
+    let upstream_cold = reg.origin.hits();
+
+    let (update, download) = apt_get(work.path(), 2, &mirror).await;
+    assert!(
+        update.ok,
+        "warm update failed:\n{}\n{}",
+        update.stdout, update.stderr
+    );
+    assert!(
+        download.ok,
+        "warm download failed:\n{}\n{}",
+        download.stdout, download.stderr
+    );
+    assert!(downloaded(2) == deb);
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second run, with empty lists and cache, sent nothing upstream: {:?}",
+        reg.origin.seen()
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let (update, download) = apt_get(work.path(), 3, &mirror).await;
+    assert!(
+        update.ok && download.ok,
+        "run with the upstream gone failed:\n{}\n{}\n{}\n{}",
+        update.stdout,
+        update.stderr,
+        download.stdout,
+        download.stderr
+    );
+    assert!(downloaded(3) == deb);
 }
