@@ -5,7 +5,8 @@
 //! an index file, a `.crate` made with `cargo package`); Maven (`mvn validate` resolving a
 //! parent through `maven-metadata.xml` and a core extension with its dependency, `.sha1` files
 //! included) through the TLS listener; apt (`apt-get update` and `apt-get download`) against a
-//! repository made with `dpkg-deb` and `apt-ftparchive`. The registries are in-process
+//! repository made with `dpkg-deb` and `apt-ftparchive`; `go mod download` against a GOPROXY
+//! tree (checksum database off). The registries are in-process
 //! plain-HTTP origins on 127.0.0.1 that count requests and link their files with absolute URLs,
 //! as the public registries do (so the mirror's rewriting is what keeps the client on cuttle).
 //!
@@ -1020,4 +1021,138 @@ async fn apt_through_the_mirror_is_served_from_cache_and_offline() {
         download.stderr
     );
     assert!(downloaded(3) == deb);
+}
+
+// ---------------------------------------------------------------------------------------
+// Go (GOPROXY protocol)
+
+const GO_MODULE: &str = "example.org/cuttle/hello";
+const GO_SOURCE: &str = "package hello\n\nconst Greeting = \"hello from cuttle-mirror\"\n";
+
+/// A module proxy tree for `GO_MODULE` v1.0.0: `@v/list`, `.info`, `.mod` and the module zip.
+fn go_proxy_tree() -> Vec<(String, Doc)> {
+    use std::io::Write;
+    let module = format!("module {GO_MODULE}\n\ngo 1.18\n");
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = zip::write::SimpleFileOptions::default();
+    let prefix = format!("{GO_MODULE}@v1.0.0");
+    w.start_file(format!("{prefix}/go.mod"), o).unwrap();
+    w.write_all(module.as_bytes()).unwrap();
+    w.start_file(format!("{prefix}/hello.go"), o).unwrap();
+    w.write_all(GO_SOURCE.as_bytes()).unwrap();
+    let zip = w.finish().unwrap().into_inner();
+    let v = format!("/{GO_MODULE}/@v");
+    let text = |s: &str| {
+        (
+            "text/plain; charset=utf-8".to_string(),
+            Bytes::from(s.to_string()),
+        )
+    };
+    vec![
+        (format!("{v}/list"), text("v1.0.0\n")),
+        (
+            format!("{v}/v1.0.0.info"),
+            (
+                "application/json".into(),
+                Bytes::from(r#"{"Version":"v1.0.0","Time":"2026-01-01T00:00:00Z"}"#),
+            ),
+        ),
+        (format!("{v}/v1.0.0.mod"), text(&module)),
+        (
+            format!("{v}/v1.0.0.zip"),
+            ("application/zip".into(), Bytes::from(zip)),
+        ),
+    ]
+}
+
+/// `go mod download` in a new module requiring `GO_MODULE`, with GOPROXY at the mirror, a new
+/// GOPATH and module cache, and no checksum database.
+async fn go_mod_download(work: &Path, n: usize, goproxy: &str) -> Ran {
+    let project = work.join(format!("gomod{n}"));
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("go.mod"),
+        format!("module example.org/consumer\n\ngo 1.18\n\nrequire {GO_MODULE} v1.0.0\n"),
+    )
+    .unwrap();
+    let gopath = work.join(format!("gopath{n}"));
+    let mut c = package_client("go");
+    c.args(["mod", "download", "-x", &format!("{GO_MODULE}@latest")])
+        .env("GOPROXY", goproxy)
+        .env("GOPATH", &gopath)
+        .env("GOMODCACHE", gopath.join("pkg/mod"))
+        .env("GOCACHE", work.join(format!("gocache{n}")))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOSUMDB", "off")
+        .env("GONOSUMDB", "*")
+        .env("GONOSUMCHECK", "1")
+        .env("GOPRIVATE", "")
+        .env("GOENV", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("HOME", work)
+        .current_dir(&project);
+    let r = run(c).await;
+    if r.ok {
+        let src = gopath.join(format!("pkg/mod/{GO_MODULE}@v1.0.0/hello.go"));
+        assert_eq!(
+            std::fs::read_to_string(&src).unwrap_or_default(),
+            GO_SOURCE,
+            "go said it downloaded {GO_MODULE}, but {} is not the served file",
+            src.display()
+        );
+    }
+    r
+}
+
+/// The go command through a `go` mirror (GOPROXY=http://cuttle/go): `@v/list`, the `.info`,
+/// `.mod` and zip of `@latest` come through the mirror; a second download with a new module cache sends nothing
+/// upstream; a third works with the upstream gone.
+#[tokio::test]
+async fn go_mod_download_through_the_mirror_is_served_from_cache_and_offline() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(go_proxy_tree()).await;
+    let p = TestProxy::start(mirror_proxy_opts("go", "go", &reg.origin.url("/"))).await;
+    let goproxy = format!("{}/go", p.url());
+
+    let cold = go_mod_download(work.path(), 1, &goproxy).await;
+    assert!(
+        cold.ok,
+        "cold download failed:\n{}\n{}",
+        cold.stdout, cold.stderr
+    );
+    let zip = format!("/{GO_MODULE}/@v/v1.0.0.zip");
+    let paths: Vec<String> = reg
+        .origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    assert!(paths.contains(&zip), "{paths:?}");
+    // `@latest` asked for the version list (the go-list rule) too.
+    assert!(
+        paths.contains(&format!("/{GO_MODULE}/@v/list")),
+        "{paths:?}"
+    );
+    let upstream_cold = reg.origin.hits();
+
+    let warm = go_mod_download(work.path(), 2, &goproxy).await;
+    assert!(
+        warm.ok,
+        "warm download failed:\n{}\n{}",
+        warm.stdout, warm.stderr
+    );
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second download, with a new module cache, sent nothing upstream"
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let offline = go_mod_download(work.path(), 3, &goproxy).await;
+    assert!(
+        offline.ok,
+        "download with the upstream gone failed:\n{}\n{}",
+        offline.stdout, offline.stderr
+    );
 }
