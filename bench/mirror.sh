@@ -4,6 +4,7 @@
 #   direct     client -> registry
 #   mirror     client -> cuttle's mirror route (/npm/, /pypi/) -> registry
 #   intercept  client -> cuttle as forward proxy, HTTPS intercepted with cuttle's CA -> registry
+# plus "floor": direct to the same tree served without delay or cap, the client's own time.
 # The clients: `npm ci` of a project of BENCH_MIRROR_NPM_PACKAGES packages (tarballs and
 # packuments made here, a lockfile whose `resolved` URLs name the path's registry URL) and
 # `pip download -r` of BENCH_MIRROR_PIP_PACKAGES wheels (built here, a PEP 503 index). Every
@@ -162,7 +163,15 @@ PIDS+=($!)
 REG_PORT=$(wait_for "$TMP/registry.out" '^listening on 127\.0\.0\.1:[0-9]+' | cut -d: -f2)
 REG_TLS_PORT=$(wait_for "$TMP/registry.out" 'tls listening on 127\.0\.0\.1:[0-9]+' | cut -d: -f2)
 REG="http://127.0.0.1:$REG_PORT"
-upstream() { curl -sS --fail --noproxy '*' "$REG/_stats" | awk '{print $2}'; }
+# The same tree without delay or cap: the "floor" rows, the client's own time.
+"$REGISTRY_BIN" --dir "$TMP/registry" --latency-ms 0 --rate-mbps 1000000 >"$TMP/floor.out" 2>&1 &
+PIDS+=($!)
+FLOOR="http://127.0.0.1:$(wait_for "$TMP/floor.out" '^listening on 127\.0\.0\.1:[0-9]+' | cut -d: -f2)"
+upstream() { # path -> requests the registry of that path has served
+  local base=$REG
+  [[ $1 == floor ]] && base=$FLOOR
+  curl -sS --fail --noproxy '*' "$base/_stats" | awk '{print $2}'
+}
 
 start_cuttle() { # name round args...
   local name=$1 round=$2
@@ -195,6 +204,7 @@ run() {
     npm)
       case $path in
         direct) reg="$REG/" ;;
+        floor) reg="$FLOOR/" ;;
         mirror) reg="http://$mirror_ADDR/npm/" ;;
         intercept)
           reg="https://localhost:$REG_TLS_PORT/"
@@ -209,6 +219,7 @@ run() {
     pip)
       case $path in
         direct) idx="$REG/simple/"; args=(--trusted-host 127.0.0.1) ;;
+        floor) idx="$FLOOR/simple/"; args=(--trusted-host 127.0.0.1) ;;
         mirror) idx="http://$mirror_ADDR/pypi/simple/"; args=(--trusted-host 127.0.0.1) ;;
         intercept)
           idx="https://localhost:$REG_TLS_PORT/simple/"
@@ -219,7 +230,7 @@ run() {
         --dest "$dir/dl" "${args[@]}")
       ;;
   esac
-  u0=$(upstream)
+  u0=$(upstream "$path")
   t0=$EPOCHREALTIME
   if [[ $client == npm ]]; then
     (cd "$dir" && HOME=$dir "${CLEAN[@]}" npm "${args[@]}") >"$dir.log" 2>&1 || {
@@ -233,7 +244,7 @@ run() {
     want=$PIP_N
   fi
   t1=$EPOCHREALTIME
-  u1=$(upstream)
+  u1=$(upstream "$path")
   if [[ $got -ne $want ]]; then
     echo "mirror.sh: $client ($path, round $round, $phase) installed $got of $want packages" >&2
     exit 1
@@ -251,7 +262,7 @@ for round in $(seq "$RUNS"); do
   start_cuttle mitm "$round" --intercept localhost --upstream-ca "$TMP/registry-ca.pem"
   curl -sS --fail --noproxy '*' -o "$TMP/cuttle-ca.pem" "http://$mitm_ADMIN/ca.pem"
   for client in npm pip; do
-    for path in direct mirror intercept; do
+    for path in floor direct mirror intercept; do
       run "$client" "$path" "$round" cold
       run "$client" "$path" "$round" warm
     done
@@ -283,9 +294,11 @@ out.append("| client | path | cold s | warm s | upstream requests cold | upstrea
 out.append("|---|---|---|---|---|---|---|")
 for c in ("npm", "pip"):
     direct = med(c, "direct", "warm")[0]
-    for p in ("direct", "mirror", "intercept"):
+    for p in ("floor", "direct", "mirror", "intercept"):
         (cs, cu), (ws, wu) = med(c, p, "cold"), med(c, p, "warm")
         out.append("| %s | %s | %.2f | %.2f | %d | %d | %.2f |" % (c, p, cs, ws, cu, wu, ws / direct))
+out.append("")
+out.append("floor: direct to the same registry without delay or cap (the client's own time).")
 out.append("")
 out.append("Issue 12 goals (warm run through the mirror: 0 upstream requests, at most 0.5 x direct):")
 for c in ("npm", "pip"):
