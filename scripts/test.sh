@@ -14,9 +14,11 @@ log() { echo "test.sh: $*" >&2; }
 # or an absolute path (squid lives in /usr/sbin, which is not on every user's PATH).
 # chromium drives the admin status page (tests/it/status_page.rs); npm, pip, a JDK (java,
 # keytool), openssl and sha1sum are the real clients of tests/it/intercept_clients.rs (the
-# machine image has them already; Debian's packages are the fallback). The MIT KDC and
-# Squid's NTLM and Kerberos helpers are the parents of tests/it/parent_auth.rs (faketime gives
-# one KDC a skewed clock).
+# machine image has them already; Debian's packages are the fallback).
+# Maven (mvn), apt-get with apt-ftparchive (apt-utils) and dpkg-deb, and the go command
+# (golang-go) are the clients and repository tools of tests/it/mirror_clients.rs.
+# The MIT KDC and Squid's NTLM and Kerberos helpers are the parents of
+# tests/it/parent_auth.rs (faketime gives one KDC a skewed clock).
 REQUIREMENTS=(
   "squid /usr/sbin/squid"
   "squid /usr/lib/squid/basic_ncsa_auth"
@@ -35,6 +37,10 @@ REQUIREMENTS=(
   "default-jdk-headless javac"
   "default-jdk-headless keytool"
   "coreutils sha1sum"
+  "maven mvn"
+  "apt-utils apt-ftparchive"
+  "dpkg dpkg-deb"
+  "golang-go go"
 )
 
 present() {

@@ -2,9 +2,13 @@
 //! client: only its registry URL points at cuttle. npm against an npm-style registry whose
 //! packument and tarball the test makes with `npm pack`; pip against a PEP 503 / PEP 691
 //! simple index with a wheel the test builds; cargo against a sparse registry (`config.json`,
-//! an index file, a `.crate` made with `cargo package`). The registries are in-process plain-HTTP
-//! origins on 127.0.0.1 that count requests and link their files with absolute URLs, as the
-//! public registries do (so the mirror's rewriting is what keeps the client on cuttle).
+//! an index file, a `.crate` made with `cargo package`); Maven (`mvn validate` resolving a
+//! parent through `maven-metadata.xml` and a core extension with its dependency, `.sha1` files
+//! included) through the TLS listener; apt (`apt-get update` and `apt-get download`) against a
+//! repository made with `dpkg-deb` and `apt-ftparchive`; `go mod download` against a GOPROXY
+//! tree (checksum database off). The registries are in-process
+//! plain-HTTP origins on 127.0.0.1 that count requests and link their files with absolute URLs,
+//! as the public registries do (so the mirror's rewriting is what keeps the client on cuttle).
 //!
 //! Every client runs three times: cold; in a clean directory with a clean client cache (served
 //! entirely from cuttle: no upstream request within the metadata max age); with the origin
@@ -531,6 +535,624 @@ async fn cargo_fetch_through_the_mirror_is_served_from_cache_and_offline() {
     assert!(
         offline.ok,
         "fetch with the origin gone failed:\n{}\n{}",
+        offline.stdout, offline.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Maven (over the TLS listener)
+
+/// The Maven repository tree: a parent POM found through `maven-metadata.xml` (a version
+/// range), a core extension (POM + jar) and its dependency (POM + jar), each with a `.sha1`.
+/// Core extensions (`.mvn/extensions.xml`) and parents are resolved by Maven itself, with no
+/// plugin, so `mvn validate` needs nothing from the internet.
+fn maven_tree() -> Vec<(String, Doc)> {
+    use sha1::Digest;
+    use std::io::Write;
+    fn jar(entry: &str, text: &str) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let o = zip::write::SimpleFileOptions::default();
+        w.start_file("META-INF/MANIFEST.MF", o).unwrap();
+        w.write_all(b"Manifest-Version: 1.0\r\n\r\n").unwrap();
+        w.start_file(entry, o).unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+        w.finish().unwrap().into_inner()
+    }
+    let pom = |a: &str, packaging: &str, deps: &str| {
+        format!(
+            r#"<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion><groupId>org.example</groupId><artifactId>{a}</artifactId><version>1.0.0</version><packaging>{packaging}</packaging>{deps}</project>"#
+        )
+        .into_bytes()
+    };
+    let g = "/maven2/org/example";
+    let files: Vec<(String, &str, Vec<u8>)> = vec![
+        (
+            format!("{g}/cuttle-parent/maven-metadata.xml"),
+            "application/xml",
+            br#"<?xml version="1.0" encoding="UTF-8"?><metadata><groupId>org.example</groupId><artifactId>cuttle-parent</artifactId><versioning><latest>1.0.0</latest><release>1.0.0</release><versions><version>1.0.0</version></versions><lastUpdated>20260101000000</lastUpdated></versioning></metadata>"#.to_vec(),
+        ),
+        (
+            format!("{g}/cuttle-parent/1.0.0/cuttle-parent-1.0.0.pom"),
+            "text/xml",
+            pom("cuttle-parent", "pom", ""),
+        ),
+        (
+            format!("{g}/cuttle-ext/1.0.0/cuttle-ext-1.0.0.pom"),
+            "text/xml",
+            pom(
+                "cuttle-ext",
+                "jar",
+                "<dependencies><dependency><groupId>org.example</groupId><artifactId>cuttle-lib</artifactId><version>1.0.0</version></dependency></dependencies>",
+            ),
+        ),
+        (
+            format!("{g}/cuttle-ext/1.0.0/cuttle-ext-1.0.0.jar"),
+            "application/java-archive",
+            jar("org/example/ext.txt", MAVEN_EXT_TXT),
+        ),
+        (
+            format!("{g}/cuttle-lib/1.0.0/cuttle-lib-1.0.0.pom"),
+            "text/xml",
+            pom("cuttle-lib", "jar", ""),
+        ),
+        (
+            format!("{g}/cuttle-lib/1.0.0/cuttle-lib-1.0.0.jar"),
+            "application/java-archive",
+            jar("org/example/lib.txt", "hello from cuttle-lib\n"),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (path, ct, body) in files {
+        let sha = hex::encode(sha1::Sha1::digest(&body));
+        out.push((
+            format!("{path}.sha1"),
+            ("text/plain".to_string(), Bytes::from(sha)),
+        ));
+        out.push((path, (ct.to_string(), Bytes::from(body))));
+    }
+    out
+}
+
+const MAVEN_EXT_TXT: &str = "hello from cuttle-ext\n";
+
+/// `mvn -B validate` of a project whose parent (a version range) and core extension come from
+/// the mirror at `url`, with a new local repository, settings of its own (a `<mirror>` of
+/// `*`, no global settings) and the JVM trusting only `truststore`.
+async fn mvn_validate(work: &Path, n: usize, url: &str, truststore: &Path) -> Ran {
+    let project = work.join(format!("project{n}"));
+    let repo = work.join(format!("m2-repository{n}"));
+    std::fs::create_dir_all(project.join(".mvn")).unwrap();
+    std::fs::write(
+        project.join("pom.xml"),
+        r#"<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
+<parent><groupId>org.example</groupId><artifactId>cuttle-parent</artifactId><version>[1.0,2.0)</version><relativePath/></parent>
+<artifactId>consumer</artifactId><version>1.0</version><packaging>pom</packaging></project>"#,
+    )
+    .unwrap();
+    std::fs::write(
+        project.join(".mvn/extensions.xml"),
+        "<extensions><extension><groupId>org.example</groupId><artifactId>cuttle-ext</artifactId><version>1.0.0</version></extension></extensions>",
+    )
+    .unwrap();
+    let settings = work.join(format!("settings{n}.xml"));
+    std::fs::write(
+        &settings,
+        format!(
+            "<settings><localRepository>{}</localRepository><mirrors><mirror><id>cuttle</id>\
+             <mirrorOf>*</mirrorOf><url>{url}</url></mirror></mirrors></settings>",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let mut c = package_client("mvn");
+    c.args(["-B", "-e", "-s"])
+        .arg(&settings)
+        .arg("-gs")
+        .arg(&settings)
+        .arg("validate")
+        .env(
+            "MAVEN_OPTS",
+            format!(
+                "-Djavax.net.ssl.trustStore={} -Djavax.net.ssl.trustStorePassword=changeit \
+                 -Djavax.net.ssl.trustStoreType=PKCS12",
+                truststore.display()
+            ),
+        )
+        .env_remove("MAVEN_ARGS")
+        .env_remove("JAVA_TOOL_OPTIONS")
+        .env_remove("JDK_JAVA_OPTIONS")
+        .env("HOME", work)
+        .current_dir(&project);
+    let r = run(c).await;
+    if r.ok {
+        let jar = repo.join("org/example/cuttle-ext/1.0.0/cuttle-ext-1.0.0.jar");
+        let mut z = zip::ZipArchive::new(std::fs::File::open(&jar).unwrap()).unwrap();
+        let text = std::io::read_to_string(z.by_name("org/example/ext.txt").unwrap()).unwrap();
+        assert_eq!(
+            text,
+            MAVEN_EXT_TXT,
+            "{} is not the served jar",
+            jar.display()
+        );
+        for f in [
+            "org/example/cuttle-lib/1.0.0/cuttle-lib-1.0.0.jar",
+            "org/example/cuttle-parent/1.0.0/cuttle-parent-1.0.0.pom",
+        ] {
+            assert!(repo.join(f).is_file(), "mvn did not store {f}");
+        }
+    }
+    r
+}
+
+/// Maven 3.8 refuses plain-HTTP repositories, so it reaches the mirror through the TLS
+/// listener (`--tls-listen`), trusting the operator's certificate through a PKCS12
+/// truststore made with keytool. The metadata, POMs, jars and `.sha1` files all come through
+/// the mirror; a second build with an empty local repository sends nothing upstream; a third
+/// works with the upstream gone.
+#[tokio::test]
+async fn maven_through_the_mirror_over_tls_is_served_from_cache_and_offline() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = maven_tree();
+    let files = tree.len();
+    let reg = Registry::start(tree).await;
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let p = TestProxy::start(cuttle::config::Options {
+        tls_listen: Some(vec!["127.0.0.1:0".into()]),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        ..mirror_proxy_opts("maven", "maven", &reg.origin.url("/maven2/"))
+    })
+    .await;
+    let store = work.path().join("truststore.p12");
+    let mut c = package_client("keytool");
+    c.args(["-importcert", "-noprompt", "-alias", "cuttle", "-storetype"])
+        .args(["PKCS12", "-storepass", "changeit", "-file"])
+        .arg(&cert)
+        .arg("-keystore")
+        .arg(&store);
+    let r = run(c).await;
+    assert!(r.ok, "keytool: {}{}", r.stdout, r.stderr);
+    let url = format!(
+        "https://127.0.0.1:{}/maven/",
+        p.proxy().tls_addrs()[0].port()
+    );
+
+    let cold = mvn_validate(work.path(), 1, &url, &store).await;
+    assert!(
+        cold.ok,
+        "cold build failed:\n{}\n{}",
+        cold.stdout, cold.stderr
+    );
+    // Every file of the tree, once: Maven asked the mirror, the mirror asked the upstream.
+    let mut paths: Vec<String> = reg
+        .origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), files, "{paths:?}");
+    let upstream_cold = reg.origin.hits();
+    assert_eq!(upstream_cold, files, "{:?}", reg.origin.seen());
+    assert!(
+        cold.stdout.contains(&format!(
+            "{url}org/example/cuttle-ext/1.0.0/cuttle-ext-1.0.0.jar"
+        )),
+        "{}",
+        cold.stdout
+    );
+
+    let warm = mvn_validate(work.path(), 2, &url, &store).await;
+    assert!(
+        warm.ok,
+        "warm build failed:\n{}\n{}",
+        warm.stdout, warm.stderr
+    );
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second build, with an empty local repository, sent nothing upstream"
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let offline = mvn_validate(work.path(), 3, &url, &store).await;
+    assert!(
+        offline.ok,
+        "build with the upstream gone failed:\n{}\n{}",
+        offline.stdout, offline.stderr
+    );
+    let st = &p.proxy().state().mirrors.list[0].stats;
+    assert_eq!(st.hits.load(Ordering::SeqCst), 2 * files as u64);
+}
+
+// ---------------------------------------------------------------------------------------
+// apt
+
+const DEB: &str = "cuttle-mirror-deb";
+const DEB_TXT: &str = "hello from cuttle-mirror-deb\n";
+
+/// A command that must succeed (building the apt repository).
+async fn must(mut c: tokio::process::Command, what: &str) -> String {
+    let r = run_client(
+        {
+            c.env("LC_ALL", "C");
+            c
+        },
+        CLIENT_DEADLINE,
+    )
+    .await;
+    assert!(r.ok, "{what} failed:\n{}\n{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+/// An apt repository made the Debian way: a `.deb` built with `dpkg-deb --build`, the
+/// `Packages` index (and `Packages.gz`) and the `Release` file with `apt-ftparchive`. Returns
+/// the files under `/debian/`, the `.deb`'s bytes and its path.
+async fn apt_repository(work: &Path) -> (Vec<(String, Doc)>, Vec<u8>, String) {
+    let arch = must(
+        {
+            let mut c = package_client("dpkg");
+            c.arg("--print-architecture");
+            c
+        },
+        "dpkg --print-architecture",
+    )
+    .await
+    .trim()
+    .to_string();
+    let src = work.join("deb-src");
+    std::fs::create_dir_all(src.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(src.join(format!("usr/share/{DEB}"))).unwrap();
+    std::fs::write(
+        src.join("DEBIAN/control"),
+        format!(
+            "Package: {DEB}\nVersion: 1.0.0\nArchitecture: all\nMaintainer: cuttle tests <tests@example.org>\n\
+             Description: cuttle test package\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(src.join(format!("usr/share/{DEB}/hello.txt")), DEB_TXT).unwrap();
+    let repo = work.join("apt-repo");
+    let pool = format!("pool/main/c/{DEB}");
+    std::fs::create_dir_all(repo.join(&pool)).unwrap();
+    let deb_rel = format!("{pool}/{DEB}_1.0.0_all.deb");
+    let mut c = package_client("dpkg-deb");
+    c.args(["--root-owner-group", "--build"])
+        .arg(&src)
+        .arg(repo.join(&deb_rel));
+    must(c, "dpkg-deb --build").await;
+    let lists = format!("dists/stable/main/binary-{arch}");
+    std::fs::create_dir_all(repo.join(&lists)).unwrap();
+    let mut c = package_client("apt-ftparchive");
+    c.args(["packages", "pool"]).current_dir(&repo);
+    let packages = must(c, "apt-ftparchive packages").await;
+    assert!(packages.contains(&deb_rel), "{packages}");
+    std::fs::write(repo.join(&lists).join("Packages"), &packages).unwrap();
+    let mut c = package_client("gzip");
+    c.args(["-9nk"]).arg(repo.join(&lists).join("Packages"));
+    must(c, "gzip").await;
+    let mut c = package_client("apt-ftparchive");
+    c.args(["-o", "APT::FTPArchive::Release::Suite=stable"])
+        .args(["-o", "APT::FTPArchive::Release::Codename=stable"])
+        .args(["-o", "APT::FTPArchive::Release::Components=main"])
+        .args([
+            "-o",
+            &format!("APT::FTPArchive::Release::Architectures={arch}"),
+        ])
+        .args(["release", "dists/stable"])
+        .current_dir(&repo);
+    let release = must(c, "apt-ftparchive release").await;
+    std::fs::write(repo.join("dists/stable/Release"), release).unwrap();
+    let mut files = Vec::new();
+    for rel in [
+        "dists/stable/Release".to_string(),
+        format!("{lists}/Packages"),
+        format!("{lists}/Packages.gz"),
+        deb_rel.clone(),
+    ] {
+        let body = std::fs::read(repo.join(&rel)).unwrap();
+        let ct = if rel.ends_with(".deb") {
+            "application/vnd.debian.binary-package"
+        } else if rel.ends_with(".gz") {
+            "application/gzip"
+        } else {
+            "text/plain"
+        };
+        files.push((
+            format!("/debian/{rel}"),
+            (ct.to_string(), Bytes::from(body)),
+        ));
+    }
+    let deb = std::fs::read(repo.join(&deb_rel)).unwrap();
+    (files, deb, format!("/debian/{deb_rel}"))
+}
+
+/// `apt-get update` then `apt-get download` with a configuration of their own: no system
+/// configuration or sources (APT_CONFIG names an empty parts directory and no main file), the
+/// lists, cache and status under `work/apt{n}`, one source: the mirror, `trusted=yes`.
+async fn apt_get(work: &Path, n: usize, mirror: &str) -> (Ran, Ran) {
+    let root = work.join(format!("apt{n}"));
+    for d in ["etc/apt.conf.d", "etc/sources.list.d", "etc/preferences.d"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for d in ["state/lists/partial", "cache/archives/partial", "download"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("state/status"), "").unwrap();
+    std::fs::write(
+        root.join("etc/sources.list"),
+        format!("deb [trusted=yes] {mirror} stable main\n"),
+    )
+    .unwrap();
+    let r = root.display();
+    std::fs::write(
+        root.join("apt.conf"),
+        format!(
+            "Dir::Etc::main \"/dev/null\";\nDir::Etc::parts \"{r}/etc/apt.conf.d\";\n\
+             Dir::Etc::sourcelist \"{r}/etc/sources.list\";\n\
+             Dir::Etc::sourceparts \"{r}/etc/sources.list.d\";\n\
+             Dir::Etc::preferencesparts \"{r}/etc/preferences.d\";\n\
+             Dir::State \"{r}/state\";\nDir::State::status \"{r}/state/status\";\n\
+             Dir::Cache \"{r}/cache\";\nAPT::Sandbox::User \"root\";\n\
+             Acquire::Languages \"none\";\nAcquire::http::Proxy \"DIRECT\";\n\
+             Acquire::Retries \"0\";\n"
+        ),
+    )
+    .unwrap();
+    let apt = |args: &[&str]| {
+        let mut c = package_client("apt-get");
+        c.args(args)
+            .env("APT_CONFIG", root.join("apt.conf"))
+            .env("LC_ALL", "C")
+            .current_dir(root.join("download"));
+        c
+    };
+    let update = run(apt(&["update"])).await;
+    if !update.ok {
+        return (
+            update,
+            Ran {
+                ok: false,
+                stdout: String::new(),
+                stderr: "not run".into(),
+            },
+        );
+    }
+    let download = run(apt(&["download", DEB])).await;
+    (update, download)
+}
+
+/// apt through an `apt` mirror: `apt-get update` and `apt-get download` of a package the test
+/// built, against a repository made with apt-ftparchive. The index and the `.deb` come through
+/// the mirror; a second run with empty lists and cache is served by cuttle alone (the
+/// missing `InRelease` and `Release.gpg` too: 404s are remembered); a third works with the
+/// upstream gone.
+#[tokio::test]
+async fn apt_through_the_mirror_is_served_from_cache_and_offline() {
+    let work = tempfile::tempdir().unwrap();
+    let (files, deb, deb_path) = apt_repository(work.path()).await;
+    let reg = Registry::start(files).await;
+    let p = TestProxy::start(mirror_proxy_opts(
+        "debian",
+        "apt",
+        &reg.origin.url("/debian/"),
+    ))
+    .await;
+    let mirror = format!("{}/debian/", p.url());
+    let downloaded = |n: usize| {
+        std::fs::read(
+            work.path()
+                .join(format!("apt{n}/download/{DEB}_1.0.0_all.deb")),
+        )
+        .unwrap_or_default()
+    };
+
+    let (update, download) = apt_get(work.path(), 1, &mirror).await;
+    assert!(
+        update.ok,
+        "cold update failed:\n{}\n{}",
+        update.stdout, update.stderr
+    );
+    assert!(
+        update
+            .stdout
+            .contains(&format!("{} stable/main", mirror.trim_end_matches('/'))),
+        "{}",
+        update.stdout
+    );
+    assert!(
+        download.ok,
+        "cold download failed:\n{}\n{}",
+        download.stdout, download.stderr
+    );
+    assert!(
+        downloaded(1) == deb,
+        "apt-get download did not store the served .deb"
+    );
+    let paths: Vec<String> = reg
+        .origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    assert!(paths.contains(&deb_path), "{paths:?}");
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.contains("/binary-") && p.contains("/Packages")),
+        "{paths:?}"
+    );
+    let upstream_cold = reg.origin.hits();
+
+    let (update, download) = apt_get(work.path(), 2, &mirror).await;
+    assert!(
+        update.ok,
+        "warm update failed:\n{}\n{}",
+        update.stdout, update.stderr
+    );
+    assert!(
+        download.ok,
+        "warm download failed:\n{}\n{}",
+        download.stdout, download.stderr
+    );
+    assert!(downloaded(2) == deb);
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second run, with empty lists and cache, sent nothing upstream: {:?}",
+        reg.origin.seen()
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let (update, download) = apt_get(work.path(), 3, &mirror).await;
+    assert!(
+        update.ok && download.ok,
+        "run with the upstream gone failed:\n{}\n{}\n{}\n{}",
+        update.stdout,
+        update.stderr,
+        download.stdout,
+        download.stderr
+    );
+    assert!(downloaded(3) == deb);
+}
+
+// ---------------------------------------------------------------------------------------
+// Go (GOPROXY protocol)
+
+const GO_MODULE: &str = "example.org/cuttle/hello";
+const GO_SOURCE: &str = "package hello\n\nconst Greeting = \"hello from cuttle-mirror\"\n";
+
+/// A module proxy tree for `GO_MODULE` v1.0.0: `@v/list`, `.info`, `.mod` and the module zip.
+fn go_proxy_tree() -> Vec<(String, Doc)> {
+    use std::io::Write;
+    let module = format!("module {GO_MODULE}\n\ngo 1.18\n");
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = zip::write::SimpleFileOptions::default();
+    let prefix = format!("{GO_MODULE}@v1.0.0");
+    w.start_file(format!("{prefix}/go.mod"), o).unwrap();
+    w.write_all(module.as_bytes()).unwrap();
+    w.start_file(format!("{prefix}/hello.go"), o).unwrap();
+    w.write_all(GO_SOURCE.as_bytes()).unwrap();
+    let zip = w.finish().unwrap().into_inner();
+    let v = format!("/{GO_MODULE}/@v");
+    let text = |s: &str| {
+        (
+            "text/plain; charset=utf-8".to_string(),
+            Bytes::from(s.to_string()),
+        )
+    };
+    vec![
+        (format!("{v}/list"), text("v1.0.0\n")),
+        (
+            format!("{v}/v1.0.0.info"),
+            (
+                "application/json".into(),
+                Bytes::from(r#"{"Version":"v1.0.0","Time":"2026-01-01T00:00:00Z"}"#),
+            ),
+        ),
+        (format!("{v}/v1.0.0.mod"), text(&module)),
+        (
+            format!("{v}/v1.0.0.zip"),
+            ("application/zip".into(), Bytes::from(zip)),
+        ),
+    ]
+}
+
+/// `go mod download` in a new module requiring `GO_MODULE`, with GOPROXY at the mirror, a new
+/// GOPATH and module cache, and no checksum database.
+async fn go_mod_download(work: &Path, n: usize, goproxy: &str) -> Ran {
+    let project = work.join(format!("gomod{n}"));
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("go.mod"),
+        format!("module example.org/consumer\n\ngo 1.18\n\nrequire {GO_MODULE} v1.0.0\n"),
+    )
+    .unwrap();
+    let gopath = work.join(format!("gopath{n}"));
+    let mut c = package_client("go");
+    c.args(["mod", "download", "-x", &format!("{GO_MODULE}@latest")])
+        .env("GOPROXY", goproxy)
+        .env("GOPATH", &gopath)
+        .env("GOMODCACHE", gopath.join("pkg/mod"))
+        .env("GOCACHE", work.join(format!("gocache{n}")))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOSUMDB", "off")
+        .env("GONOSUMDB", "*")
+        .env("GONOSUMCHECK", "1")
+        .env("GOPRIVATE", "")
+        .env("GOENV", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("HOME", work)
+        .current_dir(&project);
+    let r = run(c).await;
+    if r.ok {
+        let src = gopath.join(format!("pkg/mod/{GO_MODULE}@v1.0.0/hello.go"));
+        assert_eq!(
+            std::fs::read_to_string(&src).unwrap_or_default(),
+            GO_SOURCE,
+            "go said it downloaded {GO_MODULE}, but {} is not the served file",
+            src.display()
+        );
+    }
+    r
+}
+
+/// The go command through a `go` mirror (GOPROXY=http://cuttle/go): `@v/list`, the `.info`,
+/// `.mod` and zip of `@latest` come through the mirror; a second download with a new module cache sends nothing
+/// upstream; a third works with the upstream gone.
+#[tokio::test]
+async fn go_mod_download_through_the_mirror_is_served_from_cache_and_offline() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(go_proxy_tree()).await;
+    let p = TestProxy::start(mirror_proxy_opts("go", "go", &reg.origin.url("/"))).await;
+    let goproxy = format!("{}/go", p.url());
+
+    let cold = go_mod_download(work.path(), 1, &goproxy).await;
+    assert!(
+        cold.ok,
+        "cold download failed:\n{}\n{}",
+        cold.stdout, cold.stderr
+    );
+    let zip = format!("/{GO_MODULE}/@v/v1.0.0.zip");
+    let paths: Vec<String> = reg
+        .origin
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    assert!(paths.contains(&zip), "{paths:?}");
+    // `@latest` asked for the version list (the go-list rule) too.
+    assert!(
+        paths.contains(&format!("/{GO_MODULE}/@v/list")),
+        "{paths:?}"
+    );
+    let upstream_cold = reg.origin.hits();
+
+    let warm = go_mod_download(work.path(), 2, &goproxy).await;
+    assert!(
+        warm.ok,
+        "warm download failed:\n{}\n{}",
+        warm.stdout, warm.stderr
+    );
+    assert_eq!(
+        reg.origin.hits(),
+        upstream_cold,
+        "the second download, with a new module cache, sent nothing upstream"
+    );
+
+    reg.down.store(true, Ordering::SeqCst);
+    drop(reg.origin);
+    let offline = go_mod_download(work.path(), 3, &goproxy).await;
+    assert!(
+        offline.ok,
+        "download with the upstream gone failed:\n{}\n{}",
         offline.stdout, offline.stderr
     );
 }
