@@ -16,15 +16,18 @@
 //! certificate is written to `<ca.pem>`: clients verify the origin with `curl --cacert <ca.pem>`
 //! (the TLS CONNECT tunnel and interception benchmarks).
 
+#[path = "common/bench_tls.rs"]
+mod bench_tls;
+
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
+use bench_tls::tls_acceptor;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
@@ -32,13 +35,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 /// Size of the preallocated buffer; larger bodies repeat it.
 const CHUNK: usize = 1 << 20;
@@ -160,40 +158,6 @@ where
         .await;
 }
 
-/// A TLS 1.3-only acceptor whose certificate (for `localhost` and `127.0.0.1`) is issued by a
-/// fresh CA; the CA certificate is written to `ca_out` for clients to trust.
-fn tls_acceptor(ca_out: &Path) -> anyhow::Result<TlsAcceptor> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::default();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "cuttle bench origin CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
-    leaf.subject_alt_names
-        .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-    std::fs::write(ca_out, ca_cert.pem())
-        .with_context(|| format!("cannot write {}", ca_out.display()))?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    // TLS 1.3 only: the tunnel benchmark is specified as TLS 1.3 end to end.
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf_cert.der().clone()], key)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
-
 async fn bind_loopback(port: u16) -> anyhow::Result<TcpListener> {
     TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
@@ -217,7 +181,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let listener = bind_loopback(port).await?;
     let tls = match &tls_ca {
-        Some(ca) => Some((bind_loopback(0).await?, tls_acceptor(Path::new(ca))?)),
+        Some(ca) => Some((
+            bind_loopback(0).await?,
+            tls_acceptor(Path::new(ca), "cuttle bench origin CA", true)?,
+        )),
         None => None,
     };
     let mut out = std::io::stdout().lock();

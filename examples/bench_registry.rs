@@ -19,6 +19,9 @@
 //! 127.0.0.1:<port>`: the same over TLS (1.2 or 1.3, HTTP/1.1), with a certificate for
 //! `localhost` and `127.0.0.1` issued by a CA made for the run and written to `<ca.pem>`.
 
+#[path = "common/bench_tls.rs"]
+mod bench_tls;
+
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,6 +33,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bench_tls::tls_acceptor;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
@@ -37,14 +41,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
-use tokio_rustls::TlsAcceptor;
 
 /// Bytes released at once by the rate limit.
 const SLICE: usize = 16 * 1024;
@@ -212,39 +211,6 @@ where
         .await;
 }
 
-/// An acceptor whose certificate (for `localhost` and `127.0.0.1`) is issued by a fresh CA;
-/// the CA certificate is written to `ca_out` for clients to trust.
-fn tls_acceptor(ca_out: &Path) -> anyhow::Result<TlsAcceptor> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::default();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "cuttle bench registry CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
-    leaf.subject_alt_names
-        .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-    std::fs::write(ca_out, ca_cert.pem())
-        .with_context(|| format!("cannot write {}", ca_out.display()))?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf_cert.der().clone()], key)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (mut dir, mut latency_ms, mut rate_mbps, mut tls_ca) = (None, 40u64, 20f64, None);
@@ -271,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
     let tls = match &tls_ca {
         Some(ca) => Some((
             TcpListener::bind(loopback).await.context("bind")?,
-            tls_acceptor(ca)?,
+            tls_acceptor(ca, "cuttle bench registry CA", false)?,
         )),
         None => None,
     };

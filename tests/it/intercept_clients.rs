@@ -309,11 +309,7 @@ async fn npm_install_is_served_from_cache_and_offline() {
 
     // 1. Cold: both fetched from the origin through the intercepted tunnel.
     let r = npm_install(work.path(), 1, &registry, &p, &ca, Trust::ExtraCaCerts).await;
-    assert!(
-        r.ok,
-        "first npm install failed:\n{}\n{}",
-        r.stdout, r.stderr
-    );
+    r.expect_ok("first npm install");
     assert_eq!(
         reg.requests(),
         [
@@ -332,11 +328,7 @@ async fn npm_install_is_served_from_cache_and_offline() {
     // the packument, mutable metadata, is revalidated (one conditional request, answered
     // 304); the tarball, immutable, comes from cuttle's cache without reaching the origin.
     let r = npm_install(work.path(), 2, &registry, &p, &ca, Trust::Cafile).await;
-    assert!(
-        r.ok,
-        "second npm install failed:\n{}\n{}",
-        r.stdout, r.stderr
-    );
+    r.expect_ok("second npm install");
     assert_eq!(
         reg.requests(),
         [
@@ -355,11 +347,7 @@ async fn npm_install_is_served_from_cache_and_offline() {
     // the cache, and npm installs.
     drop(reg);
     let r = npm_install(work.path(), 3, &registry, &p, &ca, Trust::ExtraCaCerts).await;
-    assert!(
-        r.ok,
-        "offline npm install failed:\n{}\n{}",
-        r.stdout, r.stderr
-    );
+    r.expect_ok("offline npm install");
     let line = nth_log(&p, &format!("GET {packument_url} "), 3).await;
     assert!(line.contains("TCP_STALE_IF_ERROR/200"), "{line}");
     let line = nth_log(&p, &format!("GET {tarball_url} "), 3).await;
@@ -493,11 +481,7 @@ async fn pip_install_is_served_from_cache_and_offline() {
 
     // 1. Cold.
     let r = pip_install(work.path(), 1, &index, &p, &ca, PipTrust::Flag).await;
-    assert!(
-        r.ok,
-        "first pip install failed:\n{}\n{}",
-        r.stdout, r.stderr
-    );
+    r.expect_ok("first pip install");
     assert_eq!(
         reg.requests(),
         [
@@ -514,11 +498,7 @@ async fn pip_install_is_served_from_cache_and_offline() {
     // with `Cache-Control: max-age=0`; the metadata policy (pypi-simple rule) answers it from
     // the cache while the page is fresh, and the immutable wheel is not fetched again.
     let r = pip_install(work.path(), 2, &index, &p, &ca, PipTrust::Env).await;
-    assert!(
-        r.ok,
-        "second pip install failed:\n{}\n{}",
-        r.stdout, r.stderr
-    );
+    r.expect_ok("second pip install");
     assert_eq!(
         reg.requests(),
         [
@@ -536,11 +516,7 @@ async fn pip_install_is_served_from_cache_and_offline() {
     // tests/cache.rs, metadata_is_served_stale_when_the_upstream_is_down).
     drop(reg);
     let r = pip_install(work.path(), 3, &index, &p, &ca, PipTrust::Flag).await;
-    assert!(
-        r.ok,
-        "offline pip install failed:\n{}\n{}",
-        r.stdout, r.stderr
-    );
+    r.expect_ok("offline pip install");
     let line = nth_log(&p, &format!("GET {page_url} "), 3).await;
     assert!(line.contains("HIT/200"), "{line}");
     let line = nth_log(&p, &format!("GET {wheel_url} "), 3).await;
@@ -1001,11 +977,7 @@ async fn cargo_fetch_is_served_from_cache_and_offline() {
     let (config_url, entry_url) = (reg.origin.url(config_path), reg.origin.url(&entry_path));
 
     let r = cargo_fetch(work.path(), 1, &index, &p, &ca).await;
-    assert!(
-        r.ok,
-        "first cargo fetch failed:\n{}\n{}",
-        r.stdout, r.stderr
-    );
+    r.expect_ok("first cargo fetch");
     let cold = reg.requests();
     for want in [
         format!("GET {config_path} 200"),
@@ -1019,11 +991,7 @@ async fn cargo_fetch_is_served_from_cache_and_offline() {
 
     // A new CARGO_HOME: the index files are revalidated (304), the .crate is not refetched.
     let r = cargo_fetch(work.path(), 2, &index, &p, &ca).await;
-    assert!(
-        r.ok,
-        "second cargo fetch failed:\n{}\n{}",
-        r.stdout, r.stderr
-    );
+    r.expect_ok("second cargo fetch");
     let warm: Vec<String> = reg.requests()[cold.len()..].to_vec();
     assert!(
         warm.iter()
@@ -1036,11 +1004,7 @@ async fn cargo_fetch_is_served_from_cache_and_offline() {
     // Origin gone: index files served stale, the .crate from the cache.
     drop(reg);
     let r = cargo_fetch(work.path(), 3, &index, &p, &ca).await;
-    assert!(
-        r.ok,
-        "offline cargo fetch failed:\n{}\n{}",
-        r.stdout, r.stderr
-    );
+    r.expect_ok("offline cargo fetch");
     let line = nth_log(&p, &format!("GET {crate_url} "), 3).await;
     assert!(line.contains("HIT/200"), "{line}");
     for url in [config_url, entry_url] {

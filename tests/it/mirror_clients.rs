@@ -43,6 +43,12 @@ struct Registry {
 type Doc = (String, Bytes);
 
 impl Registry {
+    /// The upstream goes away: it answers 503 to anything still in flight, then stops.
+    fn stop(self) {
+        self.down.store(true, Ordering::SeqCst);
+        drop(self.origin);
+    }
+
     async fn start(files: Vec<(String, Doc)>) -> Registry {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -213,11 +219,7 @@ async fn npm_install_through_the_mirror_is_served_from_cache_and_offline() {
     let registry = format!("{}/npm/", p.url());
 
     let cold = npm_install(work.path(), 1, &registry).await;
-    assert!(
-        cold.ok,
-        "cold install failed:\n{}\n{}",
-        cold.stdout, cold.stderr
-    );
+    cold.expect_ok("cold install");
     // npm fetched the tarball from the mirror, not from the URL the registry wrote.
     assert!(
         cold.stderr
@@ -234,25 +236,16 @@ async fn npm_install_through_the_mirror_is_served_from_cache_and_offline() {
     assert_eq!(upstream_cold, 2, "{:?}", reg.origin.seen());
 
     let warm = npm_install(work.path(), 2, &registry).await;
-    assert!(
-        warm.ok,
-        "warm install failed:\n{}\n{}",
-        warm.stdout, warm.stderr
-    );
+    warm.expect_ok("warm install");
     assert_eq!(
         reg.origin.hits(),
         upstream_cold,
         "the second install, with an empty npm cache, sent nothing upstream"
     );
 
-    reg.down.store(true, Ordering::SeqCst);
-    drop(reg.origin);
+    reg.stop();
     let offline = npm_install(work.path(), 3, &registry).await;
-    assert!(
-        offline.ok,
-        "install with the origin gone failed:\n{}\n{}",
-        offline.stdout, offline.stderr
-    );
+    offline.expect_ok("install with the origin gone");
     let st = &p.proxy().state().mirrors.list[0].stats;
     assert_eq!(
         st.hits.load(Ordering::SeqCst),
@@ -366,11 +359,7 @@ async fn pip_download_through_the_mirror_is_served_from_cache_and_offline() {
     let index = format!("{}/pypi/simple/", p.url());
 
     let cold = pip_download(work.path(), 1, &index).await;
-    assert!(
-        cold.ok,
-        "cold download failed:\n{}\n{}",
-        cold.stdout, cold.stderr
-    );
+    cold.expect_ok("cold download");
     let mirror_file = format!("{}/pypi{file_path}", p.url());
     assert!(
         cold.stdout.contains(&mirror_file) || cold.stderr.contains(&mirror_file),
@@ -382,11 +371,7 @@ async fn pip_download_through_the_mirror_is_served_from_cache_and_offline() {
     assert_eq!(upstream_cold, 2, "{:?}", reg.origin.seen());
 
     let warm = pip_download(work.path(), 2, &index).await;
-    assert!(
-        warm.ok,
-        "warm download failed:\n{}\n{}",
-        warm.stdout, warm.stderr
-    );
+    warm.expect_ok("warm download");
     assert_eq!(
         reg.origin.hits(),
         upstream_cold,
@@ -412,14 +397,9 @@ async fn pip_download_through_the_mirror_is_served_from_cache_and_offline() {
         "{page}"
     );
 
-    reg.down.store(true, Ordering::SeqCst);
-    drop(reg.origin);
+    reg.stop();
     let offline = pip_download(work.path(), 3, &index).await;
-    assert!(
-        offline.ok,
-        "download with the origin gone failed:\n{}\n{}",
-        offline.stdout, offline.stderr
-    );
+    offline.expect_ok("download with the origin gone");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -497,11 +477,7 @@ async fn cargo_fetch_through_the_mirror_is_served_from_cache_and_offline() {
     let index = format!("{}/cargo/", p.url());
 
     let cold = cargo_fetch(work.path(), 1, &index).await;
-    assert!(
-        cold.ok,
-        "cold fetch failed:\n{}\n{}",
-        cold.stdout, cold.stderr
-    );
+    cold.expect_ok("cold fetch");
     let paths: Vec<String> = reg
         .origin
         .seen()
@@ -518,25 +494,16 @@ async fn cargo_fetch_through_the_mirror_is_served_from_cache_and_offline() {
     );
 
     let warm = cargo_fetch(work.path(), 2, &index).await;
-    assert!(
-        warm.ok,
-        "warm fetch failed:\n{}\n{}",
-        warm.stdout, warm.stderr
-    );
+    warm.expect_ok("warm fetch");
     assert_eq!(
         reg.origin.hits(),
         upstream_cold,
         "the second fetch, with a new CARGO_HOME, sent nothing upstream"
     );
 
-    reg.down.store(true, Ordering::SeqCst);
-    drop(reg.origin);
+    reg.stop();
     let offline = cargo_fetch(work.path(), 3, &index).await;
-    assert!(
-        offline.ok,
-        "fetch with the origin gone failed:\n{}\n{}",
-        offline.stdout, offline.stderr
-    );
+    offline.expect_ok("fetch with the origin gone");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -722,11 +689,7 @@ async fn maven_through_the_mirror_over_tls_is_served_from_cache_and_offline() {
     );
 
     let cold = mvn_validate(work.path(), 1, &url, &store).await;
-    assert!(
-        cold.ok,
-        "cold build failed:\n{}\n{}",
-        cold.stdout, cold.stderr
-    );
+    cold.expect_ok("cold build");
     // Every file of the tree, once: Maven asked the mirror, the mirror asked the upstream.
     let mut paths: Vec<String> = reg
         .origin
@@ -748,25 +711,16 @@ async fn maven_through_the_mirror_over_tls_is_served_from_cache_and_offline() {
     );
 
     let warm = mvn_validate(work.path(), 2, &url, &store).await;
-    assert!(
-        warm.ok,
-        "warm build failed:\n{}\n{}",
-        warm.stdout, warm.stderr
-    );
+    warm.expect_ok("warm build");
     assert_eq!(
         reg.origin.hits(),
         upstream_cold,
         "the second build, with an empty local repository, sent nothing upstream"
     );
 
-    reg.down.store(true, Ordering::SeqCst);
-    drop(reg.origin);
+    reg.stop();
     let offline = mvn_validate(work.path(), 3, &url, &store).await;
-    assert!(
-        offline.ok,
-        "build with the upstream gone failed:\n{}\n{}",
-        offline.stdout, offline.stderr
-    );
+    offline.expect_ok("build with the upstream gone");
     let st = &p.proxy().state().mirrors.list[0].stats;
     assert_eq!(st.hits.load(Ordering::SeqCst), 2 * files as u64);
 }
@@ -954,11 +908,7 @@ async fn apt_through_the_mirror_is_served_from_cache_and_offline() {
     };
 
     let (update, download) = apt_get(work.path(), 1, &mirror).await;
-    assert!(
-        update.ok,
-        "cold update failed:\n{}\n{}",
-        update.stdout, update.stderr
-    );
+    update.expect_ok("cold update");
     assert!(
         update
             .stdout
@@ -966,11 +916,7 @@ async fn apt_through_the_mirror_is_served_from_cache_and_offline() {
         "{}",
         update.stdout
     );
-    assert!(
-        download.ok,
-        "cold download failed:\n{}\n{}",
-        download.stdout, download.stderr
-    );
+    download.expect_ok("cold download");
     assert!(
         downloaded(1) == deb,
         "apt-get download did not store the served .deb"
@@ -991,16 +937,8 @@ async fn apt_through_the_mirror_is_served_from_cache_and_offline() {
     let upstream_cold = reg.origin.hits();
 
     let (update, download) = apt_get(work.path(), 2, &mirror).await;
-    assert!(
-        update.ok,
-        "warm update failed:\n{}\n{}",
-        update.stdout, update.stderr
-    );
-    assert!(
-        download.ok,
-        "warm download failed:\n{}\n{}",
-        download.stdout, download.stderr
-    );
+    update.expect_ok("warm update");
+    download.expect_ok("warm download");
     assert!(downloaded(2) == deb);
     assert_eq!(
         reg.origin.hits(),
@@ -1009,8 +947,7 @@ async fn apt_through_the_mirror_is_served_from_cache_and_offline() {
         reg.origin.seen()
     );
 
-    reg.down.store(true, Ordering::SeqCst);
-    drop(reg.origin);
+    reg.stop();
     let (update, download) = apt_get(work.path(), 3, &mirror).await;
     assert!(
         update.ok && download.ok,
@@ -1115,11 +1052,7 @@ async fn go_mod_download_through_the_mirror_is_served_from_cache_and_offline() {
     let goproxy = format!("{}/go", p.url());
 
     let cold = go_mod_download(work.path(), 1, &goproxy).await;
-    assert!(
-        cold.ok,
-        "cold download failed:\n{}\n{}",
-        cold.stdout, cold.stderr
-    );
+    cold.expect_ok("cold download");
     let zip = format!("/{GO_MODULE}/@v/v1.0.0.zip");
     let paths: Vec<String> = reg
         .origin
@@ -1136,23 +1069,14 @@ async fn go_mod_download_through_the_mirror_is_served_from_cache_and_offline() {
     let upstream_cold = reg.origin.hits();
 
     let warm = go_mod_download(work.path(), 2, &goproxy).await;
-    assert!(
-        warm.ok,
-        "warm download failed:\n{}\n{}",
-        warm.stdout, warm.stderr
-    );
+    warm.expect_ok("warm download");
     assert_eq!(
         reg.origin.hits(),
         upstream_cold,
         "the second download, with a new module cache, sent nothing upstream"
     );
 
-    reg.down.store(true, Ordering::SeqCst);
-    drop(reg.origin);
+    reg.stop();
     let offline = go_mod_download(work.path(), 3, &goproxy).await;
-    assert!(
-        offline.ok,
-        "download with the upstream gone failed:\n{}\n{}",
-        offline.stdout, offline.stderr
-    );
+    offline.expect_ok("download with the upstream gone");
 }

@@ -93,6 +93,14 @@ pub struct Ran {
     pub stderr: String,
 }
 
+impl Ran {
+    /// Fails the test with the client's output unless it succeeded; `what` names the run.
+    #[track_caller]
+    pub fn expect_ok(&self, what: &str) {
+        assert!(self.ok, "{what} failed:\n{}\n{}", self.stdout, self.stderr);
+    }
+}
+
 /// A package client (npm, pip, cargo...) as an async command: scrubbed like every client, and
 /// without the clients' own settings from the environment (`PIP_*`, `npm_config_*`).
 pub fn package_client(program: &str) -> tokio::process::Command {
