@@ -270,6 +270,31 @@ pub enum Mode {
     StripIfNoneMatch,
 }
 
+/// Relays one connection to the store on `target`: what the client sends goes through
+/// `each` (None cuts the connection), the store's answers come back unchanged.
+async fn relay(s: TcpStream, target: u16, mut each: impl FnMut(&[u8]) -> Option<Vec<u8>>) {
+    let Ok(up) = TcpStream::connect(("127.0.0.1", target)).await else {
+        return;
+    };
+    let (mut cr, mut cw) = s.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    let back = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut ur, &mut cw).await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match cr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let Some(out) = each(&buf[..n]) else { break };
+        if uw.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    back.abort();
+}
+
 /// `data` without its `If-None-Match: *` header lines (whole lines within one read, as a
 /// request head arrives on loopback).
 fn strip_if_none_match(data: &[u8]) -> Vec<u8> {
@@ -313,28 +338,14 @@ impl Gate {
                 let h = tokio::spawn(async move {
                     match mode {
                         Mode::CutAfter(limit) => {
-                            let Ok(up) = TcpStream::connect(("127.0.0.1", target)).await else {
-                                return;
-                            };
-                            let (mut cr, mut cw) = s.into_split();
-                            let (mut ur, mut uw) = up.into_split();
-                            let back = tokio::spawn(async move {
-                                let _ = tokio::io::copy(&mut ur, &mut cw).await;
-                            });
-                            let mut buf = vec![0u8; 64 * 1024];
-                            loop {
-                                let n = match cr.read(&mut buf).await {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(n) => n,
-                                };
-                                let total = sent
-                                    .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst)
-                                    + n as u64;
-                                if total > limit || uw.write_all(&buf[..n]).await.is_err() {
-                                    break;
-                                }
-                            }
-                            back.abort();
+                            relay(s, target, |chunk| {
+                                let total = sent.fetch_add(
+                                    chunk.len() as u64,
+                                    std::sync::atomic::Ordering::SeqCst,
+                                ) + chunk.len() as u64;
+                                (total <= limit).then(|| chunk.to_vec())
+                            })
+                            .await;
                         }
                         Mode::Pass => {
                             if let Ok(mut up) = TcpStream::connect(("127.0.0.1", target)).await {
@@ -344,25 +355,7 @@ impl Gate {
                             }
                         }
                         Mode::StripIfNoneMatch => {
-                            let Ok(up) = TcpStream::connect(("127.0.0.1", target)).await else {
-                                return;
-                            };
-                            let (mut cr, mut cw) = s.into_split();
-                            let (mut ur, mut uw) = up.into_split();
-                            let back = tokio::spawn(async move {
-                                let _ = tokio::io::copy(&mut ur, &mut cw).await;
-                            });
-                            let mut buf = vec![0u8; 64 * 1024];
-                            loop {
-                                let n = match cr.read(&mut buf).await {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(n) => n,
-                                };
-                                if uw.write_all(&strip_if_none_match(&buf[..n])).await.is_err() {
-                                    break;
-                                }
-                            }
-                            back.abort();
+                            relay(s, target, |chunk| Some(strip_if_none_match(chunk))).await;
                         }
                         Mode::Down => {}
                         Mode::Error500 => {
