@@ -234,7 +234,7 @@ pub async fn run(config: ValidConfig, reloader: Option<Reloader>) -> Result<(), 
     // drain the proxy, not kill it with the default action.
     let stop = shutdown_signal();
     let log = AccessLog::stdout(config.log_format);
-    let proxy = Arc::new(Proxy::start(config, log, reloader).await?);
+    let proxy = Arc::new(Proxy::start(config, log.clone(), reloader).await?);
     // Registered before the listening line is logged: a SIGHUP sent as soon as the proxy
     // announces itself must reload it, not kill it.
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -268,6 +268,7 @@ pub async fn run(config: ValidConfig, reloader: Option<Reloader>) -> Result<(), 
         "shutting down: draining connections"
     );
     proxy.drain().await;
+    log.flush();
     tracing::info!("stopped");
     Ok(())
 }

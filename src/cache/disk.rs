@@ -11,8 +11,10 @@
 //! so temporary files are inside the bound too. The index is rebuilt by scanning at start
 //! while requests are already served (until then a lookup lists the entry's shard
 //! directory). A hit keeps its file open: an entry evicted while it is being read is still
-//! served whole from the open file. Every read checks the checksum; a mismatching file is
-//! deleted and counted, never served.
+//! served whole from the open file. The first whole read of a file after start checks its
+//! checksum (a mismatching file is deleted and counted, never served); the index then
+//! remembers the file as verified, stamped with its inode, size and change time, so later
+//! hits skip the hashing until the file is replaced or changed in place.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
@@ -33,7 +35,35 @@ use crate::http::body::{Body, BoxError};
 
 /// Objects up to this size are read and verified whole before the first byte is served.
 pub const VERIFY_WHOLE_LIMIT: u64 = 16 * 1024 * 1024;
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 128 * 1024;
+/// Read buffers kept for reuse (4 MiB at most): a disk hit's chunks come from here and go
+/// back when hyper has written them, so streaming from disk neither allocates nor zeroes
+/// (nor faults in) fresh memory per chunk.
+const CHUNKS_POOLED: usize = 32;
+
+static CHUNKS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// `len` bytes read into a pooled buffer; the buffer returns to the pool when the last
+/// `Bytes` made from it is dropped.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let mut pool = CHUNKS.lock();
+        if pool.len() < CHUNKS_POOLED {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
 /// The layout directory under `--cache-dir`. v1 kept one directory per URL, which was left
 /// empty by every eviction; its entries are moved into this layout at start.
 const LAYOUT: &str = "v2";
@@ -139,6 +169,8 @@ struct Index {
 struct Item {
     size: u64,
     seq: u64,
+    /// The [`stamp`] of the file when its checksum last matched; 0: not verified since start.
+    verified: u64,
 }
 
 impl Index {
@@ -153,7 +185,14 @@ impl Index {
                 item.size = size;
             }
             None => {
-                self.items.insert(slot, Item { size, seq });
+                self.items.insert(
+                    slot,
+                    Item {
+                        size,
+                        seq,
+                        verified: 0,
+                    },
+                );
                 self.total += size;
             }
         }
@@ -216,6 +255,21 @@ pub struct DiskHit {
     /// Where the body starts in the file.
     pub offset: u64,
     pub len: u64,
+    /// The open file's [`stamp`].
+    pub(super) stamp: u64,
+    /// Whether the index knows this very file (same stamp) as verified.
+    pub(super) verified: bool,
+}
+
+/// A file's identity and last change (inode, size, change time) folded into a non-zero
+/// number: any write to the file or its replacement changes it. The change time cannot be set
+/// from user space, unlike the modification time.
+fn stamp(m: &std::fs::Metadata) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::hash::DefaultHasher::new();
+    (m.dev(), m.ino(), m.len(), m.ctime(), m.ctime_nsec()).hash(&mut h);
+    h.finish().max(1)
 }
 
 impl Disk {
@@ -349,16 +403,33 @@ impl Disk {
             if meta.variant.matches(req) {
                 let size = blocks(hit.offset + hit.len + TRAILER_LEN as u64);
                 let mut idx = self.index.lock();
+                let verified = idx
+                    .items
+                    .get(&slot)
+                    .is_some_and(|i| i.verified == hit.stamp);
                 // Evicted while it was opened: served from the open file, not indexed again.
                 if self.is_scanned() && !idx.items.contains_key(&slot) {
                     drop(idx);
                 } else {
                     idx.touch(slot, size);
                 }
-                return Some(DiskHit { meta, ..hit });
+                return Some(DiskHit {
+                    meta,
+                    verified,
+                    ..hit
+                });
             }
         }
         None
+    }
+
+    /// Remembers that the file of `key` with `stamp` matched its checksum.
+    fn mark_verified(&self, key: &EntryKey, stamp: u64) {
+        if let Some(slot) = Slot::of(key)
+            && let Some(item) = self.index.lock().items.get_mut(&slot)
+        {
+            item.verified = stamp;
+        }
     }
 
     /// Reads and verifies the whole body (small objects) from the open file.
@@ -379,19 +450,25 @@ impl Disk {
                 && meta::decode_trailer(&data[body_end..])
                     .ok()
                     .is_some_and(|(len, sum)| {
-                        len == hit.len && Sha256::digest(&data[PREFIX_LEN..body_end])[..] == sum[..]
+                        len == hit.len
+                            && (hit.verified
+                                || Sha256::digest(&data[PREFIX_LEN..body_end])[..] == sum[..])
                     })
         });
         let Some(data) = data.filter(|_| ok) else {
             self.corrupt(hit).await;
             return None;
         };
+        if !hit.verified {
+            self.mark_verified(&hit.meta.key(), hit.stamp);
+        }
         Some(Bytes::from(data).slice(hit.offset as usize..body_end))
     }
 
     /// Streams the body of `hit` from `start` to `end`, verifying the checksum when the whole
-    /// file is read. A mismatch ends the body with an error (the client sees an aborted
-    /// transfer, never a complete-looking wrong one) and deletes the file.
+    /// file is read and was not verified before. A mismatch ends the body with an error (the
+    /// client sees an aborted transfer, never a complete-looking wrong one) and deletes the
+    /// file.
     pub fn stream(self: &Arc<Disk>, hit: &DiskHit, start: u64, end: u64) -> Body {
         struct St {
             disk: Arc<Disk>,
@@ -405,9 +482,10 @@ impl Disk {
             to: u64,
             hasher: Option<Sha256>,
             body_len: u64,
+            stamp: u64,
             done: bool,
         }
-        let verify = start == 0 && end == hit.len;
+        let verify = start == 0 && end == hit.len && !hit.verified;
         let st = St {
             disk: self.clone(),
             path: hit.path.clone(),
@@ -423,6 +501,7 @@ impl Disk {
             to: hit.offset + end,
             hasher: verify.then(Sha256::new),
             body_len: hit.len,
+            stamp: hit.stamp,
             done: false,
         };
         let stream = futures_util::stream::unfold(st, |mut st| async move {
@@ -434,6 +513,7 @@ impl Disk {
                     if st.pos >= st.to {
                         if let Some(h) = st.hasher.take() {
                             check_trailer(&st.file, st.to, h, st.body_len).await?;
+                            st.disk.mark_verified(&st.key, st.stamp);
                         }
                         return Ok(None);
                     }
@@ -458,6 +538,7 @@ impl Disk {
                         && let Some(h) = st.hasher.take()
                     {
                         check_trailer(&st.file, st.to, h, st.body_len).await?;
+                        st.disk.mark_verified(&st.key, st.stamp);
                     }
                     let skip = st.from.saturating_sub(chunk_start) as usize;
                     return Ok(Some(buf.slice(skip.min(n)..)));
@@ -757,14 +838,16 @@ fn scan_objects(objects: &Path) -> Vec<(Slot, u64, Option<std::time::SystemTime>
 async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
     tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::open(&path)?;
-        let file_len = f.metadata()?.len();
-        let (meta, offset, len) = decode_head(&mut f, file_len)?;
+        let m = f.metadata()?;
+        let (meta, offset, len) = decode_head(&mut f, m.len())?;
         Ok(DiskHit {
             meta: Arc::new(meta),
             path,
             file: Arc::new(f),
             offset,
             len,
+            stamp: stamp(&m),
+            verified: false,
         })
     })
     .await
@@ -788,13 +871,22 @@ pub(crate) fn decode_head(f: &mut impl Read, file_len: u64) -> io::Result<(Meta,
     Ok((meta, (PREFIX_LEN + meta_len) as u64, file_len - min))
 }
 
-/// Reads up to `want` bytes at `pos` (fewer at the end of the file).
+/// Reads up to `want` bytes at `pos` (fewer at the end of the file); a chunk-sized read
+/// goes into a pooled buffer.
 pub(super) async fn read_at(file: Arc<std::fs::File>, pos: u64, want: usize) -> io::Result<Bytes> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::zeroed(want);
-        let n = file.read_at(&mut buf, pos)?;
-        buf.truncate(n);
-        Ok(buf.freeze())
+        if want != READ_CHUNK {
+            let mut buf = BytesMut::zeroed(want);
+            let n = file.read_at(&mut buf, pos)?;
+            buf.truncate(n);
+            return Ok(buf.freeze());
+        }
+        let mut chunk = Chunk {
+            buf: CHUNKS.lock().pop().unwrap_or_else(|| vec![0; READ_CHUNK]),
+            len: 0,
+        };
+        chunk.len = file.read_at(&mut chunk.buf, pos)?;
+        Ok(Bytes::from_owner(chunk))
     })
     .await
     .map_err(io::Error::other)?
@@ -929,6 +1021,10 @@ impl DiskWriter {
                     self.reserved = 0;
                     idx.refreshed.remove(&self.slot);
                     idx.touch(self.slot, size);
+                    // A new file: verified at its first whole read.
+                    if let Some(item) = idx.items.get_mut(&self.slot) {
+                        item.verified = 0;
+                    }
                 }
                 // Replacing an entry of another size can cross the bound by the difference.
                 self.disk.evict_to(self.disk.max_bytes);
@@ -1397,6 +1493,70 @@ pub(super) mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// A file is hashed at its first whole read only: later hits of the same file are known
+    /// verified, a file changed in place after that is checked again (and a corrupt one is
+    /// deleted), and a replaced entry starts unverified.
+    #[tokio::test]
+    async fn checksums_are_verified_once_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Disk::open(dir.path(), 64 << 20).await.unwrap();
+        d.scan().await;
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        store(&d, "http://h/v", &body, true).await;
+        let whole = |hit: &DiskHit| http_body_util::BodyExt::collect(d.stream(hit, 0, hit.len));
+        let first = d
+            .lookup(&key("http://h/v"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert!(!first.verified, "verified before any read");
+        // A range is not a whole read: nothing is verified by it.
+        let part = http_body_util::BodyExt::collect(d.stream(&first, 10, 20)).await;
+        assert_eq!(&part.unwrap().to_bytes()[..], &body[10..20]);
+        let again = d
+            .lookup(&key("http://h/v"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert!(!again.verified);
+        assert_eq!(&whole(&again).await.unwrap().to_bytes()[..], &body[..]);
+        let known = d
+            .lookup(&key("http://h/v"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert!(known.verified, "a matching whole read is remembered");
+        assert_eq!(&whole(&known).await.unwrap().to_bytes()[..], &body[..]);
+        assert_eq!(&d.read_verified(&known).await.unwrap()[..], &body[..]);
+
+        // Changed in place after it was verified: checked again, never served.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&known.path)
+            .unwrap();
+        f.write_all_at(b"X", known.offset + 77).unwrap();
+        drop(f);
+        let changed = d
+            .lookup(&key("http://h/v"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert!(!changed.verified, "a changed file kept its verified mark");
+        assert!(whole(&changed).await.is_err());
+        assert_eq!(d.stats.corrupt.load(Ordering::Relaxed), 1);
+
+        // Stored again: a new file, unverified until read whole (read_verified marks it too).
+        store(&d, "http://h/v", &body, true).await;
+        let fresh = d
+            .lookup(&key("http://h/v"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert!(!fresh.verified);
+        assert_eq!(&d.read_verified(&fresh).await.unwrap()[..], &body[..]);
+        let known = d
+            .lookup(&key("http://h/v"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert!(known.verified);
     }
 
     /// Files that cannot be decoded (garbage, or cut short) are misses, and are deleted and

@@ -18,6 +18,7 @@
 //! built from, and the RFC 5861 extensions (`stale-while-revalidate`, `stale-if-error`) are
 //! read here too.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 #[cfg(test)]
@@ -103,6 +104,26 @@ pub struct StoredPolicy {
     /// response) records it properly.
     #[serde(default)]
     recorded: bool,
+    /// The last fresh answer to a plain GET (see [`StoredPolicy::fresh_for_plain_get`]).
+    #[serde(skip)]
+    memo: FreshMemo,
+}
+
+/// The headers of the last fresh answer to a plain GET, with the age (whole seconds) they were
+/// made for. A copy of a policy starts without one.
+#[derive(Debug, Default)]
+struct FreshMemo(arc_swap::ArcSwapOption<(u64, HeaderMap)>);
+
+impl Clone for FreshMemo {
+    fn clone(&self) -> FreshMemo {
+        FreshMemo::default()
+    }
+}
+
+/// A request whose answer from the cache can depend on nothing but the entry's age: no
+/// `Cache-Control` and no `Pragma` of its own.
+pub fn is_plain(req: &HeaderMap) -> bool {
+    !req.contains_key(header::CACHE_CONTROL) && !req.contains_key(header::PRAGMA)
 }
 
 /// What a lookup decided.
@@ -535,6 +556,7 @@ impl StoredPolicy {
             credentialed: credentials.is_some(),
             credentials: credentials.map(|c| super::key::fingerprint(&c)),
             recorded: true,
+            memo: FreshMemo::default(),
         })
     }
 
@@ -561,8 +583,44 @@ impl StoredPolicy {
         self.recorded && !self.credentialed
     }
 
+    /// Whether [`StoredPolicy::lookup`]'s answer to a plain GET (see [`is_plain`]) depends on
+    /// the entry's age alone: any client may reuse it, it has no `Vary` and a fixed `Date`.
+    fn memoizable(&self) -> bool {
+        self.recorded && !self.credentialed && self.vary.is_empty() && self.date.is_some()
+    }
+
+    /// The hit path's shortcut: for a plain GET (the caller checks [`is_plain`] on the
+    /// client's own headers), the headers [`StoredPolicy::lookup`] answered `Fresh` with for
+    /// another plain GET while the entry had the same age in whole seconds. That answer is
+    /// the same for every such request: the policy's inputs are then the age (freshness is a
+    /// whole number of seconds compared with it) and fields fixed at store time. `None`:
+    /// ask [`StoredPolicy::lookup`].
+    pub fn fresh_for_plain_get(&self, now: SystemTime) -> Option<HeaderMap> {
+        if !self.memoizable() {
+            return None;
+        }
+        let age = self.policy.age(now).as_secs();
+        match &*self.memo.0.load() {
+            Some(m) if m.0 == age => Some(m.1.clone()),
+            _ => None,
+        }
+    }
+
     /// Decides whether the stored response answers `req` now.
     pub fn lookup(&self, req: &http::request::Parts, now: SystemTime) -> Freshness {
+        let answer = self.decide(req, now);
+        if let Freshness::Fresh(h) = &answer
+            && req.method == http::Method::GET
+            && is_plain(&req.headers)
+            && self.memoizable()
+        {
+            let age = self.policy.age(now).as_secs();
+            self.memo.0.store(Some(Arc::new((age, h.clone()))));
+        }
+        answer
+    }
+
+    fn decide(&self, req: &http::request::Parts, now: SystemTime) -> Freshness {
         let mut view = normalise_vary(req, &self.vary);
         let reuse = self.may_reuse(req);
         if !reuse {
@@ -899,6 +957,64 @@ mod tests {
             }
             Freshness::Stale(_) => panic!("should be fresh"),
         }
+    }
+
+    /// The plain-GET shortcut answers exactly what the policy answered for the same age, and
+    /// nothing when the age, the request or the entry would make the answer different.
+    #[test]
+    fn plain_get_shortcut_repeats_the_policys_fresh_answer() {
+        let t0 = SystemTime::now() - Duration::from_secs(10);
+        let date = httpdate::fmt_http_date(t0);
+        let stored = resp(&[
+            ("cache-control", "max-age=60"),
+            ("date", &date),
+            ("etag", "\"a\""),
+        ]);
+        let p = StoredPolicy::new(&req(&[]), StatusCode::OK, &stored, t0, None).unwrap();
+        let now = SystemTime::now();
+        assert!(
+            p.fresh_for_plain_get(now).is_none(),
+            "nothing known before a lookup"
+        );
+        // A request with its own Cache-Control is not plain: its answer is not remembered.
+        let Freshness::Fresh(_) = p.lookup(&req(&[("cache-control", "max-stale=5")]), now) else {
+            panic!("should be fresh");
+        };
+        assert!(p.fresh_for_plain_get(now).is_none());
+        let Freshness::Fresh(full) = p.lookup(&req(&[]), now) else {
+            panic!("should be fresh");
+        };
+        let short = p.fresh_for_plain_get(now).unwrap();
+        assert_eq!(short, full);
+        assert_eq!(short["age"], "10");
+        // One second older: the age differs, so the policy decides again.
+        assert!(
+            p.fresh_for_plain_get(now + Duration::from_secs(1))
+                .is_none()
+        );
+        // Stale: never answered fresh, so never remembered.
+        let late = now + Duration::from_secs(60);
+        assert!(matches!(p.lookup(&req(&[]), late), Freshness::Stale(_)));
+        assert!(p.fresh_for_plain_get(late).is_none());
+        // A copy (a refreshed entry) starts without the remembered answer.
+        let _ = p.lookup(&req(&[]), now);
+        assert!(p.clone().fresh_for_plain_get(now).is_none());
+
+        // Entries whose answer depends on more than the age are never shortcut: Vary, and
+        // a response to a request with Authorization.
+        let varying = resp(&[
+            ("cache-control", "max-age=60"),
+            ("date", &date),
+            ("vary", "accept"),
+        ]);
+        let p = StoredPolicy::new(&req(&[]), StatusCode::OK, &varying, t0, None).unwrap();
+        assert!(matches!(p.lookup(&req(&[]), now), Freshness::Fresh(_)));
+        assert!(p.fresh_for_plain_get(now).is_none());
+        let public = resp(&[("cache-control", "public, max-age=60"), ("date", &date)]);
+        let authed = req(&[("authorization", "Basic YTpi")]);
+        let p = StoredPolicy::new(&authed, StatusCode::OK, &public, t0, None).unwrap();
+        assert!(matches!(p.lookup(&authed, now), Freshness::Fresh(_)));
+        assert!(p.fresh_for_plain_get(now).is_none());
     }
 
     #[test]

@@ -50,8 +50,8 @@ struct Ctx<'a> {
     out: &'a Outgoing,
     primary: PrimaryKey,
     rule: Option<Rule>,
-    /// The request as the policy sees it (normalised URI, Host).
-    view: http::request::Parts,
+    /// The request as the policy sees it (normalised URI, Host): made when first needed.
+    view: std::sync::OnceLock<http::request::Parts>,
 }
 
 fn cc_has(h: &HeaderMap, directive: &str) -> bool {
@@ -70,8 +70,12 @@ pub(super) async fn handle(
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
     let primary = PrimaryKey::for_uri(&out.uri, target);
+    let stored = cache.lookup(&primary, &out.headers).await;
+    if let Some(resp) = plain_hit(scope, cache, out, stored.as_ref(), rec) {
+        return Ok(resp);
+    }
     let rule = cache.rules().classify(primary.url()).cloned();
-    handle_with_rule(scope, cache, target, out, rule, rec).await
+    handle_keyed(scope, cache, target, out, primary, rule, stored, rec).await
 }
 
 /// [`handle`] with the artifact rule chosen by the caller (a mirror route knows what its
@@ -85,23 +89,85 @@ pub async fn handle_with_rule(
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
     let primary = PrimaryKey::for_uri(&out.uri, target);
+    let stored = cache.lookup(&primary, &out.headers).await;
+    if let Some(resp) = plain_hit(scope, cache, out, stored.as_ref(), rec) {
+        return Ok(resp);
+    }
+    handle_keyed(scope, cache, target, out, primary, rule, stored, rec).await
+}
+
+/// The hit path's shortcut: a plain GET (no `Cache-Control` or `Pragma` of its own) for an
+/// entry whose fresh answer to such a request is known for its current age
+/// ([`StoredPolicy::fresh_for_plain_get`]) is served without building the policy's view of
+/// the request or asking the policy again. Anything else takes the full path.
+fn plain_hit(
+    scope: &Scope,
+    cache: &Cache,
+    out: &Outgoing,
+    stored: Option<&Stored>,
+    rec: &mut AccessRecord,
+) -> Option<Response<Body>> {
+    let stored = stored?;
+    if out.method != Method::GET || !crate::cache::policy::is_plain(&out.headers) {
+        return None;
+    }
+    let headers = stored
+        .meta()
+        .policy
+        .fresh_for_plain_get(SystemTime::now())?;
+    Some(serve_fresh(scope, cache, out, stored, headers, rec))
+}
+
+/// A fresh hit: counted, and served from `stored` with `headers`.
+fn serve_fresh(
+    scope: &Scope,
+    cache: &Cache,
+    out: &Outgoing,
+    stored: &Stored,
+    headers: HeaderMap,
+    rec: &mut AccessRecord,
+) -> Response<Body> {
+    let (code, counter) = if stored.is_memory() {
+        (ResultCode::TcpMemHit, &cache.stats.mem_hits)
+    } else {
+        (ResultCode::TcpHit, &cache.stats.disk_hits)
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    serve_from(scope, out, stored, headers, code, "hit", rec)
+}
+
+/// The request as the policy sees it: the normalised URL of `primary` (and its authority as
+/// `Host`), without the client's own conditionals and `Range`, which the cache answers
+/// itself from the stored response and which must not leak into the revalidation request
+/// the policy builds.
+fn policy_view(
+    out: &Outgoing,
+    target: &Target,
+    primary: &PrimaryKey,
+    rule: Option<&Rule>,
+) -> http::request::Parts {
     let view_uri: Uri = primary.url().parse().unwrap_or_else(|_| out.uri.clone());
     let authority = view_uri
         .authority()
         .map_or_else(|| target.authority(), |a| a.to_string());
-    // The client's own conditionals and Range are answered by the cache from the stored
-    // response; they must not leak into the revalidation request the policy builds.
     let mut policy_headers = out.headers.clone();
     for h in CLIENT_ONLY {
         policy_headers.remove(h);
     }
-    let view = request_view(
-        &Method::GET,
-        &view_uri,
-        &authority,
-        &policy_headers,
-        rule.as_ref(),
-    );
+    request_view(&Method::GET, &view_uri, &authority, &policy_headers, rule)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_keyed(
+    scope: &Scope,
+    cache: &Arc<Cache>,
+    target: &Target,
+    out: &Outgoing,
+    primary: PrimaryKey,
+    rule: Option<Rule>,
+    stored: Option<Stored>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
     let c = Ctx {
         scope,
         cache,
@@ -109,35 +175,22 @@ pub async fn handle_with_rule(
         out,
         primary,
         rule,
-        view,
+        view: std::sync::OnceLock::new(),
     };
     let now = SystemTime::now();
     let only_if_cached = cc_has(&out.headers, "only-if-cached");
 
-    if let Some(stored) = cache.lookup(&c.primary, &out.headers).await {
-        match stored.meta().policy.lookup(&c.view, now) {
+    if let Some(stored) = stored {
+        match stored.meta().policy.lookup(c.view(), now) {
             Freshness::Fresh(headers) => {
-                let code = if stored.is_memory() {
-                    ResultCode::TcpMemHit
-                } else {
-                    ResultCode::TcpHit
-                };
-                cache.stats.mem_hits.fetch_add(
-                    stored.is_memory() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                cache.stats.disk_hits.fetch_add(
-                    (!stored.is_memory()) as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                return Ok(c.serve_stored(&stored, headers, code, "hit", rec));
+                return Ok(serve_fresh(scope, cache, out, &stored, headers, rec));
             }
             Freshness::Stale(reval) => {
                 if only_if_cached {
                     return Err(ProxyError::NotCached);
                 }
                 let policy = &stored.meta().policy;
-                if policy.may_serve_while_revalidating(&c.view, now) {
+                if policy.may_serve_while_revalidating(c.view(), now) {
                     c.revalidate_in_background(stored.meta().clone(), reval);
                     cache
                         .stats
@@ -171,6 +224,11 @@ pub async fn handle_with_rule(
 }
 
 impl Ctx<'_> {
+    fn view(&self) -> &http::request::Parts {
+        self.view
+            .get_or_init(|| policy_view(self.out, self.target, &self.primary, self.rule.as_ref()))
+    }
+
     /// The rule a response with `status` is stored under (the negative rule for 404/410).
     fn rule_for(&self, status: StatusCode) -> Option<Rule> {
         self.cache.rules().for_status(self.rule.as_ref(), status)
@@ -178,7 +236,7 @@ impl Ctx<'_> {
 
     fn serve_on_error(&self, stored: &Stored) -> bool {
         stored.meta().policy.may_serve_on_error(
-            &self.view,
+            self.view(),
             SystemTime::now(),
             self.cache.settings.serve_stale_on_error,
         )
@@ -220,7 +278,7 @@ impl Ctx<'_> {
         match send(self.scope, self.target, &req, empty(), rec).await {
             Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
                 let merged = stored.meta().policy.after_not_modified(
-                    &self.view,
+                    self.view(),
                     stored.meta().status(),
                     &stored.meta().headers,
                     resp.headers(),
@@ -234,7 +292,7 @@ impl Ctx<'_> {
                         self.cache.refresh(meta.clone());
                         drop(permit);
                         let stored = stored.with_meta(meta.clone());
-                        let mut h = match meta.policy.lookup(&self.view, SystemTime::now()) {
+                        let mut h = match meta.policy.lookup(self.view(), SystemTime::now()) {
                             Freshness::Fresh(h) => h,
                             Freshness::Stale(_) => {
                                 meta.policy.stale_headers(&meta.headers, SystemTime::now())
@@ -315,7 +373,7 @@ impl Ctx<'_> {
         let scope = self.scope.clone();
         let cache = self.cache.clone();
         let target = self.target.clone();
-        let view = self.view.clone();
+        let view = self.view().clone();
         let rule = self.rule.clone();
         let mut headers = reval;
         headers.remove(header::HOST);
@@ -397,11 +455,11 @@ impl Ctx<'_> {
             // so the response must be fresh for it (RFC 9111 §4.2).
             Outcome::Fill(fill)
                 if fill.meta.variant.matches(&self.out.headers)
-                    && fill.meta.policy.may_reuse(&self.view)
+                    && fill.meta.policy.may_reuse(self.view())
                     && fill.joinable()
                     && (fill.state() == FillState::Receiving
                         || matches!(
-                            fill.meta.policy.lookup(&self.view, SystemTime::now()),
+                            fill.meta.policy.lookup(self.view(), SystemTime::now()),
                             Freshness::Fresh(_)
                         )) =>
             {
@@ -412,7 +470,7 @@ impl Ctx<'_> {
                 let stored = self.cache.lookup(&self.primary, &self.out.headers).await;
                 if let Some(stored) = &stored {
                     if let Freshness::Fresh(h) =
-                        stored.meta().policy.lookup(&self.view, SystemTime::now())
+                        stored.meta().policy.lookup(self.view(), SystemTime::now())
                     {
                         return Ok(self.serve_stored(
                             stored,
@@ -469,7 +527,7 @@ impl Ctx<'_> {
 
     /// The shared tier's lookup for this request (fresh for it, may be reused by it).
     async fn ask_shared(&self, shared: &Arc<Shared>) -> Lookup {
-        let view = &self.view;
+        let view = self.view();
         let now = SystemTime::now();
         let usable = |m: &Meta| {
             m.policy.may_reuse(view) && matches!(m.policy.lookup(view, now), Freshness::Fresh(_))
@@ -559,7 +617,7 @@ impl Ctx<'_> {
             return Err((permit, Upload::Replace, None));
         };
         let now = SystemTime::now();
-        let headers = match meta.policy.lookup(&self.view, now) {
+        let headers = match meta.policy.lookup(self.view(), now) {
             Freshness::Fresh(h) => h,
             Freshness::Stale(_) => meta.policy.stale_headers(&meta.headers, now),
         };
@@ -629,7 +687,7 @@ impl Ctx<'_> {
         let policy = (status != StatusCode::PARTIAL_CONTENT && status != StatusCode::NOT_MODIFIED)
             .then(|| {
                 let rule = self.rule_for(status);
-                StoredPolicy::new(&self.view, status, &headers, now, rule.as_ref())
+                StoredPolicy::new(self.view(), status, &headers, now, rule.as_ref())
             })
             .flatten();
         let Some(policy) = policy.filter(|_| self.cache.can_store(content_length(&headers))) else {
@@ -706,19 +764,40 @@ impl Ctx<'_> {
         status_entry: &str,
         rec: &mut AccessRecord,
     ) -> Response<Body> {
-        if !code.is_refresh() {
-            rec.hierarchy = Hierarchy::none();
-        }
-        let resp = serve::answer(
-            &self.out.method,
-            &self.out.headers,
-            stored.meta().status(),
+        serve_from(
+            self.scope,
+            self.out,
+            stored,
             headers,
-            stored as &dyn Source,
-        );
-        let entry = with_rule(status_entry, stored.meta().policy.rule.as_deref());
-        finish(self.scope, resp, code, &entry, rec)
+            code,
+            status_entry,
+            rec,
+        )
     }
+}
+
+/// Answers `out` from `stored` with `headers` (conditionals and ranges included).
+fn serve_from(
+    scope: &Scope,
+    out: &Outgoing,
+    stored: &Stored,
+    headers: HeaderMap,
+    code: ResultCode,
+    status_entry: &str,
+    rec: &mut AccessRecord,
+) -> Response<Body> {
+    if !code.is_refresh() {
+        rec.hierarchy = Hierarchy::none();
+    }
+    let resp = serve::answer(
+        &out.method,
+        &out.headers,
+        stored.meta().status(),
+        headers,
+        stored as &dyn Source,
+    );
+    let entry = with_rule(status_entry, stored.meta().policy.rule.as_deref());
+    finish(scope, resp, code, &entry, rec)
 }
 
 /// A `Cache-Status` entry naming the artifact rule that decided the entry's freshness (an

@@ -24,7 +24,7 @@ use crate::state::Scope;
 use crate::telemetry::record::{AccessRecord, ResultCode};
 use exchange::{Outgoing, respond, send};
 
-#[tracing::instrument(skip_all, fields(method = %req.method(), url = %rec.url))]
+#[tracing::instrument(level = "debug", skip_all, fields(method = %req.method(), url = %rec.url))]
 pub async fn handle(
     scope: &Scope,
     req: Request<Incoming>,

@@ -7,6 +7,12 @@
 //! small shared pool, reads and writes until the socket would block, and gives it back. An
 //! idle tunnel therefore costs its sockets and its task, not 2 × 64 KiB of buffers, which is
 //! what lets `--max-connections` idle tunnels fit the pod's memory limit.
+//!
+//! On Linux the bytes do not pass through user space at all: a direction moves them with
+//! `splice(2)` from the source socket into a pipe and from the pipe into the destination
+//! socket (the kernel hands pages over instead of copying them twice through a buffer). The
+//! pipe is pooled and held only while bytes move, like the buffer; when no pipe can be made
+//! (descriptor or pipe-page limits) that burst is copied through a buffer instead.
 
 use std::io;
 use std::pin::Pin;
@@ -222,8 +228,8 @@ pub async fn run_tcp(
     }
 }
 
-/// Copies `src` to `dst` until `src` ends (then half-closes `dst`), holding a buffer only
-/// while `src` has data.
+/// Copies `src` to `dst` until `src` ends (then half-closes `dst`), holding a pipe or a
+/// buffer only while `src` has data.
 async fn pump(
     src: &tokio::net::TcpStream,
     dst: &tokio::net::TcpStream,
@@ -232,26 +238,183 @@ async fn pump(
 ) -> io::Result<()> {
     loop {
         src.readable().await?;
-        let mut buf = PoolBuf::take();
-        loop {
-            buf.0.clear();
-            match src.try_read_buf(&mut buf.0) {
-                Ok(0) => {
-                    // Half-close: the peer may still answer on the other direction.
-                    match socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
-                        Err(e) if e.kind() != io::ErrorKind::NotConnected => return Err(e),
-                        _ => return Ok(()),
-                    }
-                }
-                Ok(n) => {
-                    count.fetch_add(n as u64, Ordering::Relaxed);
-                    activity.touch();
-                    write_all(dst, &buf.0[..n]).await?;
-                    activity.touch();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+        #[cfg(target_os = "linux")]
+        if let Some(pipe) = splice::Pipe::take() {
+            if splice::burst(src, dst, pipe, count, activity).await? {
+                return half_close(dst);
             }
+            continue;
+        }
+        if copy_burst(src, dst, count, activity).await? {
+            return half_close(dst);
+        }
+    }
+}
+
+/// Passes the end of one direction on: the peer may still answer on the other.
+fn half_close(dst: &tokio::net::TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Copies through a pooled buffer until `src` would block (`Ok(false)`) or ends (`Ok(true)`).
+async fn copy_burst(
+    src: &tokio::net::TcpStream,
+    dst: &tokio::net::TcpStream,
+    count: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<bool> {
+    let mut buf = PoolBuf::take();
+    loop {
+        buf.0.clear();
+        match src.try_read_buf(&mut buf.0) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+                activity.touch();
+                write_all(dst, &buf.0[..n]).await?;
+                activity.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Zero-copy bursts through a pipe (Linux).
+#[cfg(target_os = "linux")]
+mod splice {
+    use std::io;
+    use std::os::fd::OwnedFd;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use rustix::pipe::{PipeFlags, SpliceFlags};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use super::{Activity, POOLED};
+
+    /// The pipe's capacity, and the most one splice moves: 64 pages, so a few hundred busy
+    /// tunnels stay within an unprivileged user's pipe allowance (`pipe-user-pages-soft`,
+    /// 16,384 pages by default).
+    const PIPE_SIZE: usize = 256 << 10;
+
+    static PIPES: parking_lot::Mutex<Vec<(OwnedFd, OwnedFd)>> = parking_lot::Mutex::new(Vec::new());
+
+    /// A pipe from the pool (or a new one), returned to it on drop when it is empty; a pipe
+    /// still holding bytes (the burst failed half-way) is closed instead.
+    pub(super) struct Pipe {
+        ends: Option<(OwnedFd, OwnedFd)>,
+        /// Bytes spliced in and not yet out.
+        pub(super) held: std::cell::Cell<usize>,
+    }
+
+    impl Pipe {
+        /// `None` when no pipe can be made (the caller copies through a buffer).
+        pub(super) fn take() -> Option<Pipe> {
+            let ends = match PIPES.lock().pop() {
+                Some(p) => p,
+                None => {
+                    let (r, w) =
+                        rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+                    // Larger bursts per call; a pipe past the user's pipe-page allowance keeps
+                    // its default size.
+                    let _ = rustix::pipe::fcntl_setpipe_size(&w, PIPE_SIZE);
+                    (r, w)
+                }
+            };
+            Some(Pipe {
+                ends: Some(ends),
+                held: std::cell::Cell::new(0),
+            })
+        }
+    }
+
+    /// The pipes in the pool, by inode (tests).
+    #[cfg(test)]
+    pub(super) fn pooled_inodes() -> Vec<u64> {
+        PIPES
+            .lock()
+            .iter()
+            .filter_map(|(_, w)| inode_of(w))
+            .collect()
+    }
+
+    #[cfg(test)]
+    impl Pipe {
+        pub(super) fn inode(&self) -> u64 {
+            self.ends
+                .as_ref()
+                .and_then(|(_, w)| inode_of(w))
+                .unwrap_or(0)
+        }
+    }
+
+    #[cfg(test)]
+    fn inode_of(fd: &OwnedFd) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let f = std::fs::File::from(fd.try_clone().ok()?);
+        f.metadata().ok().map(|m| m.ino())
+    }
+
+    impl Drop for Pipe {
+        fn drop(&mut self) {
+            if let Some(ends) = self.ends.take()
+                && self.held.get() == 0
+            {
+                let mut pool = PIPES.lock();
+                if pool.len() < POOLED {
+                    pool.push(ends);
+                }
+            }
+        }
+    }
+
+    /// Moves bytes `src` → pipe → `dst` until `src` would block (`Ok(false)`) or ends
+    /// (`Ok(true)`), the pipe emptied each time before `src` is read again.
+    pub(super) async fn burst(
+        src: &TcpStream,
+        dst: &TcpStream,
+        pipe: Pipe,
+        count: &AtomicU64,
+        activity: &Activity,
+    ) -> io::Result<bool> {
+        let Some((r, w)) = pipe.ends.as_ref() else {
+            return Ok(false);
+        };
+        loop {
+            // The pipe is empty here: the splice stops at what the socket has.
+            let n = match src.try_io(Interest::READABLE, || {
+                rustix::pipe::splice(src, None, w, None, PIPE_SIZE, SpliceFlags::NONBLOCK)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(0) => return Ok(true),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let mut held = n;
+            pipe.held.set(held);
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            activity.touch();
+            while held > 0 {
+                dst.writable().await?;
+                match dst.try_io(Interest::WRITABLE, || {
+                    rustix::pipe::splice(r, None, dst, None, held, SpliceFlags::NONBLOCK)
+                        .map_err(io::Error::from)
+                }) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(m) => {
+                        held -= m.min(held);
+                        pipe.held.set(held);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            activity.touch();
         }
     }
 }
@@ -359,6 +522,86 @@ mod tests {
         let s = h.await.unwrap();
         let n = data.len() as u64;
         assert_eq!((s.client_to_upstream, s.upstream_to_client), (n, n));
+    }
+
+    /// The buffer copy (what a burst uses when no pipe can be made, and everywhere off
+    /// Linux) moves what the socket has, reports the end, and counts the bytes.
+    #[tokio::test]
+    async fn buffer_copy_bursts_move_bytes_and_see_the_end() {
+        let (mut a, a_near) = pair().await;
+        let (b_near, mut b) = pair().await;
+        let count = AtomicU64::new(0);
+        let activity = Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        };
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        a.write_all(&data).await.unwrap();
+        a.shutdown().await.unwrap();
+        let mut ended = false;
+        while !ended {
+            a_near.readable().await.unwrap();
+            ended = copy_burst(&a_near, &b_near, &count, &activity)
+                .await
+                .unwrap();
+        }
+        half_close(&b_near).unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert!(got == data);
+        assert_eq!(count.load(Ordering::Relaxed), data.len() as u64);
+    }
+
+    /// A burst through a pipe moves what the socket has; one whose destination is gone
+    /// fails; a pipe still holding bytes is closed rather than pooled.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn pipe_bursts_move_bytes_and_dirty_pipes_are_not_pooled() {
+        let (mut a, a_near) = pair().await;
+        let (b_near, mut b) = pair().await;
+        let count = AtomicU64::new(0);
+        let activity = Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        };
+        a.write_all(b"through the pipe").await.unwrap();
+        a_near.readable().await.unwrap();
+        let pipe = splice::Pipe::take().unwrap();
+        assert!(
+            !splice::burst(&a_near, &b_near, pipe, &count, &activity)
+                .await
+                .unwrap()
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 16);
+        let mut got = [0u8; 16];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"through the pipe");
+
+        drop(b);
+        let chunk = vec![7u8; 256 * 1024];
+        let mut failed = false;
+        for _ in 0..64 {
+            a.write_all(&chunk).await.unwrap();
+            a_near.readable().await.unwrap();
+            let pipe = splice::Pipe::take().unwrap();
+            if splice::burst(&a_near, &b_near, pipe, &count, &activity)
+                .await
+                .is_err()
+            {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "writing to a closed peer never failed");
+
+        let dirty = splice::Pipe::take().unwrap();
+        let ino = dirty.inode();
+        dirty.held.set(1);
+        drop(dirty);
+        assert!(
+            !splice::pooled_inodes().contains(&ino),
+            "a pipe holding bytes went back to the pool"
+        );
     }
 
     #[tokio::test]
