@@ -116,12 +116,19 @@ PIDS+=("$ORIGIN_PID")
 ORIGIN=$(wait_for_addr "$TMP/origin.out" "$ORIGIN_PID" "listening on ")
 log "origin on $ORIGIN"
 
-# start_cuttle <name> <cache dir>: sets CPID, CADDR, CADMIN; stderr in $TMP/<name>.err, the
-# access log in $TMP/<name>.log. The wall-clock start is kept in CSTART (ns).
+# start_cuttle <name> <cache dir> [options...]: sets CPID, CADDR, CADMIN; stderr in
+# $TMP/<name>.err, the access log in $TMP/<name>.log. The wall-clock start is kept in CSTART
+# (ns). Every connection of the bench comes from 127.0.0.1, so the per-client connection
+# limit (default 1000) is raised above the largest count: the runs measure the load, not
+# that limit.
 start_cuttle() {
   local name=$1 dir=$2
+  shift 2
+  local max_conns=0 c
+  for c in "${CONNS[@]}"; do ((c > max_conns)) && max_conns=$c; done
   CSTART=$(date +%s%N)
   CUTTLE_CACHE_DIR=$dir "$CUTTLE_BIN" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --allow-dest 127.0.0.0/8 \
+    --max-connections-per-client $((max_conns + 512)) "$@" \
     >"$TMP/$name.log" 2>"$TMP/$name.err" &
   CPID=$!
   PIDS+=("$CPID")
@@ -278,7 +285,13 @@ if want entries; then
   for n in "${ENTRIES[@]}"; do
     dir=$TMP/entries-cache
     rm -rf "$dir"
-    start_cuttle "entries-$n" "$dir"
+    # The disk tier holds one entry per 32 KiB of --cache-size: at least the default 10 GiB,
+    # more when the step has more entries than that allows (1M entries: 39 GiB of bound, about
+    # 4 GB on disk for 256-byte bodies).
+    size_gib=$(((n * 32 * 5 / 4 + 1048575) / 1048576))
+    ((size_gib < 10)) && size_gib=10
+    CACHE_SIZE_ARGS=(--cache-size "${size_gib}GiB")
+    start_cuttle "entries-$n" "$dir" "${CACHE_SIZE_ARGS[@]}"
     # Readiness and a first request (so the idle RSS includes the first connection's state).
     for _ in $(seq 100); do
       curl -s -o /dev/null -m 2 -x "http://$CADDR" "http://$ORIGIN/bytes/1" && break
@@ -344,7 +357,7 @@ if want entries; then
 
     # Restart on the same directory: time to the index-rebuilt line, and RSS once rebuilt.
     stop_cuttle
-    start_cuttle "restart-$n" "$dir"
+    start_cuttle "restart-$n" "$dir" "${CACHE_SIZE_ARGS[@]}"
     line=
     for _ in $(seq 6000); do # up to 10 minutes
       line=$(grep -m1 'disk cache index rebuilt' "$TMP/restart-$n.err" || true)

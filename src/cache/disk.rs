@@ -871,25 +871,48 @@ pub(crate) fn decode_head(f: &mut impl Read, file_len: u64) -> io::Result<(Meta,
     Ok((meta, (PREFIX_LEN + meta_len) as u64, file_len - min))
 }
 
-/// Reads up to `want` bytes at `pos` (fewer at the end of the file); a chunk-sized read
-/// goes into a pooled buffer.
+/// Reads up to `want` bytes at `pos` (fewer at the end of the file, or when only part of
+/// the range is in the page cache). Reads of at most a chunk go into a pooled buffer and,
+/// on Linux, are served straight from the page cache on the calling task when the data is
+/// there (`preadv2` with `RWF_NOWAIT`, which never waits for the disk); otherwise, and for
+/// larger reads, on a blocking thread.
 pub(super) async fn read_at(file: Arc<std::fs::File>, pos: u64, want: usize) -> io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        if want != READ_CHUNK {
+    if want > READ_CHUNK {
+        return tokio::task::spawn_blocking(move || {
             let mut buf = BytesMut::zeroed(want);
             let n = file.read_at(&mut buf, pos)?;
             buf.truncate(n);
-            return Ok(buf.freeze());
-        }
-        let mut chunk = Chunk {
-            buf: CHUNKS.lock().pop().unwrap_or_else(|| vec![0; READ_CHUNK]),
-            len: 0,
-        };
-        chunk.len = file.read_at(&mut chunk.buf, pos)?;
+            Ok(buf.freeze())
+        })
+        .await
+        .map_err(io::Error::other)?;
+    }
+    let mut chunk = Chunk {
+        buf: CHUNKS.lock().pop().unwrap_or_else(|| vec![0; READ_CHUNK]),
+        len: 0,
+    };
+    #[cfg(target_os = "linux")]
+    if let Some(n) = read_cached(&file, &mut chunk.buf[..want], pos) {
+        chunk.len = n;
+        return Ok(Bytes::from_owner(chunk));
+    }
+    tokio::task::spawn_blocking(move || {
+        chunk.len = file.read_at(&mut chunk.buf[..want], pos)?;
         Ok(Bytes::from_owner(chunk))
     })
     .await
     .map_err(io::Error::other)?
+}
+
+/// The bytes at `pos` that are in the page cache, read without waiting for the disk: `None`
+/// when none are (`EAGAIN`), at the end of the file, or where the file system cannot tell.
+#[cfg(target_os = "linux")]
+fn read_cached(file: &std::fs::File, buf: &mut [u8], pos: u64) -> Option<usize> {
+    let flags = rustix::io::ReadWriteFlags::NOWAIT;
+    match rustix::io::preadv2(file, &mut [io::IoSliceMut::new(buf)], pos, flags) {
+        Ok(n) if n > 0 => Some(n),
+        _ => None,
+    }
 }
 
 /// Reads the trailer at `at` (after the body) and compares it with the running checksum.
