@@ -524,17 +524,22 @@ mod tests {
         assert_eq!((s.client_to_upstream, s.upstream_to_client), (n, n));
     }
 
+    /// A byte counter and an activity clock, as a bridge direction has them.
+    fn counters() -> (AtomicU64, Activity) {
+        let activity = Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        };
+        (AtomicU64::new(0), activity)
+    }
+
     /// The buffer copy (what a burst uses when no pipe can be made, and everywhere off
     /// Linux) moves what the socket has, reports the end, and counts the bytes.
     #[tokio::test]
     async fn buffer_copy_bursts_move_bytes_and_see_the_end() {
         let (mut a, a_near) = pair().await;
         let (b_near, mut b) = pair().await;
-        let count = AtomicU64::new(0);
-        let activity = Activity {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        };
+        let (count, activity) = counters();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
         a.write_all(&data).await.unwrap();
         a.shutdown().await.unwrap();
@@ -559,11 +564,7 @@ mod tests {
     async fn pipe_bursts_move_bytes_and_dirty_pipes_are_not_pooled() {
         let (mut a, a_near) = pair().await;
         let (b_near, mut b) = pair().await;
-        let count = AtomicU64::new(0);
-        let activity = Activity {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        };
+        let (count, activity) = counters();
         a.write_all(b"through the pipe").await.unwrap();
         a_near.readable().await.unwrap();
         let pipe = splice::Pipe::take().unwrap();
