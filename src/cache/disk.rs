@@ -35,7 +35,9 @@ use crate::http::body::{Body, BoxError};
 
 /// Objects up to this size are read and verified whole before the first byte is served.
 pub const VERIFY_WHOLE_LIMIT: u64 = 16 * 1024 * 1024;
-const READ_CHUNK: usize = 128 * 1024;
+/// Bytes per read of a stored body (disk hits, and fill readers behind the in-memory window):
+/// one pooled buffer each.
+pub(super) const READ_CHUNK: usize = 128 * 1024;
 /// Read buffers kept for reuse (4 MiB at most): a disk hit's chunks come from here and go
 /// back when hyper has written them, so streaming from disk neither allocates nor zeroes
 /// (nor faults in) fresh memory per chunk.

@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::disk::{DiskWriter, read_at};
+use super::disk::{DiskWriter, READ_CHUNK, read_at};
 use super::memory::MemEntry;
 use super::meta::Meta;
 use crate::http::body::{Body, BoxError};
@@ -36,7 +36,6 @@ const SMALL_WINDOW: u64 = 256 * 1024;
 const WRITER_QUEUE: u64 = 16 * 1024 * 1024;
 /// A writer that makes no progress for this long is stalled: the entry is abandoned.
 const WRITER_STALL: Duration = Duration::from_secs(2);
-const READ_CHUNK: usize = 64 * 1024;
 /// Chunks from upstream smaller than this are copied into buffers of their own before the
 /// fill keeps them. hyper reads a body into buffers of up to 64 KiB
 /// (`upstream::settings::READ_BUF_MAX`) and hands out slices of them, and while a slice

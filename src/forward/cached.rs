@@ -69,13 +69,8 @@ pub(super) async fn handle(
     out: &Outgoing,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    let primary = PrimaryKey::for_uri(&out.uri, target);
-    let stored = cache.lookup(&primary, &out.headers).await;
-    if let Some(resp) = plain_hit(scope, cache, out, stored.as_ref(), rec) {
-        return Ok(resp);
-    }
-    let rule = cache.rules().classify(primary.url()).cloned();
-    handle_keyed(scope, cache, target, out, primary, rule, stored, rec).await
+    let rule = |p: &PrimaryKey| cache.rules().classify(p.url()).cloned();
+    handle_ruled(scope, cache, target, out, rule, rec).await
 }
 
 /// [`handle`] with the artifact rule chosen by the caller (a mirror route knows what its
@@ -88,11 +83,25 @@ pub async fn handle_with_rule(
     rule: Option<Rule>,
     rec: &mut AccessRecord,
 ) -> Result<Response<Body>, ProxyError> {
+    handle_ruled(scope, cache, target, out, move |_| rule, rec).await
+}
+
+/// Looks the request up; a plain hit is served at once ([`plain_hit`]), anything else goes
+/// the full way with the artifact rule `rule` gives for the key (asked only then).
+async fn handle_ruled(
+    scope: &Scope,
+    cache: &Arc<Cache>,
+    target: &Target,
+    out: &Outgoing,
+    rule: impl FnOnce(&PrimaryKey) -> Option<Rule>,
+    rec: &mut AccessRecord,
+) -> Result<Response<Body>, ProxyError> {
     let primary = PrimaryKey::for_uri(&out.uri, target);
     let stored = cache.lookup(&primary, &out.headers).await;
     if let Some(resp) = plain_hit(scope, cache, out, stored.as_ref(), rec) {
         return Ok(resp);
     }
+    let rule = rule(&primary);
     handle_keyed(scope, cache, target, out, primary, rule, stored, rec).await
 }
 
@@ -745,15 +754,16 @@ impl Ctx<'_> {
         status_entry: &str,
         rec: &mut AccessRecord,
     ) -> Response<Body> {
-        let resp = serve::answer(
-            &self.out.method,
-            &self.out.headers,
-            fill.meta.status(),
+        let source = (&*fill.meta, fill as &dyn Source);
+        answer(
+            self.scope,
+            self.out,
+            source,
             headers,
-            fill as &dyn Source,
-        );
-        let entry = with_rule(status_entry, fill.meta.policy.rule.as_deref());
-        finish(self.scope, resp, code, &entry, rec)
+            code,
+            status_entry,
+            rec,
+        )
     }
 
     fn serve_stored(
@@ -776,7 +786,7 @@ impl Ctx<'_> {
     }
 }
 
-/// Answers `out` from `stored` with `headers` (conditionals and ranges included).
+/// Answers `out` from `stored` with `headers`: no upstream hop, unless it was a refresh.
 fn serve_from(
     scope: &Scope,
     out: &Outgoing,
@@ -789,14 +799,23 @@ fn serve_from(
     if !code.is_refresh() {
         rec.hierarchy = Hierarchy::none();
     }
-    let resp = serve::answer(
-        &out.method,
-        &out.headers,
-        stored.meta().status(),
-        headers,
-        stored as &dyn Source,
-    );
-    let entry = with_rule(status_entry, stored.meta().policy.rule.as_deref());
+    let source = (&**stored.meta(), stored as &dyn Source);
+    answer(scope, out, source, headers, code, status_entry, rec)
+}
+
+/// Answers `out` from a stored entry or a fill (its metadata and body) with `headers`
+/// (conditionals and ranges included), with `Cache-Status` and the access-log record.
+fn answer(
+    scope: &Scope,
+    out: &Outgoing,
+    (meta, body): (&Meta, &dyn Source),
+    headers: HeaderMap,
+    code: ResultCode,
+    status_entry: &str,
+    rec: &mut AccessRecord,
+) -> Response<Body> {
+    let resp = serve::answer(&out.method, &out.headers, meta.status(), headers, body);
+    let entry = with_rule(status_entry, meta.policy.rule.as_deref());
     finish(scope, resp, code, &entry, rec)
 }
 

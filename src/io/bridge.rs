@@ -395,21 +395,18 @@ mod splice {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             };
-            let mut held = n;
-            pipe.held.set(held);
+            pipe.held.set(n);
             count.fetch_add(n as u64, Ordering::Relaxed);
             activity.touch();
-            while held > 0 {
+            while pipe.held.get() > 0 {
+                let held = pipe.held.get();
                 dst.writable().await?;
                 match dst.try_io(Interest::WRITABLE, || {
                     rustix::pipe::splice(r, None, dst, None, held, SpliceFlags::NONBLOCK)
                         .map_err(io::Error::from)
                 }) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(m) => {
-                        held -= m.min(held);
-                        pipe.held.set(held);
-                    }
+                    Ok(m) => pipe.held.set(held - m.min(held)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
