@@ -4,8 +4,9 @@
 //! client that started it goes away.
 //!
 //! Recent chunks stay in a small in-memory window that live readers are served from. A writer
-//! thread copies every chunk to the temporary disk file through a queue; a reader that falls
-//! behind the window reads that file. When more than 16 MiB wait for the writer, the fill
+//! thread (low priority, `io::background`) creates the temporary disk file and copies every
+//! chunk to it through a queue; a reader that falls behind the window reads that file (until
+//! the file exists, the window keeps what the slowest reader needs). When more than 16 MiB wait for the writer, the fill
 //! waits for it as long as it makes progress (a disk somewhat slower than the network still
 //! gets the entry); a writer that makes no progress for 2 s (a stalled disk) or fails loses
 //! the entry, and clients are served on from memory: from then on the fill waits for its
@@ -79,6 +80,12 @@ struct Inner {
 }
 
 impl Inner {
+    /// No disk copy to read behind the window: none at all, or not created yet (until it
+    /// exists, the window keeps what the slowest reader still needs, as without one).
+    fn no_file(&self) -> bool {
+        self.file_failed || self.file.is_none()
+    }
+
     fn slowest_reader(&mut self) -> Option<u64> {
         self.readers.retain(|r| r.strong_count() > 0);
         self.readers
@@ -95,10 +102,10 @@ impl Inner {
         if self.keep_all {
             return 0;
         }
-        let window = if self.file_failed { WINDOW } else { window };
+        let window = if self.no_file() { WINDOW } else { window };
         let before = self.window_bytes;
         let mut floor = self.received.saturating_sub(window);
-        if self.file_failed
+        if self.no_file()
             && let Some(slowest) = self.slowest_reader()
         {
             floor = floor.min(slowest);
@@ -288,13 +295,20 @@ pub struct FillLimits {
     pub budget: Arc<Budget>,
 }
 
+/// Creates the disk entry of a fill, on the writer's blocking thread (None: it could not be
+/// created, e.g. no room).
+pub type OpenWriter = Box<dyn FnOnce() -> Option<DiskWriter> + Send>;
+
 impl Fill {
-    /// Starts filling from `body`. `writer` is the disk entry (none when the disk tier is off).
+    /// Starts filling from `body`. `open` creates the disk entry (none when the disk tier is
+    /// off); it runs on the writer's thread, so the first bytes reach readers while the file
+    /// is being created (creating it can mean evicting other entries first). Until it
+    /// exists, chunks wait in the writer's queue and readers are served from the window.
     /// `done` runs once at the end with whether the entry was stored.
     pub fn start<B>(
         meta: Arc<Meta>,
         body: B,
-        writer: Option<DiskWriter>,
+        open: Option<OpenWriter>,
         limits: FillLimits,
         done: impl FnOnce(Arc<Fill>, Completed) + Send + 'static,
     ) -> Arc<Fill>
@@ -314,11 +328,9 @@ impl Fill {
                 window_bytes: 0,
                 keep_all,
                 written: 0,
-                file: writer
-                    .as_ref()
-                    .and_then(|w| w.reader().map(|f| (f, w.body_offset()))),
-                file_failed: writer.is_none(),
-                writer_done: writer.is_none(),
+                file: None,
+                file_failed: open.is_none(),
+                writer_done: open.is_none(),
                 state: FillState::Receiving,
                 readers: Vec::new(),
                 had_reader: false,
@@ -333,10 +345,21 @@ impl Fill {
             counted: AtomicU64::new(0),
         });
         let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
-        let writer_task = writer.map(|w| {
+        let writer_task = open.map(|open| {
             let f = fill.clone();
-            tokio::task::spawn_blocking(move || {
-                let stored = write_to_disk(&f, w, wrx);
+            crate::io::background::spawn(move || {
+                let stored = match open() {
+                    Some(w) => {
+                        f.inner.lock().file = w.reader().map(|r| (r, w.body_offset()));
+                        write_to_disk(&f, w, wrx)
+                    }
+                    None => {
+                        f.abandon_file("the disk entry could not be created");
+                        f.inner.lock().writer_done = true;
+                        f.notify();
+                        false
+                    }
+                };
                 // Whatever was still queued is dropped with the queue.
                 f.queued.store(0, Ordering::Release);
                 f.recount(f.inner.lock().window_bytes);
@@ -477,7 +500,7 @@ impl Fill {
         loop {
             let wait = {
                 let mut inner = self.inner.lock();
-                if !inner.file_failed || inner.keep_all {
+                if !inner.no_file() || inner.keep_all {
                     false
                 } else {
                     let received = inner.received;
@@ -843,7 +866,8 @@ mod tests {
         B::Error: Into<BoxError>,
     {
         let (tx, rx) = oneshot::channel();
-        let fill = Fill::start(Arc::new(meta), body, writer, limits, move |_, c| {
+        let open = writer.map(|w| Box::new(move || Some(w)) as OpenWriter);
+        let fill = Fill::start(Arc::new(meta), body, open, limits, move |_, c| {
             let _ = tx.send(match c {
                 Completed::Stored { mem, .. } => Some(mem.map(|m| m.body)),
                 Completed::NotStored => None,
@@ -967,6 +991,105 @@ mod tests {
             .unwrap();
         assert_eq!(hit.len, N as u64);
         drop(fill);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// The disk entry is created on the writer's thread: readers get the first bytes while
+    /// it is still being created (here: held back by the test), larger than the window, and
+    /// the entry is stored once it exists. When it cannot be created, the clients are served
+    /// in full and nothing is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_do_not_wait_for_the_disk_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        const N: usize = WINDOW as usize + 3 * 1024 * 1024;
+        let body = data(N);
+        let m = meta("http://h/late", Some(N));
+        let budget = Budget::new(FILLS_BUDGET);
+        let (tx, up) = upstream();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (d2, m2) = (d.clone(), Arc::new(m.clone()));
+        let open: OpenWriter = Box::new(move || {
+            go_rx.recv().ok()?;
+            d2.writer(&m2).ok()
+        });
+        let (done_tx, done) = oneshot::channel();
+        let fill = Fill::start(
+            Arc::new(m),
+            up,
+            Some(open),
+            limits(&budget, 1 << 30, 1 << 20),
+            move |_, c| {
+                let _ = done_tx.send(matches!(c, Completed::Stored { .. }));
+            },
+        );
+        let mut reader = fill.reader(0, None);
+        // The whole body (more than the window) arrives and is read while the entry does
+        // not exist yet.
+        let mut got = Vec::new();
+        for c in body.chunks(64 * 1024) {
+            tx.send(Ok(Bytes::copy_from_slice(c))).await.unwrap();
+            let want = got.len() + c.len();
+            while got.len() < want {
+                let frame = tokio::time::timeout(Duration::from_secs(10), reader.frame())
+                    .await
+                    .expect("a reader waited for the disk entry")
+                    .unwrap()
+                    .unwrap();
+                got.extend_from_slice(&frame.into_data().unwrap());
+            }
+        }
+        drop(tx);
+        assert!(got[..] == body[..]);
+        drop(reader);
+        go_tx.send(()).unwrap();
+        assert!(done.await.unwrap(), "stored once the entry existed");
+        let hit = d.lookup(&key("http://h/late"), &HeaderMap::new()).await;
+        assert_eq!(hit.unwrap().len, N as u64);
+        drop(fill);
+        given_back(&budget).await;
+
+        // An entry that cannot be created: served in full, not stored.
+        let m = meta("http://h/none", Some(N));
+        let (tx, up) = upstream();
+        let open: OpenWriter = Box::new(|| None);
+        let (fill, done) = {
+            let (done_tx, done) = oneshot::channel();
+            let fill = Fill::start(
+                Arc::new(m),
+                up,
+                Some(open),
+                limits(&budget, 1 << 30, 1 << 20),
+                move |_, c| {
+                    let _ = done_tx.send(matches!(c, Completed::Stored { .. }));
+                },
+            );
+            (fill, done)
+        };
+        let reader = tokio::spawn(drain(fill.reader(0, None)));
+        feed(&tx, &body, 64 * 1024).await;
+        drop(tx);
+        let (got, failed) = reader.await.unwrap();
+        assert!(!failed && got[..] == body[..]);
+        assert!(!done.await.unwrap(), "nothing stored");
+        assert!(
+            d.lookup(&key("http://h/none"), &HeaderMap::new())
+                .await
+                .is_none()
+        );
+        drop(fill);
+        given_back(&budget).await;
+    }
+
+    /// Waits until the budget is all given back: a fill's task lets go of its own handle
+    /// just after reporting how it ended.
+    async fn given_back(budget: &Budget) {
+        for _ in 0..100 {
+            if budget.held() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(budget.held(), 0);
     }
 

@@ -307,17 +307,18 @@ impl Cache {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let writer = match &self.disk {
-            Some(d) => {
-                let (d, m) = (d.clone(), meta.clone());
-                tokio::task::spawn_blocking(move || d.writer(&m).ok())
-                    .await
+        // The disk entry is created on the writer's thread, after the first bytes are on
+        // their way to the client: creating it (reserving room, evicting, creating the file)
+        // is not on the time to first byte.
+        let open = self.disk.as_ref().map(|d| {
+            let (d, m) = (d.clone(), meta.clone());
+            Box::new(move || {
+                d.writer(&m)
+                    .map_err(|e| tracing::debug!(url = %m.url, error = %e, "no disk entry"))
                     .ok()
-                    .flatten()
-            }
-            None => None,
-        };
-        let max_object = if writer.is_some() {
+            }) as fill::OpenWriter
+        });
+        let max_object = if open.is_some() {
             self.settings.max_object
         } else {
             self.memory.max_object
@@ -328,7 +329,7 @@ impl Cache {
         let fill = Fill::start(
             meta,
             body,
-            writer,
+            open,
             FillLimits {
                 max_object,
                 mem_object: self.memory.max_object,

@@ -1,8 +1,10 @@
 //! Byte-level plumbing below HTTP: the two-way bridge that CONNECT tunnels, upgrades and
 //! blind tunnels after a ClientHello all use ([`bridge`]), and a stream that replays bytes
 //! already read ([`rewind`]), and the client's socket taken back from hyper after an
-//! upgrade ([`upgrade`]).
+//! upgrade ([`upgrade`]); and low-priority threads for background disk work
+//! ([`background`]).
 
+pub mod background;
 pub mod bridge;
 pub mod rewind;
 pub mod upgrade;
