@@ -13,6 +13,9 @@
 //!   `Cache-Control: public, max-age=31536000, immutable` (what public registries send).
 //! - `GET /_stats` (no delay, not counted) answers `requests <n>`: the requests served so far on
 //!   both ports, the "upstream requests" of the benchmark.
+//! - `GET /_down` and `GET /_up` (not counted) cut the registry off and bring it back: while it
+//!   is down every other request (still counted) is answered by closing the connection
+//!   without a response, as a registry behind a failed link would, on both ports.
 //!
 //! Usage: `bench_registry --dir <dir> [--latency-ms 40] [--rate-mbps 20] [--tls <ca.pem>]`.
 //! Prints `listening on 127.0.0.1:<port>` and, with `--tls`, `tls listening on
@@ -54,6 +57,8 @@ struct Settings {
     /// Bytes per second.
     rate: u64,
     requests: AtomicU64,
+    /// Cut off (`/_down`): requests get no response.
+    down: std::sync::atomic::AtomicBool,
 }
 
 /// A body released in slices no faster than `rate` bytes per second from its first poll.
@@ -126,17 +131,33 @@ fn file_for(dir: &Path, path: &str) -> Option<PathBuf> {
     Some(out)
 }
 
-async fn respond(s: &Settings, req: Request<Incoming>, scheme: &str) -> Response<Paced> {
+/// The response, or none (the connection is closed) while the registry is down.
+async fn respond(
+    s: &Settings,
+    req: Request<Incoming>,
+    scheme: &str,
+) -> Result<Response<Paced>, std::io::Error> {
     let path = req.uri().path().to_string();
     let mut status = StatusCode::OK;
     let mut ct = "application/octet-stream";
     let mut cache = "public, max-age=31536000, immutable";
-    let body = if path == "/_stats" {
+    let body = if let Some(state) = path
+        .strip_prefix("/_")
+        .filter(|p| *p == "down" || *p == "up")
+    {
+        s.down.store(state == "down", Ordering::SeqCst);
+        ct = "text/plain";
+        cache = "no-store";
+        Bytes::from(format!("{state}\n"))
+    } else if path == "/_stats" {
         ct = "text/plain";
         cache = "no-store";
         Bytes::from(format!("requests {}\n", s.requests.load(Ordering::SeqCst)))
     } else {
         s.requests.fetch_add(1, Ordering::SeqCst);
+        if s.down.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("the registry is down"));
+        }
         tokio::time::sleep(s.latency).await;
         let file = file_for(&s.dir, &path);
         match file.as_ref().map(tokio::fs::read) {
@@ -194,7 +215,7 @@ async fn respond(s: &Settings, req: Request<Incoming>, scheme: &str) -> Response
         header::CACHE_CONTROL,
         header::HeaderValue::from_static(cache),
     );
-    resp
+    Ok(resp)
 }
 
 /// Serves HTTP/1.1 on one accepted connection (plain TCP or TLS).
@@ -204,7 +225,7 @@ where
 {
     let svc = service_fn(move |req: Request<Incoming>| {
         let s = s.clone();
-        async move { Ok::<_, Infallible>(respond(&s, req, scheme).await) }
+        async move { respond(&s, req, scheme).await }
     });
     let _ = http1::Builder::new()
         .serve_connection(TokioIo::new(io), svc)
@@ -231,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
         latency: Duration::from_millis(latency_ms),
         rate: (rate_mbps * 1e6) as u64,
         requests: AtomicU64::new(0),
+        down: std::sync::atomic::AtomicBool::new(false),
     });
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let listener = TcpListener::bind(loopback).await.context("bind")?;

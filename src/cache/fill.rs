@@ -4,7 +4,7 @@
 //! client that started it goes away.
 //!
 //! Recent chunks stay in a small in-memory window that live readers are served from. A writer
-//! thread (low priority, `io::background`) creates the temporary disk file and copies every
+//! thread creates the temporary disk file and copies every
 //! chunk to it through a queue; a reader that falls behind the window reads that file (until
 //! the file exists, the window keeps what the slowest reader needs). When more than 16 MiB wait for the writer, the fill
 //! waits for it as long as it makes progress (a disk somewhat slower than the network still
@@ -304,12 +304,15 @@ impl Fill {
     /// off); it runs on the writer's thread, so the first bytes reach readers while the file
     /// is being created (creating it can mean evicting other entries first). Until it
     /// exists, chunks wait in the writer's queue and readers are served from the window.
-    /// `done` runs once at the end with whether the entry was stored.
+    /// `kept` runs as soon as the whole body has arrived and was kept in memory (before the
+    /// disk copy is complete: the memory tier can serve it at once); `done` runs once at the
+    /// end with whether the entry was stored.
     pub fn start<B>(
         meta: Arc<Meta>,
         body: B,
         open: Option<OpenWriter>,
         limits: FillLimits,
+        kept: impl FnOnce(MemEntry) + Send + 'static,
         done: impl FnOnce(Arc<Fill>, Completed) + Send + 'static,
     ) -> Arc<Fill>
     where
@@ -347,7 +350,7 @@ impl Fill {
         let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
         let writer_task = open.map(|open| {
             let f = fill.clone();
-            crate::io::background::spawn(move || {
+            tokio::task::spawn_blocking(move || {
                 let stored = match open() {
                     Some(w) => {
                         f.inner.lock().file = w.reader().map(|r| (r, w.body_offset()));
@@ -432,6 +435,14 @@ impl Fill {
                     Err(e) => FillState::Failed(e),
                 };
             }
+            // The whole body in memory is servable now; the disk copy may take a while longer.
+            let mem = f.whole_body().map(|body| MemEntry {
+                meta: f.meta.clone(),
+                body,
+            });
+            if let Some(m) = &mem {
+                kept(m.clone());
+            }
             // Only now: the writer decides whether to commit from the state once its queue
             // closes.
             drop(wtx);
@@ -446,10 +457,6 @@ impl Fill {
                 inner.orphan = None;
             }
             f.notify();
-            let mem = f.whole_body().map(|body| MemEntry {
-                meta: f.meta.clone(),
-                body,
-            });
             let file = if stored {
                 f.inner.lock().file.as_ref().map(|(file, _)| file.clone())
             } else {
@@ -867,12 +874,19 @@ mod tests {
     {
         let (tx, rx) = oneshot::channel();
         let open = writer.map(|w| Box::new(move || Some(w)) as OpenWriter);
-        let fill = Fill::start(Arc::new(meta), body, open, limits, move |_, c| {
-            let _ = tx.send(match c {
-                Completed::Stored { mem, .. } => Some(mem.map(|m| m.body)),
-                Completed::NotStored => None,
-            });
-        });
+        let fill = Fill::start(
+            Arc::new(meta),
+            body,
+            open,
+            limits,
+            |_| {},
+            move |_, c| {
+                let _ = tx.send(match c {
+                    Completed::Stored { mem, .. } => Some(mem.map(|m| m.body)),
+                    Completed::NotStored => None,
+                });
+            },
+        );
         (fill, rx)
     }
 
@@ -1019,6 +1033,7 @@ mod tests {
             up,
             Some(open),
             limits(&budget, 1 << 30, 1 << 20),
+            |_| {},
             move |_, c| {
                 let _ = done_tx.send(matches!(c, Completed::Stored { .. }));
             },
@@ -1060,6 +1075,7 @@ mod tests {
                 up,
                 Some(open),
                 limits(&budget, 1 << 30, 1 << 20),
+                |_| {},
                 move |_, c| {
                     let _ = done_tx.send(matches!(c, Completed::Stored { .. }));
                 },
@@ -1079,6 +1095,55 @@ mod tests {
         );
         drop(fill);
         given_back(&budget).await;
+    }
+
+    /// A body kept whole is handed to the memory tier as soon as it has arrived, while its
+    /// disk copy is still pending; the entry is stored on disk once that can go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_kept_in_memory_is_handed_over_before_the_disk_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        let body = data(64 * 1024 + 7);
+        let m = meta("http://h/kept", Some(body.len()));
+        let budget = Budget::new(FILLS_BUDGET);
+        let (tx, up) = upstream();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (d2, m2) = (d.clone(), Arc::new(m.clone()));
+        let open: OpenWriter = Box::new(move || {
+            go_rx.recv().ok()?;
+            d2.writer(&m2).ok()
+        });
+        let (kept_tx, kept) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        let _fill = Fill::start(
+            Arc::new(m),
+            up,
+            Some(open),
+            limits(&budget, 1 << 30, 1 << 20),
+            move |m| {
+                let _ = kept_tx.send(m.body);
+            },
+            move |_, c| {
+                let _ = done_tx.send(matches!(
+                    c,
+                    Completed::Stored {
+                        mem: Some(_),
+                        file: Some(_)
+                    }
+                ));
+            },
+        );
+        feed(&tx, &body, 16 * 1024).await;
+        drop(tx);
+        let got = tokio::time::timeout(Duration::from_secs(10), kept)
+            .await
+            .expect("the memory tier waited for the disk copy")
+            .unwrap();
+        assert!(got[..] == body[..]);
+        go_tx.send(()).unwrap();
+        assert!(done.await.unwrap(), "stored in memory and on disk");
+        let hit = d.lookup(&key("http://h/kept"), &HeaderMap::new()).await;
+        assert_eq!(hit.unwrap().len, body.len() as u64);
     }
 
     /// Waits until the budget is all given back: a fill's task lets go of its own handle

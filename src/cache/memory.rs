@@ -11,7 +11,7 @@ use http::HeaderMap;
 use super::meta::Meta;
 
 /// A stored response with its whole body.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MemEntry {
     pub meta: Arc<Meta>,
     pub body: Bytes,

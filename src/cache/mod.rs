@@ -290,9 +290,10 @@ impl Cache {
     }
 
     /// Starts storing a response whose head is `meta` and whose body is `body`. The fill is
-    /// published to `permit`'s followers at once, but the key stays locked until the fill has
-    /// finished (and its entry is findable): a request arriving while it streams joins it
-    /// instead of fetching the object again. Once stored, the entry is offered to the shared
+    /// published to `permit`'s followers at once, but the key stays locked until its entry is
+    /// findable (in the memory tier as soon as a body kept whole has arrived, otherwise once
+    /// the disk copy is committed): a request arriving while it streams joins it instead of
+    /// fetching the object again. Once stored, the entry is offered to the shared
     /// tier as `upload` says (off the request path); `lease`, the shared tier's lease taken
     /// for this fetch, is released after that upload (or at once when nothing is uploaded).
     pub async fn fill<B>(
@@ -326,6 +327,7 @@ impl Cache {
         let cache = self.clone();
         let permit = Arc::new(parking_lot::Mutex::new(Some(permit)));
         let held = permit.clone();
+        let (mem_cache, mem_held) = (self.clone(), permit.clone());
         let fill = Fill::start(
             meta,
             body,
@@ -335,6 +337,15 @@ impl Cache {
                 mem_object: self.memory.max_object,
                 reader_stall: self.settings.reader_stall,
                 budget: self.fill_budget.clone(),
+            },
+            // A body kept whole goes to the memory tier as soon as it is complete, and the
+            // key is released then: the next request is a memory hit, not a follower of a
+            // fill whose disk copy is still being written. (A later fill of the same key may
+            // then commit its disk copy before this one; either is a complete response with
+            // its own metadata.)
+            move |m| {
+                mem_cache.memory.insert(m);
+                drop(mem_held.lock().take());
             },
             move |fill, completed| {
                 match completed {
@@ -348,9 +359,6 @@ impl Cache {
                             if let Some(source) = source {
                                 sh.offer(fill.meta.clone(), source, upload, lease);
                             }
-                        }
-                        if let Some(m) = mem {
-                            cache.memory.insert(m);
                         }
                         cache.stats.stored.fetch_add(1, Ordering::Relaxed);
                     }
