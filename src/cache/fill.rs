@@ -872,8 +872,22 @@ mod tests {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (tx, rx) = oneshot::channel();
         let open = writer.map(|w| Box::new(move || Some(w)) as OpenWriter);
+        start_opening(meta, body, open, limits)
+    }
+
+    /// [`start`] with a disk entry made by `open` on the writer's thread.
+    fn start_opening<B>(
+        meta: Meta,
+        body: B,
+        open: Option<OpenWriter>,
+        limits: FillLimits,
+    ) -> (Arc<Fill>, oneshot::Receiver<Outcome>)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (tx, rx) = oneshot::channel();
         let fill = Fill::start(
             Arc::new(meta),
             body,
@@ -1021,23 +1035,8 @@ mod tests {
         let m = meta("http://h/late", Some(N));
         let budget = Budget::new(FILLS_BUDGET);
         let (tx, up) = upstream();
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let (d2, m2) = (d.clone(), Arc::new(m.clone()));
-        let open: OpenWriter = Box::new(move || {
-            go_rx.recv().ok()?;
-            d2.writer(&m2).ok()
-        });
-        let (done_tx, done) = oneshot::channel();
-        let fill = Fill::start(
-            Arc::new(m),
-            up,
-            Some(open),
-            limits(&budget, 1 << 30, 1 << 20),
-            |_| {},
-            move |_, c| {
-                let _ = done_tx.send(matches!(c, Completed::Stored { .. }));
-            },
-        );
+        let (go_tx, open) = held_open(&d, &m);
+        let (fill, done) = start_opening(m, up, Some(open), limits(&budget, 1 << 30, 1 << 20));
         let mut reader = fill.reader(0, None);
         // The whole body (more than the window) arrives and is read while the entry does
         // not exist yet.
@@ -1058,7 +1057,10 @@ mod tests {
         assert!(got[..] == body[..]);
         drop(reader);
         go_tx.send(()).unwrap();
-        assert!(done.await.unwrap(), "stored once the entry existed");
+        assert!(
+            done.await.unwrap().is_some(),
+            "stored once the entry existed"
+        );
         let hit = d.lookup(&key("http://h/late"), &HeaderMap::new()).await;
         assert_eq!(hit.unwrap().len, N as u64);
         drop(fill);
@@ -1068,26 +1070,13 @@ mod tests {
         let m = meta("http://h/none", Some(N));
         let (tx, up) = upstream();
         let open: OpenWriter = Box::new(|| None);
-        let (fill, done) = {
-            let (done_tx, done) = oneshot::channel();
-            let fill = Fill::start(
-                Arc::new(m),
-                up,
-                Some(open),
-                limits(&budget, 1 << 30, 1 << 20),
-                |_| {},
-                move |_, c| {
-                    let _ = done_tx.send(matches!(c, Completed::Stored { .. }));
-                },
-            );
-            (fill, done)
-        };
+        let (fill, done) = start_opening(m, up, Some(open), limits(&budget, 1 << 30, 1 << 20));
         let reader = tokio::spawn(drain(fill.reader(0, None)));
         feed(&tx, &body, 64 * 1024).await;
         drop(tx);
         let (got, failed) = reader.await.unwrap();
         assert!(!failed && got[..] == body[..]);
-        assert!(!done.await.unwrap(), "nothing stored");
+        assert!(done.await.unwrap().is_none(), "nothing stored");
         assert!(
             d.lookup(&key("http://h/none"), &HeaderMap::new())
                 .await
@@ -1107,12 +1096,7 @@ mod tests {
         let m = meta("http://h/kept", Some(body.len()));
         let budget = Budget::new(FILLS_BUDGET);
         let (tx, up) = upstream();
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let (d2, m2) = (d.clone(), Arc::new(m.clone()));
-        let open: OpenWriter = Box::new(move || {
-            go_rx.recv().ok()?;
-            d2.writer(&m2).ok()
-        });
+        let (go_tx, open) = held_open(&d, &m);
         let (kept_tx, kept) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
         let _fill = Fill::start(
@@ -1144,6 +1128,18 @@ mod tests {
         assert!(done.await.unwrap(), "stored in memory and on disk");
         let hit = d.lookup(&key("http://h/kept"), &HeaderMap::new()).await;
         assert_eq!(hit.unwrap().len, body.len() as u64);
+    }
+
+    /// A disk entry for `m` that is created only once the test sends on the returned sender
+    /// (on the writer's thread, which waits for it meanwhile).
+    fn held_open(d: &Arc<Disk>, m: &Meta) -> (std::sync::mpsc::Sender<()>, OpenWriter) {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (d, m) = (d.clone(), Arc::new(m.clone()));
+        let open: OpenWriter = Box::new(move || {
+            go_rx.recv().ok()?;
+            d.writer(&m).ok()
+        });
+        (go_tx, open)
     }
 
     /// Waits until the budget is all given back: a fill's task lets go of its own handle
