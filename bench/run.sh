@@ -28,7 +28,8 @@
 #   BENCH_TUNNEL_BYTES   bytes per round of the TLS tunnel scenarios, split evenly over the
 #                        tunnels (default 1 GiB)
 #   BENCH_TUNNEL_PARALLEL  concurrent tunnels of the second TLS tunnel scenario (default 8)
-#   BENCH_TTFB_RUNS      1 MiB misses per path for the time to first byte (default 20)
+#   BENCH_TTFB_RUNS      1 MiB misses per path for the time to first byte (default 100: single
+#                        misses scatter by several ms on 2 shared cores; a median of 20 moved)
 #   BENCH_HIT_SIZES      cache-hit object sizes in bytes (default "1024 65536 1048576 16777216")
 #   BENCH_HIT_CONNS      wrk connections for the cache-hit runs (default 64)
 #   BENCH_HIT_MEM_SIZES  sizes above cuttle's default max-mem-object-size (8 MiB) also measured
@@ -50,7 +51,7 @@ CONNECT_BYTES=${BENCH_CONNECT_BYTES:-1073741824}
 CONNECT_RUNS=${BENCH_CONNECT_RUNS:-3}
 TUNNEL_BYTES=${BENCH_TUNNEL_BYTES:-1073741824}
 TUNNEL_PARALLEL=${BENCH_TUNNEL_PARALLEL:-8}
-TTFB_RUNS=${BENCH_TTFB_RUNS:-20}
+TTFB_RUNS=${BENCH_TTFB_RUNS:-100}
 read -r -a HIT_SIZES <<<"${BENCH_HIT_SIZES:-1024 65536 1048576 16777216}"
 HIT_CONNS=${BENCH_HIT_CONNS:-64}
 read -r -a HIT_MEM_SIZES <<<"${BENCH_HIT_MEM_SIZES-16777216}"
