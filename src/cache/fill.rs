@@ -4,9 +4,9 @@
 //! client that started it goes away.
 //!
 //! Recent chunks stay in a small in-memory window that live readers are served from. A writer
-//! thread creates the temporary disk file and copies every
-//! chunk to it through a queue; a reader that falls behind the window reads that file (until
-//! the file exists, the window keeps what the slowest reader needs). When more than 16 MiB wait for the writer, the fill
+//! thread creates the temporary disk file and copies every chunk to it through a queue; a
+//! reader that falls behind the window reads that file (until the file exists, the window
+//! keeps what the slowest reader needs). When more than 16 MiB wait for the writer, the fill
 //! waits for it as long as it makes progress (a disk somewhat slower than the network still
 //! gets the entry); a writer that makes no progress for 2 s (a stalled disk) or fails loses
 //! the entry, and clients are served on from memory: from then on the fill waits for its
