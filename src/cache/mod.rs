@@ -296,7 +296,7 @@ impl Cache {
     /// fetching the object again. Once stored, the entry is offered to the shared
     /// tier as `upload` says (off the request path); `lease`, the shared tier's lease taken
     /// for this fetch, is released after that upload (or at once when nothing is uploaded).
-    pub async fn fill<B>(
+    pub fn fill<B>(
         self: &Arc<Cache>,
         meta: Arc<Meta>,
         body: B,

@@ -434,15 +434,13 @@ impl Ctx<'_> {
             }
             strip_per_client(&mut headers);
             let meta = Arc::new(Meta::new(&primary, variant, parts.status, headers, policy));
-            cache
-                .fill(
-                    meta,
-                    IdleTimeoutBody::new(body, scope.state.config.timeouts.read),
-                    permit,
-                    Upload::Replace,
-                    None,
-                )
-                .await;
+            cache.fill(
+                meta,
+                IdleTimeoutBody::new(body, scope.state.config.timeouts.read),
+                permit,
+                Upload::Replace,
+                None,
+            );
         });
     }
 
@@ -630,7 +628,7 @@ impl Ctx<'_> {
             Freshness::Fresh(h) => h,
             Freshness::Stale(_) => meta.policy.stale_headers(&meta.headers, now),
         };
-        let fill = self.cache.fill(meta, body, permit, Upload::No, None).await;
+        let fill = self.cache.fill(meta, body, permit, Upload::No, None);
         rec.hierarchy = Hierarchy::none();
         Ok(self.serve_fill_as(
             &fill,
@@ -711,16 +709,13 @@ impl Ctx<'_> {
         strip_per_client(&mut headers);
         let meta = Arc::new(Meta::new(&self.primary, variant, status, headers, policy));
         let (_, body) = resp.into_parts();
-        let fill = self
-            .cache
-            .fill(
-                meta,
-                IdleTimeoutBody::new(body, self.scope.state.config.timeouts.read),
-                permit,
-                upload,
-                lease,
-            )
-            .await;
+        let fill = self.cache.fill(
+            meta,
+            IdleTimeoutBody::new(body, self.scope.state.config.timeouts.read),
+            permit,
+            upload,
+            lease,
+        );
         Ok(self.serve_fill_as(&fill, own, code, "fwd=miss; stored", rec))
     }
 
