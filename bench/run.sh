@@ -783,9 +783,10 @@ if want_part forward; then
 fi
 
 # ----- cache hits ----------------------------------------------------------------------
-# The result code cuttle (default settings) logs for a hit of an object of `bytes`.
+# The result code cuttle (default settings) logs for a hit of an object of `bytes`: from
+# the disk tier above the memory tier's object limit, or from memory once promoted as hot.
 cuttle_hit_code() {
-  if [[ $1 -gt $CUTTLE_MEM_OBJECT_MAX ]]; then echo TCP_HIT; else echo TCP_MEM_HIT; fi
+  if [[ $1 -gt $CUTTLE_MEM_OBJECT_MAX ]]; then echo "TCP_HIT|TCP_MEM_HIT"; else echo TCP_MEM_HIT; fi
 }
 
 # warm <instance> <url path> <expected result-code regex>: one request stores the object,
@@ -948,7 +949,7 @@ if want_part hit; then
   for bytes in "${HIT_SIZES[@]}"; do
     n=hit-$bytes
     tier=""
-    [[ $bytes -gt $CUTTLE_MEM_OBJECT_MAX ]] && tier=", cuttle from disk"
+    [[ $bytes -gt $CUTTLE_MEM_OBJECT_MAX ]] && tier=", cuttle: disk, then memory when hot"
     label="hit $bytes B (c=$HIT_CONNS$tier)"
     wrk_rows hrow "$label" "$n"
     path_row hrow "$label hits % of logged" "$n" hitpct higher
@@ -986,7 +987,7 @@ times() { if [[ $1 == - ]]; then echo -; else echo "$1× $2"; fi; }
 has_size() { local h; for h in "${HIT_SIZES[@]}"; do [[ $h == "$1" ]] && return 0; done; return 1; }
 if want_part hit; then
   for spec in "1024 rps 1.4 hit 1 KiB, req/s" "65536 mbps 1.2 hit 64 KiB, MB/s" \
-    "1048576 mbps 1.1 hit 1 MiB, MB/s" "16777216 mbps 1.0 hit 16 MiB, MB/s (default tiers: from disk)"; do
+    "1048576 mbps 1.1 hit 1 MiB, MB/s" "16777216 mbps 1.0 hit 16 MiB, MB/s (default tiers: disk, promoted when hot)"; do
     read -r size k goal label <<<"$spec"
     has_size "$size" || continue
     n=hit-$size

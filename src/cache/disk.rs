@@ -173,6 +173,8 @@ struct Item {
     seq: u64,
     /// The [`stamp`] of the file when its checksum last matched; 0: not verified since start.
     verified: u64,
+    /// Lookups that found this file since it was stored (or since start).
+    hits: u32,
 }
 
 impl Index {
@@ -193,6 +195,7 @@ impl Index {
                         size,
                         seq,
                         verified: 0,
+                        hits: 0,
                     },
                 );
                 self.total += size;
@@ -261,6 +264,9 @@ pub struct DiskHit {
     pub(super) stamp: u64,
     /// Whether the index knows this very file (same stamp) as verified.
     pub(super) verified: bool,
+    /// Lookups that found this entry since it was stored or since start, this one included
+    /// (how hot it is: see `Cache::lookup`).
+    pub(super) hits: u32,
 }
 
 /// A file's identity and last change (inode, size, change time) folded into a non-zero
@@ -410,14 +416,20 @@ impl Disk {
                     .get(&slot)
                     .is_some_and(|i| i.verified == hit.stamp);
                 // Evicted while it was opened: served from the open file, not indexed again.
+                let mut hits = 1;
                 if self.is_scanned() && !idx.items.contains_key(&slot) {
                     drop(idx);
                 } else {
                     idx.touch(slot, size);
+                    if let Some(item) = idx.items.get_mut(&slot) {
+                        item.hits = item.hits.saturating_add(1);
+                        hits = item.hits;
+                    }
                 }
                 return Some(DiskHit {
                     meta,
                     verified,
+                    hits,
                     ..hit
                 });
             }
@@ -850,6 +862,7 @@ async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
             len,
             stamp: stamp(&m),
             verified: false,
+            hits: 0,
         })
     })
     .await
@@ -1046,9 +1059,10 @@ impl DiskWriter {
                     self.reserved = 0;
                     idx.refreshed.remove(&self.slot);
                     idx.touch(self.slot, size);
-                    // A new file: verified at its first whole read.
+                    // A new file: verified at its first whole read, not hit yet.
                     if let Some(item) = idx.items.get_mut(&self.slot) {
                         item.verified = 0;
+                        item.hits = 0;
                     }
                 }
                 // Replacing an entry of another size can cross the bound by the difference.

@@ -21,10 +21,19 @@ type Variants = Arc<Vec<Arc<MemEntry>>>;
 
 pub struct Memory {
     cache: moka::sync::Cache<String, Variants>,
-    /// Largest body admitted.
+    /// Largest body admitted when stored (`--max-mem-object-size`).
     pub max_object: u64,
+    /// Largest body promoted from the disk tier once it is hot ([`HOT_FACTOR`]).
+    pub max_hot: u64,
     evictions: Arc<AtomicU64>,
 }
+
+/// Objects up to this many times `--max-mem-object-size` (and at most an eighth of
+/// `--cache-mem`) enter the memory tier too, but only once they are hot: hit from the disk
+/// tier again (`Cache::lookup`). A large artifact every build fetches is then served
+/// from memory, with one copy fewer per hit, while one-off downloads of that size never
+/// push the small hot entries out.
+pub const HOT_FACTOR: u64 = 4;
 
 /// Fixed per-entry overhead counted against the bound besides the body: what an entry costs
 /// beyond its body, measured. 20,000 entries of 256 bytes with five response fields, filled
@@ -52,9 +61,14 @@ impl Memory {
                 }
             })
             .build();
+        let max_object = max_object.min(capacity);
         Memory {
             cache,
-            max_object: max_object.min(capacity),
+            max_object,
+            max_hot: max_object
+                .saturating_mul(HOT_FACTOR)
+                .min(capacity / 8)
+                .max(max_object),
             evictions,
         }
     }
@@ -71,9 +85,15 @@ impl Memory {
         len <= self.max_object
     }
 
-    /// Adds or replaces the entry's variant.
+    /// Whether a body of `len` bytes may be promoted once it is hot.
+    pub fn admits_hot(&self, len: u64) -> bool {
+        len <= self.max_hot
+    }
+
+    /// Adds or replaces the entry's variant (bodies up to [`Memory::max_hot`]; callers
+    /// decide which of them are hot).
     pub fn insert(&self, entry: MemEntry) {
-        if !self.admits(entry.body.len() as u64) {
+        if !self.admits_hot(entry.body.len() as u64) {
             return;
         }
         let primary = entry.meta.key().primary;
@@ -241,6 +261,23 @@ mod tests {
         let small = Memory::new(4096, 1 << 20);
         assert_eq!(small.max_object, 4096);
         assert_eq!(small.capacity(), 4096);
+    }
+
+    /// Hot objects may be up to `HOT_FACTOR` times the object limit, at most an eighth of
+    /// the capacity, never less than the object limit.
+    #[test]
+    fn hot_objects_are_bounded_by_the_limit_and_the_capacity() {
+        let m = Memory::new(1 << 20, 10_000);
+        assert_eq!(m.max_hot, 40_000);
+        assert!(m.admits_hot(40_000) && !m.admits_hot(40_001) && !m.admits(40_000));
+        m.insert(entry("http://h/hot", &[1u8; 40_000]));
+        m.insert(entry("http://h/big", &[1u8; 40_001]));
+        let get = |u: &str| m.get(&primary(u), u, &HeaderMap::new());
+        assert_eq!(get("http://h/hot").unwrap().body.len(), 40_000);
+        assert!(get("http://h/big").is_none());
+        assert_eq!(Memory::new(160_000, 10_000).max_hot, 20_000);
+        assert_eq!(Memory::new(64 * 1024, 10_000).max_hot, 10_000);
+        assert_eq!(Memory::new(1 << 20, 0).max_hot, 0);
     }
 
     /// Far more inserted than fits: the bytes held (bodies plus the per-entry overhead) stay

@@ -58,6 +58,15 @@ pub struct CacheSettings {
     pub shared: Option<SharedSettings>,
 }
 
+/// A disk entry larger than `--max-mem-object-size` is promoted to the memory tier by the
+/// lookup that finds it on disk for the second time (its third request at the earliest),
+/// and again every 16th time while it is still found there (the memory tier may have
+/// declined or evicted it). Only one of many concurrent requests for it reads it whole; the
+/// others stream from the file meanwhile.
+fn is_hot(disk_hits: u32) -> bool {
+    disk_hits == 2 || (disk_hits > 2 && disk_hits % 16 == 0)
+}
+
 /// Counters kept by the cache (the metrics module reads them).
 #[derive(Default)]
 pub struct CacheStats {
@@ -182,6 +191,18 @@ pub struct Cache {
     pub fill_budget: Arc<Budget>,
     /// The shared tier below the disk (`None` when not configured or not usable).
     pub shared: Option<Arc<Shared>>,
+    /// URLs (primary keys) of hot large entries being read whole for the memory tier: one
+    /// read per entry at a time.
+    promoting: parking_lot::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Marks a hot entry as being promoted until dropped.
+struct Promoting<'a>(&'a Cache, String);
+
+impl Drop for Promoting<'_> {
+    fn drop(&mut self) {
+        self.0.promoting.lock().remove(&self.1);
+    }
 }
 
 impl Cache {
@@ -229,6 +250,7 @@ impl Cache {
             fill_budget,
             shared,
             settings,
+            promoting: Default::default(),
         })
     }
 
@@ -251,18 +273,29 @@ impl Cache {
     }
 
     /// The stored variant of `primary` that a request with `req` headers selects. Small disk
-    /// entries are read whole, verified, and promoted to memory.
+    /// entries are read whole, verified, and promoted to memory; larger ones too once they
+    /// are hot.
     pub async fn lookup(&self, primary: &PrimaryKey, req: &HeaderMap) -> Option<Stored> {
         if let Some(e) = self.memory.get(primary.hex(), primary.url(), req) {
             return Some(Stored::Mem(e));
         }
         let disk = self.disk.as_ref()?;
         let hit = disk.lookup(primary, req).await?;
-        // Small entries that the memory tier takes are read whole, verified and promoted;
-        // anything else streams from the file (verified as it is read), so concurrent disk
-        // hits never hold whole objects in memory.
+        // Small entries that the memory tier takes are read whole, verified and promoted, and
+        // so are larger ones (up to `memory::HOT_FACTOR` times as large) once they are hot
+        // ([`is_hot`]: one request of the many that find it on disk at once); anything else
+        // streams from the file (verified as it is read), so concurrent disk hits never hold
+        // whole large objects in memory. The fill budget bounds the bodies read whole at once.
+        let mut promoting = None;
+        let promote = self.memory.admits(hit.len)
+            || (is_hot(hit.hits) && self.memory.admits_hot(hit.len) && {
+                let hex = primary.hex();
+                let first = self.promoting.lock().insert(hex.to_string());
+                promoting = first.then(|| Promoting(self, hex.to_string()));
+                first
+            });
         if hit.len <= VERIFY_WHOLE_LIMIT
-            && self.memory.admits(hit.len)
+            && promote
             && let Some(held) = self.fill_budget.try_take(hit.len)
         {
             let body = disk.read_verified(&hit).await?;
@@ -274,6 +307,7 @@ impl Cache {
                 meta: entry.meta.clone(),
                 body: entry.body.clone(),
             });
+            drop(promoting);
             return Some(Stored::DiskRead(entry, Arc::new(held)));
         }
         Some(Stored::Disk(disk.clone(), hit))

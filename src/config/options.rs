@@ -317,7 +317,8 @@ options! {
     #[arg(long, env = "CUTTLE_MAX_OBJECT_SIZE")]
     max_object_size: String = || defaults::MAX_OBJECT_SIZE.into();
 
-    /// Largest object kept in the memory tier (e.g. 8MiB).
+    /// Largest object kept in the memory tier when stored (e.g. 8MiB); objects up to four
+    /// times that are promoted from the disk tier once they are hot.
     #[arg(long, env = "CUTTLE_MAX_MEM_OBJECT_SIZE")]
     max_mem_object_size: String = || defaults::MAX_MEM_OBJECT_SIZE.into();
 

@@ -558,6 +558,53 @@ async fn small_objects_from_memory_large_from_disk() {
     p.shutdown().await;
 }
 
+/// An object over `max-mem-object-size` but within four times it is promoted to memory at
+/// its second hit from disk; a larger one stays on disk however often it is hit.
+#[tokio::test]
+async fn hot_large_objects_are_promoted_to_memory() {
+    let hot = data(200 * KIB, 7);
+    let cold = data(300 * KIB, 8);
+    let (h, c) = (hot.clone(), cold.clone());
+    let origin = Origin::start(move |req| {
+        let b = if req.uri().path() == "/hot" {
+            h.clone()
+        } else {
+            c.clone()
+        };
+        async move { cacheable(b) }
+    })
+    .await;
+    let p = TestProxy::start(cuttle::config::Options {
+        max_mem_object_size: Some("64KiB".into()),
+        ..opts()
+    })
+    .await;
+    let (hu, cu) = (origin.url("/hot"), origin.url("/cold"));
+    assert!(fetch_ok(&p, &hu, &hot).await.contains(" TCP_MISS/200 "));
+    assert!(fetch_ok(&p, &cu, &cold).await.contains(" TCP_MISS/200 "));
+    p.settled(2).await;
+    assert_eq!(p.cache().usage().mem_objects, 0);
+    // First hit from disk: streamed from the file; second: read whole and promoted.
+    for _ in 0..2 {
+        let line = fetch_ok(&p, &hu, &hot).await;
+        assert!(line.contains(" TCP_HIT/200 "), "{line}");
+    }
+    let u = p.cache().usage();
+    assert_eq!(u.mem_objects, 1, "{u:?}");
+    for _ in 0..2 {
+        let line = fetch_ok(&p, &hu, &hot).await;
+        assert!(line.contains(" TCP_MEM_HIT/200 "), "{line}");
+    }
+    for _ in 0..4 {
+        let line = fetch_ok(&p, &cu, &cold).await;
+        assert!(line.contains(" TCP_HIT/200 "), "{line}");
+    }
+    assert_eq!(origin.hits(), 2);
+    let u = p.cache().usage();
+    assert_eq!((u.mem_objects, u.disk_objects), (1, 2), "{u:?}");
+    p.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Restart
 // ---------------------------------------------------------------------------------------
