@@ -27,10 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 
 use super::key::{EntryKey, PrimaryKey};
-use super::meta::{self, Meta, PREFIX_LEN, TRAILER_LEN};
+use super::meta::{self, Algo, Checksum, Meta, PREFIX_LEN, TRAILER_LEN};
 use crate::http::body::{Body, BoxError};
 
 /// Objects up to this size are read and verified whole before the first byte is served.
@@ -264,6 +263,8 @@ pub struct DiskHit {
     pub(super) stamp: u64,
     /// Whether the index knows this very file (same stamp) as verified.
     pub(super) verified: bool,
+    /// The checksum of the file's version.
+    pub(super) algo: Algo,
     /// Lookups that found this entry since it was stored or since start, this one included
     /// (how hot it is: see `Cache::lookup`).
     pub(super) hits: u32,
@@ -465,8 +466,7 @@ impl Disk {
                     .ok()
                     .is_some_and(|(len, sum)| {
                         len == hit.len
-                            && (hit.verified
-                                || Sha256::digest(&data[PREFIX_LEN..body_end])[..] == sum[..])
+                            && (hit.verified || hit.algo.digest(&data[PREFIX_LEN..body_end]) == sum)
                     })
         });
         let Some(data) = data.filter(|_| ok) else {
@@ -494,7 +494,7 @@ impl Disk {
             body_start: u64,
             from: u64,
             to: u64,
-            hasher: Option<Sha256>,
+            hasher: Option<Checksum>,
             body_len: u64,
             stamp: u64,
             done: bool,
@@ -513,7 +513,7 @@ impl Disk {
             body_start: hit.offset,
             from: hit.offset + start,
             to: hit.offset + end,
-            hasher: verify.then(Sha256::new),
+            hasher: verify.then(|| hit.algo.hasher()),
             body_len: hit.len,
             stamp: hit.stamp,
             done: false,
@@ -648,7 +648,7 @@ impl Disk {
             file: None,
             read: None,
             tmp,
-            hasher: Sha256::new(),
+            hasher: Algo::CURRENT.hasher(),
             body_len: 0,
             body_offset: prefix.len() as u64,
             slot,
@@ -853,7 +853,7 @@ async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
     tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::open(&path)?;
         let m = f.metadata()?;
-        let (meta, offset, len) = decode_head(&mut f, m.len())?;
+        let (meta, offset, len, algo) = decode_head_with_algo(&mut f, m.len())?;
         Ok(DiskHit {
             meta: Arc::new(meta),
             path,
@@ -863,6 +863,7 @@ async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
             stamp: stamp(&m),
             verified: false,
             hits: 0,
+            algo,
         })
     })
     .await
@@ -872,10 +873,15 @@ async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
 /// Decodes the head of a stored file of `file_len` bytes read from `f`: the metadata, the
 /// offset of the body and its length. Anything malformed is `InvalidData`.
 pub(crate) fn decode_head(f: &mut impl Read, file_len: u64) -> io::Result<(Meta, u64, u64)> {
+    decode_head_with_algo(f, file_len).map(|(meta, offset, len, _)| (meta, offset, len))
+}
+
+/// [`decode_head`], and the checksum the file's version uses.
+fn decode_head_with_algo(f: &mut impl Read, file_len: u64) -> io::Result<(Meta, u64, u64, Algo)> {
     let bad = |e: meta::MetaError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
     let mut prefix = [0u8; PREFIX_LEN];
     f.read_exact(&mut prefix)?;
-    let meta_len = meta::decode_prefix(&prefix).map_err(bad)?;
+    let (meta_len, algo) = meta::decode_prefix(&prefix).map_err(bad)?;
     let min = (PREFIX_LEN + meta_len + TRAILER_LEN) as u64;
     if file_len < min {
         return Err(bad(meta::MetaError::Truncated));
@@ -883,7 +889,7 @@ pub(crate) fn decode_head(f: &mut impl Read, file_len: u64) -> io::Result<(Meta,
     let mut json = vec![0u8; meta_len];
     f.read_exact(&mut json)?;
     let meta = meta::decode_meta(&json).map_err(bad)?;
-    Ok((meta, (PREFIX_LEN + meta_len) as u64, file_len - min))
+    Ok((meta, (PREFIX_LEN + meta_len) as u64, file_len - min, algo))
 }
 
 /// Reads up to `want` bytes at `pos` (fewer at the end of the file, or when only part of
@@ -934,12 +940,12 @@ fn read_cached(file: &std::fs::File, buf: &mut [u8], pos: u64) -> Option<usize> 
 async fn check_trailer(
     file: &Arc<std::fs::File>,
     at: u64,
-    hasher: Sha256,
+    hasher: Checksum,
     body_len: u64,
 ) -> Result<(), BoxError> {
     let t = read_at(file.clone(), at, TRAILER_LEN).await?;
     let (len, sum) = meta::decode_trailer(&t).map_err(|e| e.to_string())?;
-    if len != body_len || hasher.finalize()[..] != sum[..] {
+    if len != body_len || hasher.finalize() != sum {
         return Err("checksum mismatch".into());
     }
     Ok(())
@@ -954,7 +960,7 @@ pub struct DiskWriter {
     /// A read handle on the same file, for the fill's readers.
     read: Option<Arc<std::fs::File>>,
     tmp: PathBuf,
-    hasher: Sha256,
+    hasher: Checksum,
     body_len: u64,
     body_offset: u64,
     slot: Slot,
@@ -1033,7 +1039,7 @@ impl DiskWriter {
         let Some(mut f) = self.file.take() else {
             return Err(io::Error::other("writer closed"));
         };
-        let sum: [u8; 32] = self.hasher.clone().finalize().into();
+        let sum = self.hasher.clone().finalize();
         let trailer = meta::encode_trailer(self.body_len, &sum);
         let dest = self.disk.path_for(&self.slot);
         let r = (|| {
@@ -1347,7 +1353,7 @@ pub(super) mod tests {
                 primary: [0; 32],
                 variant: [0; 16],
             };
-            s.primary[..8].copy_from_slice(&Sha256::digest(i.to_le_bytes())[..8]);
+            s.primary[..8].copy_from_slice(&Algo::Sha256.digest(&i.to_le_bytes())[..8]);
             s.variant[0] = (i % 3) as u8;
             idx.touch(s, 8192);
         }
@@ -1473,6 +1479,47 @@ pub(super) mod tests {
         );
         assert!(present(4).await);
         assert_eq!(d.stats.evictions.load(Ordering::Relaxed), 1);
+    }
+
+    /// Rewrites a stored file as version `v` with `algo`'s checksum over the same bytes.
+    fn rewrite_as(path: &Path, v: u8, algo: Algo) {
+        let mut data = std::fs::read(path).unwrap();
+        data[4] = v;
+        let end = data.len() - TRAILER_LEN;
+        let sum = algo.digest(&data[PREFIX_LEN..end]);
+        data[end + 8..].copy_from_slice(&sum);
+        std::fs::write(path, data).unwrap();
+    }
+
+    /// New files are version 2 (BLAKE3); files of version 1 (SHA-256) written by earlier
+    /// releases are still served, whole and streamed, and a version-1 file whose checksum is
+    /// a BLAKE3 one is corrupt.
+    #[tokio::test]
+    async fn version_1_files_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Disk::open(dir.path(), 64 << 20).await.unwrap();
+        d.scan().await;
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for (i, v1) in [(0, true), (1, true), (2, false)] {
+            let url = format!("http://h/v{i}");
+            let path = store(&d, &url, &body, true).await;
+            assert_eq!(std::fs::read(&path).unwrap()[4], meta::VERSION);
+            rewrite_as(&path, 1, if v1 { Algo::Sha256 } else { Algo::Blake3 });
+            let hit = d.lookup(&key(&url), &HeaderMap::new()).await.unwrap();
+            assert_eq!(hit.algo, Algo::Sha256);
+            let got = if i == 0 {
+                d.read_verified(&hit).await.map(|b| b.to_vec())
+            } else {
+                let all = http_body_util::BodyExt::collect(d.stream(&hit, 0, hit.len)).await;
+                all.ok().map(|c| c.to_bytes().to_vec())
+            };
+            if v1 {
+                assert_eq!(got.as_deref(), Some(&body[..]), "{url}");
+            } else {
+                assert!(got.is_none(), "a wrong checksum was served");
+                assert!(!path.exists(), "the corrupt file was kept");
+            }
+        }
     }
 
     /// A body byte changed on disk: the whole read fails its checksum, the file is deleted

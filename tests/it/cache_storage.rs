@@ -173,7 +173,8 @@ fn decode_file(path: &Path) -> Result<StoredFile, String> {
     if data.len() < 9 || &data[..4] != b"CUTL" {
         return Err("bad magic".into());
     }
-    if data[4] != 1 {
+    // Version 2 (written now): BLAKE3 checksum; version 1 (still read): SHA-256.
+    if data[4] != 1 && data[4] != 2 {
         return Err(format!("version {}", data[4]));
     }
     let meta_len = u32::from_le_bytes(data[5..9].try_into().unwrap()) as usize;
@@ -185,7 +186,11 @@ fn decode_file(path: &Path) -> Result<StoredFile, String> {
     let body_end = data.len() - 40;
     let body_len = (body_end - 9 - meta_len) as u64;
     let len_field = u64::from_le_bytes(data[body_end..body_end + 8].try_into().unwrap());
-    let sum = Sha256::digest(&data[9..body_end]);
+    let sum: [u8; 32] = if data[4] == 2 {
+        blake3::hash(&data[9..body_end]).into()
+    } else {
+        Sha256::digest(&data[9..body_end]).into()
+    };
     Ok(StoredFile {
         path: path.to_path_buf(),
         url: meta["url"].as_str().unwrap_or_default().to_string(),

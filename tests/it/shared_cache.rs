@@ -321,6 +321,51 @@ async fn corrupt_object_is_deleted_and_refetched(store: Store) {
     }
 }
 
+/// Objects of format version 1 (SHA-256 checksum, written by earlier releases) are shared
+/// hits; an object of a version this release does not know (a newer replica's) is a miss
+/// that is neither served nor counted as corrupt, and this replica's upload replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_of_other_format_versions() {
+    use sha2::Digest;
+    let s3 = S3::start().await;
+    let body = data(200 * 1024, 12);
+    let (origin, count) = artifact_origin(body.clone()).await;
+    let url = origin.url("/lib/lib-3.jar");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+
+    let a = TestProxy::start(shared_opts(&s3.endpoint(), dirs[0].path())).await;
+    get(&a, &url).await;
+    uploads(&a, 1).await;
+    let object = s3.entries().await.pop().expect("uploaded object");
+    let mut bytes = s3.read(&object).await;
+    assert_eq!(bytes[4], 2, "entries are written as version 2");
+    let end = bytes.len() - 32;
+    let sum = sha2::Sha256::digest(&bytes[9..end - 8]);
+    bytes[4] = 1;
+    bytes[end..].copy_from_slice(&sum);
+    s3.write(&object, bytes.clone()).await;
+
+    let b = TestProxy::start(shared_opts(&s3.endpoint(), dirs[1].path())).await;
+    let (status, _, got) = get(&b, &url).await;
+    assert_eq!((status, got == body), (200, true));
+    assert!(b.log_with("/lib-3.jar ").await.contains("TCP_SHARED_HIT"));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+
+    bytes[4] = 9;
+    s3.write(&object, bytes).await;
+    let c = TestProxy::start(shared_opts(&s3.endpoint(), dirs[2].path())).await;
+    let (status, _, got) = get(&c, &url).await;
+    assert_eq!((status, got == body), (200, true));
+    assert!(c.log_with("/lib-3.jar ").await.contains("TCP_MISS"));
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    assert_eq!(shared(&c).stats.corrupt.load(Ordering::SeqCst), 0);
+    uploads(&c, 1).await;
+    assert_eq!(s3.read(&object).await[4], 2, "replaced by the upload");
+    for p in [a, b, c] {
+        p.shutdown().await;
+    }
+}
+
 /// A 304 refresh on one replica reaches the other through the metadata object; the body is
 /// not uploaded again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //!
 //! **Objects.** An entry is the object `<prefix>/<aa>/<url-hash>` (`aa`: the first two hex
 //! digits of the hash, so keys spread over the bucket's partitions) holding exactly the bytes
-//! of a disk-tier file (magic, version, metadata, body, body length, SHA-256; see
+//! of a disk-tier file (magic, version, metadata, body, body length, checksum; see
 //! [`super::meta`]). The key derives from the cache key (the URL) alone. Metadata refreshed by
 //! a 304 goes to the small object `<key>.meta` (magic `CUTM`, version, length, metadata,
 //! SHA-256), used by another replica when the entry's own metadata is stale and the refresh is
@@ -272,6 +272,11 @@ fn meta_key(entry_key: &str) -> String {
 /// only as a per-process fingerprint.
 const PRIVATE_FIELDS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
 const VARY_MAGIC: &[u8; 4] = b"CUTV";
+/// The version byte of the small objects (`.meta` after a 304, Vary stubs): still 1, their
+/// checksum SHA-256 over a few hundred bytes of JSON, so replicas of every version read them.
+/// (Entries are version 2 since the checksum of their body became BLAKE3; see `meta`.)
+const SMALL_OBJECT_VERSION: u8 = 1;
+
 /// Vary stubs are at most this large.
 const MAX_VARY_OBJECT: u64 = 4096;
 
@@ -279,7 +284,7 @@ fn encode_vary_stub(names: &[String]) -> Result<Vec<u8>, String> {
     let json = serde_json::to_vec(names).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(PREFIX_LEN + json.len() + 32);
     out.extend_from_slice(VARY_MAGIC);
-    out.push(meta::VERSION);
+    out.push(SMALL_OBJECT_VERSION);
     out.extend_from_slice(&(json.len() as u32).to_le_bytes());
     out.extend_from_slice(&json);
     out.extend_from_slice(&Sha256::digest(&json));
@@ -288,7 +293,7 @@ fn encode_vary_stub(names: &[String]) -> Result<Vec<u8>, String> {
 
 /// The field names of a Vary stub; `None` when it is damaged.
 fn decode_vary_stub(data: &[u8]) -> Option<Vec<String>> {
-    if data.len() < PREFIX_LEN + 32 || &data[..4] != VARY_MAGIC || data[4] != meta::VERSION {
+    if data.len() < PREFIX_LEN + 32 || &data[..4] != VARY_MAGIC || data[4] != SMALL_OBJECT_VERSION {
         return None;
     }
     let len = u32::from_le_bytes([data[5], data[6], data[7], data[8]]) as usize;
@@ -485,9 +490,13 @@ impl Shared {
             key = format!("{}.{id}", object_key(primary.hex()));
             varied = true;
         };
-        let meta_len = match meta::decode_prefix(&buf[..PREFIX_LEN]) {
-            Ok(n) if (PREFIX_LEN + n + TRAILER_LEN) as u64 <= size => n,
+        let (meta_len, algo) = match meta::decode_prefix(&buf[..PREFIX_LEN]) {
+            Ok((n, algo)) if (PREFIX_LEN + n + TRAILER_LEN) as u64 <= size => (n, algo),
             Ok(_) => return Ok(self.corrupt(&key, "header longer than the object")),
+            // A format this release does not know (a newer replica's, during a rolling
+            // upgrade): not usable here, but not damaged either, so it is replaced by this
+            // replica's next upload rather than deleted.
+            Err(meta::MetaError::Version(_)) => return Ok(Lookup::Replace),
             Err(e) => return Ok(self.corrupt(&key, &e.to_string())),
         };
         read_until(&mut stream, &mut buf, PREFIX_LEN + meta_len).await?;
@@ -496,7 +505,7 @@ impl Shared {
             Ok(m) => m,
             Err(e) => return Ok(self.corrupt(&key, &e.to_string())),
         };
-        let mut hasher = Sha256::new();
+        let mut hasher = algo.hasher();
         hasher.update(json);
         let rest = buf.split_off(PREFIX_LEN + meta_len).freeze();
         let body_len = size - (PREFIX_LEN + meta_len + TRAILER_LEN) as u64;
@@ -741,10 +750,10 @@ impl Shared {
                 },
                 Source::Mem(body) => {
                     let prefix = meta.encode_prefix().map_err(|e| e.to_string())?;
-                    let mut h = Sha256::new();
+                    let mut h = meta::Algo::CURRENT.hasher();
                     h.update(&prefix[PREFIX_LEN..]);
                     h.update(body);
-                    let sum: [u8; 32] = h.finalize().into();
+                    let sum = h.finalize();
                     let trailer = meta::encode_trailer(body.len() as u64, &sum);
                     sent = (prefix.len() + body.len() + TRAILER_LEN) as u64;
                     write_timed(&mut w, Bytes::from(prefix), idle).await?;
@@ -984,6 +993,7 @@ async fn read_until(stream: &mut ByteStream, buf: &mut BytesMut, n: usize) -> Re
 fn encode_meta_object(meta: &Meta) -> Result<Vec<u8>, String> {
     let mut out = meta.encode_prefix().map_err(|e| e.to_string())?;
     out[..4].copy_from_slice(META_MAGIC);
+    out[4] = SMALL_OBJECT_VERSION;
     let sum = Sha256::digest(&out[PREFIX_LEN..]);
     out.extend_from_slice(&sum);
     Ok(out)
@@ -996,7 +1006,7 @@ fn decode_meta_object(data: &[u8]) -> Option<Meta> {
     let mut prefix = [0u8; PREFIX_LEN];
     prefix.copy_from_slice(&data[..PREFIX_LEN]);
     prefix[..4].copy_from_slice(meta::MAGIC);
-    let len = meta::decode_prefix(&prefix).ok()?;
+    let (len, _) = meta::decode_prefix(&prefix).ok()?;
     if data.len() != PREFIX_LEN + len + 32 {
         return None;
     }
@@ -1016,7 +1026,7 @@ pub struct Found {
     /// Bytes already read past the metadata.
     rest: Bytes,
     /// Over the stored metadata so far; the body follows.
-    hasher: Sha256,
+    hasher: meta::Checksum,
     pub body_len: u64,
 }
 
@@ -1071,7 +1081,7 @@ impl Found {
         let ok = meta::decode_trailer(&buf[body_end..])
             .ok()
             .is_some_and(|(len, sum)| {
-                len == self.body_len && self.hasher.clone().finalize()[..] == sum[..]
+                len == self.body_len && self.hasher.clone().finalize() == sum
             });
         if !ok {
             self.shared.corrupt(&self.key, "checksum mismatch");
@@ -1173,7 +1183,7 @@ impl Found {
                     let sum = st.found.hasher.clone().finalize();
                     let ok = meta::decode_trailer(&st.trailer)
                         .ok()
-                        .is_some_and(|(len, s)| len == st.found.body_len && sum[..] == s[..]);
+                        .is_some_and(|(len, s)| len == st.found.body_len && sum == s);
                     if !ok {
                         st.found.shared.corrupt(&st.found.key, "checksum mismatch");
                         return Err("shared cache object failed its checksum".into());
