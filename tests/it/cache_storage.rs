@@ -527,17 +527,19 @@ async fn chunked_body_error_is_not_committed() {
 // 4. Memory tier
 // ---------------------------------------------------------------------------------------
 
-/// Objects up to `max-mem-object-size` are served from memory, larger ones from disk.
-#[tokio::test]
-async fn small_objects_from_memory_large_from_disk() {
-    let small = data(1000, 5);
-    let large = data(300 * KIB, 6);
-    let (s, l) = (small.clone(), large.clone());
+/// An origin serving `first` at `path` and `other` at any other path (cacheable), and a
+/// proxy with `max-mem-object-size = 64KiB`.
+async fn two_objects_64k_in_memory(
+    path: &str,
+    first: &Bytes,
+    other: &Bytes,
+) -> (Origin, TestProxy) {
+    let (path, f, o) = (path.to_string(), first.clone(), other.clone());
     let origin = Origin::start(move |req| {
-        let b = if req.uri().path() == "/small" {
-            s.clone()
+        let b = if req.uri().path() == path {
+            f.clone()
         } else {
-            l.clone()
+            o.clone()
         };
         async move { cacheable(b) }
     })
@@ -547,6 +549,15 @@ async fn small_objects_from_memory_large_from_disk() {
         ..opts()
     })
     .await;
+    (origin, p)
+}
+
+/// Objects up to `max-mem-object-size` are served from memory, larger ones from disk.
+#[tokio::test]
+async fn small_objects_from_memory_large_from_disk() {
+    let small = data(1000, 5);
+    let large = data(300 * KIB, 6);
+    let (origin, p) = two_objects_64k_in_memory("/small", &small, &large).await;
     let (su, lu) = (origin.url("/small"), origin.url("/large"));
     assert!(fetch_ok(&p, &su, &small).await.contains(" TCP_MISS/200 "));
     assert!(fetch_ok(&p, &lu, &large).await.contains(" TCP_MISS/200 "));
@@ -569,21 +580,7 @@ async fn small_objects_from_memory_large_from_disk() {
 async fn hot_large_objects_are_promoted_to_memory() {
     let hot = data(200 * KIB, 7);
     let cold = data(300 * KIB, 8);
-    let (h, c) = (hot.clone(), cold.clone());
-    let origin = Origin::start(move |req| {
-        let b = if req.uri().path() == "/hot" {
-            h.clone()
-        } else {
-            c.clone()
-        };
-        async move { cacheable(b) }
-    })
-    .await;
-    let p = TestProxy::start(cuttle::config::Options {
-        max_mem_object_size: Some("64KiB".into()),
-        ..opts()
-    })
-    .await;
+    let (origin, p) = two_objects_64k_in_memory("/hot", &hot, &cold).await;
     let (hu, cu) = (origin.url("/hot"), origin.url("/cold"));
     assert!(fetch_ok(&p, &hu, &hot).await.contains(" TCP_MISS/200 "));
     assert!(fetch_ok(&p, &cu, &cold).await.contains(" TCP_MISS/200 "));
