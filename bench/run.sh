@@ -1132,7 +1132,7 @@ md_table() { # header, rows...
     echo
     echo "- origin: \`/cached/<n>\`, \`Cache-Control: max-age=3600\` and an ETag; wrk with" \
       "$HIT_CONNS connections and \`--timeout $HIT_TIMEOUT\`"
-    echo "- cuttle: default settings; objects above 8 MiB (max-mem-object-size) are disk-tier hits"
+    echo "- cuttle: default settings; objects above 8 MiB (max-mem-object-size) are disk-tier hits until promoted to memory as hot (found on disk a second time; up to 4× max-mem-object-size)"
     if [[ -n ${PID[cuttle-mem]:-} ]]; then
       echo "- cuttle-mem: \`$(cat "$RAW/cuttle-mem.cmdline")\` (memory-tier hits);" \
         "its direct, squid and ats columns repeat the main runs"

@@ -75,7 +75,7 @@ if [[ ${BENCH_NO_BUILD:-} != 1 ]]; then
   log "building (release)"
   cargo build --release --quiet --bin cuttle --example bench_origin --example bench_tunnels
 fi
-CUTTLE_BIN=target/release/cuttle
+CUTTLE_BIN=${SCALE_CUTTLE_BIN:-target/release/cuttle}
 ORIGIN_BIN=target/release/examples/bench_origin
 TUNNELS_BIN=target/release/examples/bench_tunnels
 for b in "$CUTTLE_BIN" "$ORIGIN_BIN" "$TUNNELS_BIN"; do

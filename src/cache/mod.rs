@@ -345,13 +345,20 @@ impl Cache {
         // The disk entry is created on the writer's thread, after the first bytes are on
         // their way to the client: creating it (reserving room, evicting, creating the file)
         // is not on the time to first byte.
-        let open = self.disk.as_ref().map(|d| {
+        // Each writer holds a blocking thread while the body arrives: past
+        // `disk::MAX_WRITERS` at once, the fill gets no disk copy.
+        let open = self.disk.as_ref().and_then(|d| {
+            let permit = d.writer_permit()?;
             let (d, m) = (d.clone(), meta.clone());
-            Box::new(move || {
+            Some(Box::new(move || {
                 d.writer(&m)
+                    .map(|mut w| {
+                        w.hold(permit);
+                        w
+                    })
                     .map_err(|e| tracing::debug!(url = %m.url, error = %e, "no disk entry"))
                     .ok()
-            }) as fill::OpenWriter
+            }) as fill::OpenWriter)
         });
         let max_object = if open.is_some() {
             self.settings.max_object
@@ -462,6 +469,10 @@ impl Cache {
                 .disk
                 .as_ref()
                 .map_or(0, |d| d.stats.write_errors.load(Ordering::Relaxed)),
+            disk_writers_busy: self
+                .disk
+                .as_ref()
+                .map_or(0, |d| d.stats.writers_busy.load(Ordering::Relaxed)),
         }
     }
 }
@@ -478,4 +489,6 @@ pub struct TierUsage {
     pub disk_evictions: u64,
     pub disk_corrupt: u64,
     pub disk_write_errors: u64,
+    /// Fills that got no disk copy because every disk writer was busy.
+    pub disk_writers_busy: u64,
 }
