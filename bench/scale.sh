@@ -22,6 +22,7 @@
 #   SCALE_FILL_CONNS     connections filling the cache (default 32)
 #   SCALE_LOOKUP_CONNS   connections of the random-key lookup runs (default 8)
 #   SCALE_ONLY           conns | entries: run only that part
+#   SCALE_CUTTLE_BIN     the cuttle binary to measure (default target/release/cuttle)
 #   BENCH_NO_BUILD=1     use the existing release binaries
 #   BENCH_NO_INSTALL=1   never apt-get install a missing wrk
 set -euo pipefail
