@@ -46,7 +46,6 @@ pub struct Metrics {
     stale_served: Counter,
     cache_corrupt: Counter,
     cache_write_errors: Counter,
-    cache_writers_busy: Counter,
     upstream_errors: Family<L1, Counter>,
     parent_up: Family<L1, Gauge>,
     denials: Family<L1, Counter>,
@@ -171,12 +170,6 @@ impl Metrics {
             "Failed writes to the disk cache (disk full, I/O errors)",
             cache_write_errors.clone(),
         );
-        let cache_writers_busy = Counter::default();
-        r.register(
-            "cache_disk_writers_busy",
-            "Responses kept in memory only because every disk writer was busy",
-            cache_writers_busy.clone(),
-        );
         let upstream_errors = Family::<L1, Counter>::default();
         r.register(
             "upstream_errors",
@@ -299,7 +292,6 @@ impl Metrics {
             stale_served,
             cache_corrupt,
             cache_write_errors,
-            cache_writers_busy,
             upstream_errors,
             parent_up,
             denials,
@@ -423,7 +415,6 @@ impl Metrics {
             );
             catch_up(&self.cache_corrupt, u.disk_corrupt);
             catch_up(&self.cache_write_errors, u.disk_write_errors);
-            catch_up(&self.cache_writers_busy, u.disk_writers_busy);
             if let Some(sh) = &c.shared {
                 self.render_shared(sh);
             }

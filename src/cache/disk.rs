@@ -231,8 +231,6 @@ impl Index {
 
 #[derive(Default)]
 pub struct DiskStats {
-    /// Fills that got no disk copy because every writer was busy.
-    pub writers_busy: AtomicU64,
     pub evictions: AtomicU64,
     pub corrupt: AtomicU64,
     pub write_errors: AtomicU64,
@@ -250,31 +248,18 @@ pub struct Disk {
     full_warned: AtomicBool,
     scanned: AtomicBool,
     tmp_seq: AtomicU64,
-    /// Writers running (each holds a [`WriterPermit`]), at most `max_writers`.
-    writers: AtomicU64,
-    max_writers: u64,
-    busy_warned: AtomicBool,
+    /// [`MAX_WRITERS`] permits: a fill's writer takes one before it takes a thread.
+    writers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Disk writers running at once, at most: each holds a blocking thread for its fill's whole
 /// length (waiting for the body's next chunk, or for a slow disk). Half of tokio's blocking
 /// pool (512 threads): however many slow downloads are filling, or however slow the disk,
 /// lookups and the other file work still find threads, and the threads and their write
-/// buffers stay bounded. A fill started past it is served and kept in memory if it may be,
-/// but gets no disk copy (Squid likewise stops writing to an overloaded store).
-pub const MAX_WRITERS: u64 = 256;
-
-/// One running disk writer's share of [`MAX_WRITERS`], given back when dropped.
-pub struct WriterPermit(Arc<Disk>);
-
-impl Drop for WriterPermit {
-    fn drop(&mut self) {
-        let before = self.0.writers.fetch_sub(1, Ordering::AcqRel);
-        if before <= self.0.max_writers / 2 {
-            self.0.busy_warned.store(false, Ordering::Relaxed);
-        }
-    }
-}
+/// buffers stay bounded. A fill whose writer waits for a turn is served meanwhile; its
+/// chunks wait in its queue (bounded like any writer's that falls behind: past the queue's
+/// limit and the stall time, the disk copy is given up).
+pub const MAX_WRITERS: usize = 256;
 
 /// A stored response found on disk, with its file open: the body can still be read after
 /// the entry is evicted or replaced.
@@ -332,9 +317,7 @@ impl Disk {
             full_warned: AtomicBool::new(false),
             scanned: AtomicBool::new(false),
             tmp_seq: AtomicU64::new(0),
-            writers: AtomicU64::new(0),
-            max_writers: MAX_WRITERS,
-            busy_warned: AtomicBool::new(false),
+            writers: Arc::new(tokio::sync::Semaphore::new(MAX_WRITERS)),
         }))
     }
 
@@ -648,23 +631,9 @@ impl Disk {
         }
     }
 
-    /// A permit to run one more writer; `None` while [`MAX_WRITERS`] run (logged once per
-    /// such episode).
-    pub fn writer_permit(self: &Arc<Disk>) -> Option<WriterPermit> {
-        let before = self.writers.fetch_add(1, Ordering::AcqRel);
-        let permit = WriterPermit(self.clone());
-        if before < self.max_writers {
-            return Some(permit);
-        }
-        drop(permit);
-        if !self.busy_warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                writers = self.max_writers,
-                "every disk writer is busy (slow downloads or a slow disk): new entries are kept in memory only until some finish"
-            );
-        }
-        self.stats.writers_busy.fetch_add(1, Ordering::Relaxed);
-        None
+    /// The writers' permits ([`MAX_WRITERS`]); a fill's writer holds one while it runs.
+    pub fn writer_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.writers.clone()
     }
 
     /// Starts writing a new entry (blocking file I/O: call from a blocking context). Its
@@ -702,7 +671,6 @@ impl Disk {
             slot,
             reserved: first,
             committed: false,
-            permit: None,
         };
         let file = std::fs::File::create(&w.tmp).map_err(|e| self.write_failed(e))?;
         // Readers of the fill keep this handle: it reads the same file after the rename, and
@@ -1016,16 +984,9 @@ pub struct DiskWriter {
     /// Bytes reserved for this file (released when it is committed or dropped).
     reserved: u64,
     committed: bool,
-    /// This writer's share of [`MAX_WRITERS`], held until it is dropped.
-    permit: Option<WriterPermit>,
 }
 
 impl DiskWriter {
-    /// Keeps `permit` until this writer is dropped.
-    pub fn hold(&mut self, permit: WriterPermit) {
-        self.permit = Some(permit);
-    }
-
     /// Where the body starts in the file.
     pub fn body_offset(&self) -> u64 {
         self.body_offset
@@ -1535,42 +1496,6 @@ pub(super) mod tests {
         );
         assert!(present(4).await);
         assert_eq!(d.stats.evictions.load(Ordering::Relaxed), 1);
-    }
-
-    /// At most `MAX_WRITERS` writers at once: the next one gets no permit (counted), and a
-    /// permit comes back when the writer holding it is committed or dropped.
-    #[tokio::test]
-    async fn disk_writers_are_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = Disk::open(dir.path(), 64 << 20).await.unwrap();
-        d.scan().await;
-        let mut permits: Vec<_> = (0..MAX_WRITERS)
-            .map(|_| d.writer_permit().expect("a permit below the bound"))
-            .collect();
-        assert!(d.writer_permit().is_none());
-        assert!(d.writer_permit().is_none());
-        assert_eq!(d.stats.writers_busy.load(Ordering::Relaxed), 2);
-        // A writer keeps its permit until it is committed.
-        let m = meta("http://h/w", Some(4));
-        let mut w = d.writer(&m).unwrap();
-        w.hold(permits.pop().unwrap());
-        assert!(
-            d.writer_permit().is_none(),
-            "the held permit was given back early"
-        );
-        w.write(b"body").unwrap();
-        let d2 = d.clone();
-        tokio::task::spawn_blocking(move || w.commit().unwrap())
-            .await
-            .unwrap();
-        let again = d2
-            .writer_permit()
-            .expect("the committed writer's permit came back");
-        assert!(d.writer_permit().is_none());
-        drop(again);
-        drop(permits);
-        assert_eq!(d.writers.load(Ordering::Relaxed), 0);
-        assert_eq!(d.stats.writers_busy.load(Ordering::Relaxed), 4);
     }
 
     /// Rewrites a stored file as version `v` with `algo`'s checksum over the same bytes.

@@ -293,6 +293,9 @@ pub struct FillLimits {
     pub reader_stall: Duration,
     /// Shared by all fills.
     pub budget: Arc<Budget>,
+    /// Permits a writer takes before its blocking thread (`disk::MAX_WRITERS`): while none
+    /// is free it waits without a thread and its chunks wait in its queue.
+    pub writer_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Creates the disk entry of a fill, on the writer's blocking thread (None: it could not be
@@ -350,7 +353,8 @@ impl Fill {
         let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
         let writer_task = open.map(|open| {
             let f = fill.clone();
-            tokio::task::spawn_blocking(move || {
+            let slots = limits.writer_slots.clone();
+            let write = move || {
                 let stored = match open() {
                     Some(w) => {
                         f.inner.lock().file = w.reader().map(|r| (r, w.body_offset()));
@@ -367,6 +371,18 @@ impl Fill {
                 f.queued.store(0, Ordering::Release);
                 f.recount(f.inner.lock().window_bytes);
                 stored
+            };
+            tokio::spawn(async move {
+                let slot = match slots {
+                    Some(s) => s.acquire_owned().await.ok(),
+                    None => None,
+                };
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    write()
+                })
+                .await
+                .unwrap_or(false)
             })
         });
         let f = fill.clone();
@@ -859,6 +875,7 @@ mod tests {
             mem_object,
             reader_stall: Duration::from_millis(20),
             budget: budget.clone(),
+            writer_slots: None,
         }
     }
 
@@ -1082,6 +1099,53 @@ mod tests {
                 .await
                 .is_none()
         );
+        drop(fill);
+        given_back(&budget).await;
+    }
+
+    /// While every writer slot is taken, a fill's writer waits for one without a thread (the
+    /// entry is not even opened) and the body is served meanwhile; once a slot is free the
+    /// entry is written and stored, and the slot comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_wait_for_a_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        const N: usize = 300 * 1024;
+        let body = data(N);
+        let m = meta("http://h/slot", Some(N));
+        let budget = Budget::new(FILLS_BUDGET);
+        let slots = Arc::new(tokio::sync::Semaphore::new(0));
+        let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (o, dd, mm) = (opened.clone(), d.clone(), m.clone());
+        let open: OpenWriter = Box::new(move || {
+            o.store(true, Ordering::SeqCst);
+            dd.writer(&mm).ok()
+        });
+        let mut lim = limits(&budget, 1 << 30, 1 << 20);
+        lim.writer_slots = Some(slots.clone());
+        let (tx, up) = upstream();
+        let (fill, mut done) = start_opening(m, up, Some(open), lim);
+        let reader = tokio::spawn(drain(fill.reader(0, None)));
+        feed(&tx, &body, 64 * 1024).await;
+        drop(tx);
+        let (got, failed) = reader.await.unwrap();
+        assert!(
+            !failed && got[..] == body[..],
+            "served while the writer waited"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!opened.load(Ordering::SeqCst), "opened without a slot");
+        assert!(done.try_recv().is_err(), "finished without its disk copy");
+        slots.add_permits(1);
+        let stored = tokio::time::timeout(Duration::from_secs(10), done)
+            .await
+            .expect("the writer never got its slot")
+            .unwrap();
+        assert!(stored.is_some(), "stored once a slot was free");
+        assert!(opened.load(Ordering::SeqCst));
+        let hit = d.lookup(&key("http://h/slot"), &HeaderMap::new()).await;
+        assert_eq!(hit.unwrap().len, N as u64);
+        assert_eq!(slots.available_permits(), 1, "the slot came back");
         drop(fill);
         given_back(&budget).await;
     }

@@ -345,20 +345,13 @@ impl Cache {
         // The disk entry is created on the writer's thread, after the first bytes are on
         // their way to the client: creating it (reserving room, evicting, creating the file)
         // is not on the time to first byte.
-        // Each writer holds a blocking thread while the body arrives: past
-        // `disk::MAX_WRITERS` at once, the fill gets no disk copy.
-        let open = self.disk.as_ref().and_then(|d| {
-            let permit = d.writer_permit()?;
+        let open = self.disk.as_ref().map(|d| {
             let (d, m) = (d.clone(), meta.clone());
-            Some(Box::new(move || {
+            Box::new(move || {
                 d.writer(&m)
-                    .map(|mut w| {
-                        w.hold(permit);
-                        w
-                    })
                     .map_err(|e| tracing::debug!(url = %m.url, error = %e, "no disk entry"))
                     .ok()
-            }) as fill::OpenWriter)
+            }) as fill::OpenWriter
         });
         let max_object = if open.is_some() {
             self.settings.max_object
@@ -378,6 +371,7 @@ impl Cache {
                 mem_object: self.memory.max_object,
                 reader_stall: self.settings.reader_stall,
                 budget: self.fill_budget.clone(),
+                writer_slots: self.disk.as_ref().map(|d| d.writer_slots()),
             },
             // A body kept whole goes to the memory tier as soon as it is complete, and the
             // key is released then: the next request is a memory hit, not a follower of a
@@ -469,10 +463,6 @@ impl Cache {
                 .disk
                 .as_ref()
                 .map_or(0, |d| d.stats.write_errors.load(Ordering::Relaxed)),
-            disk_writers_busy: self
-                .disk
-                .as_ref()
-                .map_or(0, |d| d.stats.writers_busy.load(Ordering::Relaxed)),
         }
     }
 }
@@ -489,6 +479,4 @@ pub struct TierUsage {
     pub disk_evictions: u64,
     pub disk_corrupt: u64,
     pub disk_write_errors: u64,
-    /// Fills that got no disk copy because every disk writer was busy.
-    pub disk_writers_busy: u64,
 }
