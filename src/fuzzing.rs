@@ -61,7 +61,7 @@ pub fn disk_entry_head(
     f: &mut impl std::io::Read,
     file_len: u64,
 ) -> std::io::Result<(crate::cache::meta::Meta, u64, u64)> {
-    crate::cache::disk::decode_head(f, file_len)
+    crate::cache::disk::decode_head(f, file_len).map(|(meta, offset, len, _)| (meta, offset, len))
 }
 
 /// A KDC's reply (AS-REP, TGS-REP or KRB-ERROR) parsed; `Err` says why it is refused.

@@ -177,30 +177,31 @@ struct Item {
 }
 
 impl Index {
-    fn touch(&mut self, slot: Slot, size: u64) {
+    /// Marks `slot` (of `size` bytes) as the most recently used, indexing it if it is new.
+    fn touch(&mut self, slot: Slot, size: u64) -> &mut Item {
+        use std::collections::btree_map::Entry;
         self.seq += 1;
         let seq = self.seq;
-        match self.items.get_mut(&slot) {
-            Some(item) => {
+        self.lru.insert(seq, slot);
+        match self.items.entry(slot) {
+            Entry::Occupied(e) => {
+                let item = e.into_mut();
                 self.lru.remove(&item.seq);
                 self.total = self.total - item.size + size;
                 item.seq = seq;
                 item.size = size;
+                item
             }
-            None => {
-                self.items.insert(
-                    slot,
-                    Item {
-                        size,
-                        seq,
-                        verified: 0,
-                        hits: 0,
-                    },
-                );
+            Entry::Vacant(e) => {
                 self.total += size;
+                e.insert(Item {
+                    size,
+                    seq,
+                    verified: 0,
+                    hits: 0,
+                })
             }
         }
-        self.lru.insert(seq, slot);
     }
 
     fn forget(&mut self, slot: &Slot) -> Option<u64> {
@@ -433,11 +434,9 @@ impl Disk {
                 if self.is_scanned() && !idx.items.contains_key(&slot) {
                     drop(idx);
                 } else {
-                    idx.touch(slot, size);
-                    if let Some(item) = idx.items.get_mut(&slot) {
-                        item.hits = item.hits.saturating_add(1);
-                        hits = item.hits;
-                    }
+                    let item = idx.touch(slot, size);
+                    item.hits = item.hits.saturating_add(1);
+                    hits = item.hits;
                 }
                 return Some(DiskHit {
                     meta,
@@ -870,7 +869,7 @@ async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
     tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::open(&path)?;
         let m = f.metadata()?;
-        let (meta, offset, len, algo) = decode_head_with_algo(&mut f, m.len())?;
+        let (meta, offset, len, algo) = decode_head(&mut f, m.len())?;
         Ok(DiskHit {
             meta: Arc::new(meta),
             path,
@@ -888,13 +887,9 @@ async fn read_head(path: PathBuf) -> io::Result<DiskHit> {
 }
 
 /// Decodes the head of a stored file of `file_len` bytes read from `f`: the metadata, the
-/// offset of the body and its length. Anything malformed is `InvalidData`.
-pub(crate) fn decode_head(f: &mut impl Read, file_len: u64) -> io::Result<(Meta, u64, u64)> {
-    decode_head_with_algo(f, file_len).map(|(meta, offset, len, _)| (meta, offset, len))
-}
-
-/// [`decode_head`], and the checksum the file's version uses.
-fn decode_head_with_algo(f: &mut impl Read, file_len: u64) -> io::Result<(Meta, u64, u64, Algo)> {
+/// offset of the body, its length, and the checksum the file's version uses. Anything
+/// malformed is `InvalidData`.
+pub(crate) fn decode_head(f: &mut impl Read, file_len: u64) -> io::Result<(Meta, u64, u64, Algo)> {
     let bad = |e: meta::MetaError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
     let mut prefix = [0u8; PREFIX_LEN];
     f.read_exact(&mut prefix)?;
@@ -1081,12 +1076,10 @@ impl DiskWriter {
                     idx.writers = idx.writers.saturating_sub(1);
                     self.reserved = 0;
                     idx.refreshed.remove(&self.slot);
-                    idx.touch(self.slot, size);
                     // A new file: verified at its first whole read, not hit yet.
-                    if let Some(item) = idx.items.get_mut(&self.slot) {
-                        item.verified = 0;
-                        item.hits = 0;
-                    }
+                    let item = idx.touch(self.slot, size);
+                    item.verified = 0;
+                    item.hits = 0;
                 }
                 // Replacing an entry of another size can cross the bound by the difference.
                 self.disk.evict_to(self.disk.max_bytes);

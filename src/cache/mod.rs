@@ -286,16 +286,12 @@ impl Cache {
         // ([`is_hot`]: one request of the many that find it on disk at once); anything else
         // streams from the file (verified as it is read), so concurrent disk hits never hold
         // whole large objects in memory. The fill budget bounds the bodies read whole at once.
-        let mut promoting = None;
-        let promote = self.memory.admits(hit.len)
-            || (is_hot(hit.hits) && self.memory.admits_hot(hit.len) && {
-                let hex = primary.hex();
-                let first = self.promoting.lock().insert(hex.to_string());
-                promoting = first.then(|| Promoting(self, hex.to_string()));
-                first
-            });
+        let small = self.memory.admits(hit.len);
+        let promoting = (!small && is_hot(hit.hits) && self.memory.admits_hot(hit.len))
+            .then(|| self.start_promoting(primary.hex()))
+            .flatten();
         if hit.len <= VERIFY_WHOLE_LIMIT
-            && promote
+            && (small || promoting.is_some())
             && let Some(held) = self.fill_budget.try_take(hit.len)
         {
             let body = disk.read_verified(&hit).await?;
@@ -311,6 +307,14 @@ impl Cache {
             return Some(Stored::DiskRead(entry, Arc::new(held)));
         }
         Some(Stored::Disk(disk.clone(), hit))
+    }
+
+    /// Marks the entry of `hex` as being promoted; `None` when another request already is.
+    fn start_promoting(&self, hex: &str) -> Option<Promoting<'_>> {
+        self.promoting
+            .lock()
+            .insert(hex.to_string())
+            .then(|| Promoting(self, hex.to_string()))
     }
 
     /// Whether an object of `len` bytes (if known) can be stored at all.
