@@ -304,8 +304,9 @@ pub type OpenWriter = Box<dyn FnOnce() -> Option<DiskWriter> + Send>;
 
 impl Fill {
     /// Starts filling from `body`. `open` creates the disk entry (none when the disk tier is
-    /// off); it runs on the writer's thread, so the first bytes reach readers while the file
-    /// is being created (creating it can mean evicting other entries first). Until it
+    /// off); it runs on the writer's thread, started once the first chunk has reached the
+    /// readers, so the response head and the first bytes go out before the file is created
+    /// (creating it can mean evicting other entries first). Until it
     /// exists, chunks wait in the writer's queue and readers are served from the window.
     /// `kept` runs as soon as the whole body has arrived and was kept in memory (before the
     /// disk copy is complete: the memory tier can serve it at once); `done` runs once at the
@@ -351,7 +352,10 @@ impl Fill {
             counted: AtomicU64::new(0),
         });
         let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
-        let writer_task = open.map(|open| {
+        // The writer starts with the first chunk, not here: its task (and the blocking
+        // thread it wakes) would otherwise compete with this request's task for the CPU
+        // before the response head goes out.
+        let mut start_writer = open.map(|open| {
             let f = fill.clone();
             let slots = limits.writer_slots.clone();
             let write = move || {
@@ -372,22 +376,25 @@ impl Fill {
                 f.recount(f.inner.lock().window_bytes);
                 stored
             };
-            tokio::spawn(async move {
-                let slot = match slots {
-                    Some(s) => s.acquire_owned().await.ok(),
-                    None => None,
-                };
-                tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    write()
+            move || {
+                tokio::spawn(async move {
+                    let slot = match slots {
+                        Some(s) => s.acquire_owned().await.ok(),
+                        None => None,
+                    };
+                    tokio::task::spawn_blocking(move || {
+                        let _slot = slot;
+                        write()
+                    })
+                    .await
+                    .unwrap_or(false)
                 })
-                .await
-                .unwrap_or(false)
-            })
+            }
         });
         let f = fill.clone();
         tokio::spawn(async move {
-            let mut wtx = writer_task.as_ref().map(|_| wtx);
+            let mut wtx = start_writer.is_some().then_some(wtx);
+            let mut writer_task = None;
             let mut progress = f.changed.subscribe();
             let mut body = Box::pin(body);
             let outcome = loop {
@@ -420,6 +427,11 @@ impl Fill {
                     wtx = None;
                     f.abandon_file("larger than max-object-size");
                 }
+                if let Some(start) = start_writer.take() {
+                    // Readers first: the writer's thread would compete with them.
+                    f.notify();
+                    writer_task = Some(start());
+                }
                 if let Some(tx) = &wtx {
                     let n = data.len() as u64;
                     f.queued.fetch_add(n, Ordering::AcqRel);
@@ -438,6 +450,10 @@ impl Fill {
                 }
                 f.notify();
             };
+            // A body without data still gets its (empty) entry.
+            if let Some(start) = start_writer.take() {
+                writer_task = Some(start());
+            }
             {
                 let mut inner = f.inner.lock();
                 inner.state = match outcome {
@@ -1115,12 +1131,7 @@ mod tests {
         let m = meta("http://h/slot", Some(N));
         let budget = Budget::new(FILLS_BUDGET);
         let slots = Arc::new(tokio::sync::Semaphore::new(0));
-        let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (o, dd, mm) = (opened.clone(), d.clone(), m.clone());
-        let open: OpenWriter = Box::new(move || {
-            o.store(true, Ordering::SeqCst);
-            dd.writer(&mm).ok()
-        });
+        let (open, opened) = recording_open(&d, &m);
         let mut lim = limits(&budget, 1 << 30, 1 << 20);
         lim.writer_slots = Some(slots.clone());
         let (tx, up) = upstream();
@@ -1146,6 +1157,89 @@ mod tests {
         let hit = d.lookup(&key("http://h/slot"), &HeaderMap::new()).await;
         assert_eq!(hit.unwrap().len, N as u64);
         assert_eq!(slots.available_permits(), 1, "the slot came back");
+        drop(fill);
+        given_back(&budget).await;
+    }
+
+    /// An [`OpenWriter`] on `d` for `m` that records whether it ran.
+    fn recording_open(d: &Arc<Disk>, m: &Meta) -> (OpenWriter, Arc<std::sync::atomic::AtomicBool>) {
+        let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (o, dd, mm) = (opened.clone(), d.clone(), m.clone());
+        let open: OpenWriter = Box::new(move || {
+            o.store(true, Ordering::SeqCst);
+            dd.writer(&mm).ok()
+        });
+        (open, opened)
+    }
+
+    /// The writer (and its blocking thread) starts only once the first chunk has reached
+    /// the readers, so it does not compete with the response head.
+    #[tokio::test]
+    async fn the_disk_entry_is_created_only_after_the_first_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        const N: usize = 200 * 1024;
+        let body = data(N);
+        let m = meta("http://h/lazy", Some(N));
+        let budget = Budget::new(FILLS_BUDGET);
+        let (open, opened) = recording_open(&d, &m);
+        let (tx, up) = upstream();
+        let lim = limits(&budget, 1 << 30, 1 << 20);
+        let (fill, done) = start_opening(m, up, Some(open), lim);
+        let mut reader = fill.reader(0, None);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !opened.load(Ordering::SeqCst),
+            "the disk entry was created before any byte arrived"
+        );
+        tx.send(Ok(body.slice(..1024))).await.unwrap();
+        let first = tokio::time::timeout(
+            Duration::from_secs(10),
+            http_body_util::BodyExt::frame(&mut reader),
+        )
+        .await
+        .expect("the first chunk never reached the reader")
+        .unwrap()
+        .unwrap();
+        assert_eq!(first.into_data().unwrap(), body.slice(..1024));
+        feed(&tx, &body.slice(1024..), 64 * 1024).await;
+        drop(tx);
+        let (rest, failed) = drain(reader).await;
+        assert!(!failed && rest[..] == body[1024..]);
+        let stored = tokio::time::timeout(Duration::from_secs(10), done)
+            .await
+            .expect("the fill never finished")
+            .unwrap();
+        assert!(stored.is_some() && opened.load(Ordering::SeqCst));
+        let hit = d.lookup(&key("http://h/lazy"), &HeaderMap::new()).await;
+        assert_eq!(hit.unwrap().len, N as u64);
+        drop(fill);
+        given_back(&budget).await;
+    }
+
+    /// A body without a single byte still gets its entry (its writer starts at the end).
+    #[tokio::test]
+    async fn an_empty_body_is_stored_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = disk(dir.path()).await;
+        let m = meta("http://h/empty", Some(0));
+        let budget = Budget::new(FILLS_BUDGET);
+        let (open, opened) = recording_open(&d, &m);
+        let (tx, up) = upstream();
+        let lim = limits(&budget, 1 << 30, 1 << 20);
+        let (fill, done) = start_opening(m, up, Some(open), lim);
+        let reader = tokio::spawn(drain(fill.reader(0, None)));
+        drop(tx);
+        let (got, failed) = reader.await.unwrap();
+        assert!(!failed && got.is_empty());
+        let stored = tokio::time::timeout(Duration::from_secs(10), done)
+            .await
+            .expect("the fill never finished")
+            .unwrap();
+        assert!(stored.is_some(), "an empty body is an entry too");
+        assert!(opened.load(Ordering::SeqCst));
+        let hit = d.lookup(&key("http://h/empty"), &HeaderMap::new()).await;
+        assert_eq!(hit.unwrap().len, 0);
         drop(fill);
         given_back(&budget).await;
     }
