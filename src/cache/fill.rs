@@ -451,9 +451,7 @@ impl Fill {
                 f.notify();
             };
             // A body without data still gets its (empty) entry.
-            if let Some(start) = start_writer.take() {
-                writer_task = Some(start());
-            }
+            let writer_task = writer_task.or_else(|| start_writer.take().map(|start| start()));
             {
                 let mut inner = f.inner.lock();
                 inner.state = match outcome {
@@ -1172,20 +1170,39 @@ mod tests {
         (open, opened)
     }
 
-    /// The writer (and its blocking thread) starts only once the first chunk has reached
-    /// the readers, so it does not compete with the response head.
-    #[tokio::test]
-    async fn the_disk_entry_is_created_only_after_the_first_chunk() {
+    /// A fill of a `n`-byte body at `url` onto a new disk tier, its writer recorded by
+    /// [`recording_open`]; the test feeds the body through the returned sender.
+    #[allow(clippy::type_complexity)]
+    async fn recorded_fill(
+        url: &str,
+        n: usize,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Disk>,
+        Arc<Budget>,
+        Arc<std::sync::atomic::AtomicBool>,
+        Tx,
+        Arc<Fill>,
+        oneshot::Receiver<Outcome>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let d = disk(dir.path()).await;
-        const N: usize = 200 * 1024;
-        let body = data(N);
-        let m = meta("http://h/lazy", Some(N));
+        let m = meta(url, Some(n));
         let budget = Budget::new(FILLS_BUDGET);
         let (open, opened) = recording_open(&d, &m);
         let (tx, up) = upstream();
         let lim = limits(&budget, 1 << 30, 1 << 20);
         let (fill, done) = start_opening(m, up, Some(open), lim);
+        (dir, d, budget, opened, tx, fill, done)
+    }
+
+    /// The writer (and its blocking thread) starts only once the first chunk has reached
+    /// the readers, so it does not compete with the response head.
+    #[tokio::test]
+    async fn the_disk_entry_is_created_only_after_the_first_chunk() {
+        const N: usize = 200 * 1024;
+        let body = data(N);
+        let (_dir, d, budget, opened, tx, fill, done) = recorded_fill("http://h/lazy", N).await;
         let mut reader = fill.reader(0, None);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
@@ -1220,14 +1237,7 @@ mod tests {
     /// A body without a single byte still gets its entry (its writer starts at the end).
     #[tokio::test]
     async fn an_empty_body_is_stored_on_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = disk(dir.path()).await;
-        let m = meta("http://h/empty", Some(0));
-        let budget = Budget::new(FILLS_BUDGET);
-        let (open, opened) = recording_open(&d, &m);
-        let (tx, up) = upstream();
-        let lim = limits(&budget, 1 << 30, 1 << 20);
-        let (fill, done) = start_opening(m, up, Some(open), lim);
+        let (_dir, d, budget, opened, tx, fill, done) = recorded_fill("http://h/empty", 0).await;
         let reader = tokio::spawn(drain(fill.reader(0, None)));
         drop(tx);
         let (got, failed) = reader.await.unwrap();
